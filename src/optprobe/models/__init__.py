@@ -1,0 +1,1 @@
+"""Networks (nn.Module) and the LightningModule that trains them."""

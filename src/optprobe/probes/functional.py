@@ -1,0 +1,118 @@
+"""Functional views of a network for probes: parameter dicts, flat vectors, losses, HVPs.
+
+Every probe evaluates the *training* loss at some parameter point without touching the live
+module: parameters are passed explicitly (``torch.func.functional_call``) and buffers are
+cloned, so BatchNorm running statistics of the live network never change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+ParamDict = dict[str, Tensor]
+LossOfParams = Callable[[ParamDict], Tensor]
+MatVec = Callable[[Tensor], Tensor]
+
+
+def trainable_params(net: nn.Module) -> ParamDict:
+    """Name -> parameter for every parameter with ``requires_grad`` (live tensors, not copies)."""
+    return {name: p for name, p in net.named_parameters() if p.requires_grad}
+
+
+def detached_copy(params: ParamDict) -> ParamDict:
+    """Detached clones of ``params`` (a snapshot that later optimizer steps cannot change)."""
+    return {name: p.detach().clone() for name, p in params.items()}
+
+
+def flatten(tensors: Iterable[Tensor], dtype: torch.dtype | None = torch.float64) -> Tensor:
+    """Concatenate tensors into one flat vector (float64 by default, for exact inner products)."""
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    return flat if dtype is None else flat.to(dtype)
+
+
+def unflatten_like(vec: Tensor, like: ParamDict) -> ParamDict:
+    """Split a flat vector into tensors shaped and typed like ``like`` (inverse of flatten)."""
+    out, offset = {}, 0
+    for name, ref in like.items():
+        n = ref.numel()
+        out[name] = vec[offset : offset + n].view(ref.shape).to(ref.dtype)
+        offset += n
+    if offset != vec.numel():
+        raise ValueError(f"vector has {vec.numel()} entries, parameters need {offset}")
+    return out
+
+
+def functional_loss(
+    net: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+) -> LossOfParams:
+    """Return ``params -> loss_fn(net(inputs; params), targets)`` with the live buffers untouched.
+
+    Buffers are cloned on every call, so a forward in train mode (BatchNorm) updates the clones
+    only. The network's train/eval mode is whatever it is when the closure is called.
+    """
+    buffers = {name: b for name, b in net.named_buffers()}
+
+    def loss_of_params(params: ParamDict) -> Tensor:
+        state = {**{k: b.clone() for k, b in buffers.items()}, **params}
+        return loss_fn(functional_call(net, state, (inputs,)), targets)
+
+    return loss_of_params
+
+
+def loss_and_grad(loss_of_params: LossOfParams, params: ParamDict) -> tuple[Tensor, Tensor]:
+    """Loss (float64 scalar) and its gradient as a flat float64 vector at ``params``."""
+    leaf = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+    with torch.enable_grad():
+        loss = loss_of_params(leaf)
+        grads = torch.autograd.grad(loss, list(leaf.values()), allow_unused=True)
+    grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, leaf.values())]
+    return loss.detach().to(torch.float64), flatten(grads)
+
+
+def hvp_double_backward(loss_of_params: LossOfParams, params: ParamDict) -> MatVec:
+    """Hessian-vector product ``v -> H v`` by double backward (works with BatchNorm in train mode).
+
+    One forward+backward builds the gradient graph once; every call then costs one backward
+    through it. Vectors are flat float64; the product is returned in float64.
+    """
+    leaf = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+    with torch.enable_grad():
+        loss = loss_of_params(leaf)
+        grads = torch.autograd.grad(loss, list(leaf.values()), create_graph=True)
+    flat_grad = torch.cat([g.reshape(-1) for g in grads])
+
+    def matvec(v: Tensor) -> Tensor:
+        with torch.enable_grad():
+            hv = torch.autograd.grad(
+                flat_grad,
+                list(leaf.values()),
+                grad_outputs=v.to(flat_grad.dtype),
+                retain_graph=True,
+            )
+        return flatten(hv)
+
+    return matvec
+
+
+def hvp_forward_over_reverse(loss_of_params: LossOfParams, params: ParamDict) -> MatVec:
+    """Hessian-vector product by ``torch.func`` forward-over-reverse (jvp of grad).
+
+    Fails on BatchNorm in train mode and on attention kernels without forward-mode AD; the
+    curvature probe checks this at setup and falls back to double backward.
+    """
+    base = {k: v.detach() for k, v in params.items()}
+    grad_fn = torch.func.grad(loss_of_params)
+
+    def matvec(v: Tensor) -> Tensor:
+        tangents = unflatten_like(v, base)
+        _, hv = torch.func.jvp(grad_fn, (base,), (tangents,))
+        return flatten(hv.values())
+
+    return matvec

@@ -1,0 +1,96 @@
+"""One row per job of a sweep: overrides, status, final metrics, folder (printed and as CSV)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+COLUMNS = ("job", "overrides", "status", "train/loss", "val/acc", "wall_s", "folder")
+
+
+def job_row(job_dir: Path) -> dict[str, Any]:
+    """The summary row of one job folder (status 'missing' when it has no summary.json)."""
+    path = job_dir / "summary.json"
+    if not path.is_file():
+        return {"job": job_dir.name, "status": "missing", "folder": str(job_dir)}
+    summary = json.loads(path.read_text())
+    metrics = summary.get("metrics", {})
+    return {
+        "job": job_dir.name,
+        "overrides": " ".join(summary.get("overrides", [])) or "(defaults)",
+        "status": summary.get("status", "?"),
+        "train/loss": metrics.get("train/loss"),
+        "val/acc": metrics.get("val/acc"),
+        "wall_s": summary.get("wall_time_s"),
+        "folder": str(job_dir),
+        "error": summary.get("error"),
+    }
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def format_table(rows: list[dict[str, Any]], columns: tuple[str, ...] = COLUMNS) -> str:
+    """A plain-text table (fixed-width columns) of ``rows``; errors are listed below it."""
+    cells = [[_cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    line = "  ".join("-" * w for w in widths)
+    out = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)), line]
+    out += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    out += [f"{r['job']}: {r['error']}" for r in rows if r.get("error")]
+    return "\n".join(out)
+
+
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    """Job folders of a sweep (those holding a summary.json or Hydra's .hydra), in job order."""
+    found = [
+        p for p in sweep_dir.iterdir() if (p / "summary.json").is_file() or (p / ".hydra").is_dir()
+    ]
+    return sorted(
+        found, key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name)
+    )
+
+
+def summarize_sweep(sweep_dir: str | Path) -> list[dict[str, Any]]:
+    """Write ``<sweep>/sweep_summary.csv`` and return its rows."""
+    sweep_dir = Path(sweep_dir)
+    rows = [job_row(p) for p in job_dirs(sweep_dir)]
+    with open(sweep_dir / "sweep_summary.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[*COLUMNS, "error"], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return rows
+
+
+class SweepSummaryCallback(Callback):
+    """Hydra callback: after a multirun, print and save the table of its jobs."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        HydraConfig.instance().set_config(config)  # the sweep dir interpolates ${hydra:...}
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if not sweep_dir.is_dir():
+            return
+        rows = summarize_sweep(sweep_dir)
+        print(f"\nSweep summary ({len(rows)} jobs) -> {sweep_dir / 'sweep_summary.csv'}")
+        print(format_table(rows))
+        failed = [r["job"] for r in rows if r.get("status") != "completed"]
+        if failed:
+            # Hydra turns exceptions in callbacks into warnings: exit non-zero explicitly.
+            print(
+                f"{len(failed)} of {len(rows)} jobs did not complete (jobs {', '.join(failed)}); "
+                "the table above and each job's summary.json say why",
+                file=sys.stderr,
+            )
+            raise SystemExit(1)

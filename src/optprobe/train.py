@@ -1,0 +1,162 @@
+"""``train(cfg)``: compose data, model, optimizer, probes and loggers, fit, write the job folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from optprobe.instantiate import instantiate_named
+from optprobe.models.lit_module import TrainingModule
+
+SUMMARY_FILE = "summary.json"
+
+
+def git_commit() -> str | None:
+    """The commit of the optprobe checkout that runs (None outside a git checkout)."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def check_model_fits_data(net: torch.nn.Module, datamodule: pl.LightningDataModule, cfg) -> None:
+    """Run the network on two training examples before training; fail with a clear message."""
+    inputs, _ = next(iter(datamodule.train_dataloader()))
+    try:
+        with torch.no_grad():
+            outputs = net(inputs[:2])
+    except Exception as err:
+        raise ValueError(
+            f"model ({cfg.model._target_}) cannot read data ({cfg.data._target_}, inputs "
+            f"{tuple(inputs.shape[1:])} {inputs.dtype}): {err}. Pick a matching pair, e.g. "
+            "model=gpt with data=shakespeare, model=mlp/logreg/resnet18 with image data."
+        ) from err
+    if outputs.shape[-1] != datamodule.num_classes:
+        raise ValueError(
+            f"model outputs {outputs.shape[-1]} classes but the data has {datamodule.num_classes}"
+        )
+
+
+def to_float_dict(metrics: dict[str, Any]) -> dict[str, float]:
+    """Tensors and numbers to plain floats (for JSON)."""
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float, torch.Tensor))}
+
+
+def write_summary(output_dir: str, payload: dict[str, Any]) -> None:
+    """Write ``summary.json`` atomically, so an interrupted write never loses an old summary."""
+    path = Path(output_dir) / SUMMARY_FILE
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+def build(cfg: DictConfig) -> dict[str, Any]:
+    """Instantiate every object of a run from its config (nothing is trained)."""
+    datamodule = hydra.utils.instantiate(cfg.data)
+    net = hydra.utils.instantiate(cfg.model)
+    module = TrainingModule(
+        net=net,
+        optimizer=hydra.utils.instantiate(cfg.optimizer),
+        scheduler=hydra.utils.instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        num_classes=datamodule.num_classes,
+        task=datamodule.task,
+    )
+    callbacks = instantiate_named(cfg.get("callbacks"), "callbacks")
+    callbacks += instantiate_named(cfg.get("probes"), "probes")
+    loggers = instantiate_named(cfg.get("logger"), "logger")
+    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    return {"datamodule": datamodule, "module": module, "trainer": trainer, "loggers": loggers}
+
+
+def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
+    """Train one job; returns (final metrics, objects). Always writes ``summary.json``."""
+    from optprobe.wandb_setup import hydra_identity
+
+    output_dir = cfg.paths.output_dir
+    os.makedirs(output_dir, exist_ok=True)
+    _, overrides = hydra_identity()
+    summary: dict[str, Any] = {
+        "status": "running",
+        "output_dir": str(output_dir),
+        "overrides": overrides,
+        "git_commit": git_commit(),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "seed": cfg.seed,
+        "command": " ".join(sys.argv),
+    }
+    write_summary(output_dir, summary)
+    start = time.perf_counter()
+    objects: dict[str, Any] = {}
+    try:
+        pl.seed_everything(cfg.seed, workers=True)
+        objects = build(cfg)
+        datamodule, module, trainer = objects["datamodule"], objects["module"], objects["trainer"]
+        datamodule.setup("fit")
+        check_model_fits_data(module.net, datamodule, cfg)
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        OmegaConf.save(cfg, Path(output_dir) / "config.yaml", resolve=True)
+        for logger in objects["loggers"]:
+            logger.log_hyperparams(resolved)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        metrics = to_float_dict(trainer.callback_metrics)
+        summary.update(status="completed", metrics=metrics, global_step=trainer.global_step)
+        return metrics, objects
+    except BaseException as err:
+        summary.update(status="failed", error=f"{type(err).__name__}: {err}")
+        raise
+    finally:
+        summary["wall_time_s"] = round(time.perf_counter() - start, 3)
+        write_summary(output_dir, summary)
+
+
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry: train, print the job's summary, always close the W&B run.
+
+    Inside a multirun a failing job does not stop the sweep: its error is printed and kept in
+    its summary.json, the other jobs run, and the sweep summary lists it (and exits non-zero).
+    """
+    from optprobe.wandb_setup import in_multirun
+
+    try:
+        metrics, _ = train(cfg)
+        print_job_summary(cfg.paths.output_dir)
+        return metrics.get(cfg.get("optimized_metric") or "train/loss")
+    except Exception:
+        if not in_multirun():
+            raise
+        traceback.print_exc()
+        print(
+            f"job failed; its folder keeps what it wrote: {cfg.paths.output_dir}", file=sys.stderr
+        )
+        return None
+    finally:
+        if "wandb" in sys.modules:
+            import wandb
+
+            if wandb.run is not None:
+                wandb.finish()
+
+
+def print_job_summary(output_dir: str) -> None:
+    """Print the final metrics of one job as a short table."""
+    from optprobe.sweep_summary import format_table, job_row
+
+    print(format_table([job_row(Path(output_dir))]))

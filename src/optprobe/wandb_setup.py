@@ -1,0 +1,94 @@
+"""Weights & Biases run identity (group = the sweep, name = the overrides) and offline fallback."""
+
+from __future__ import annotations
+
+import netrc
+import os
+import warnings
+from collections.abc import Sequence
+from urllib.parse import urlparse
+
+from pytorch_lightning.loggers import WandbLogger
+
+MODES = ("auto", "online", "offline", "disabled")
+
+
+def has_wandb_credentials() -> bool:
+    """True when an API key is in ``WANDB_API_KEY`` or in ~/.netrc for the W&B host."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        return netrc.netrc().authenticators(host or "api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return False
+
+
+def resolve_mode(mode: str) -> str:
+    """The W&B mode to use: ``auto`` honours ``WANDB_MODE``, else online only with credentials.
+
+    Without credentials an online run would prompt for a key (or hang without a terminal), so
+    ``auto`` falls back to offline with a warning; ``wandb sync`` uploads the run later.
+    """
+    if mode not in MODES:
+        raise ValueError(f"logger.wandb.mode={mode!r} is unknown; use one of {MODES}")
+    if mode != "auto":
+        return mode
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    if has_wandb_credentials():
+        return "online"
+    warnings.warn(
+        "W&B: no credentials found (WANDB_API_KEY or `wandb login`); logging offline. "
+        "Upload later with `wandb sync <job folder>/wandb/offline-run-*`.",
+        stacklevel=2,
+    )
+    return "offline"
+
+
+def run_name(overrides: Sequence[str]) -> str:
+    """Run name from Hydra's task overrides without the seed, e.g. ``optimizer=adam,model=mlp``."""
+    kept = [o for o in overrides if not o.lstrip("+~").startswith("seed=")]
+    return ",".join(kept) or "defaults"
+
+
+def in_multirun() -> bool:
+    """True inside a job of a Hydra multirun (``-m``)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def hydra_identity() -> tuple[str | None, list[str]]:
+    """(sweep group, task overrides) of the current Hydra job, or (None, []) outside Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return None, []
+    hc = HydraConfig.get()
+    group = os.path.basename(hc.sweep.dir) if hc.mode == RunMode.MULTIRUN else None
+    return group, list(hc.overrides.task)
+
+
+def wandb_logger(
+    save_dir: str,
+    project: str = "optprobe",
+    entity: str | None = None,
+    group: str | None = None,
+    name: str | None = None,
+    tags: Sequence[str] = (),
+    mode: str = "auto",
+) -> WandbLogger:
+    """A Lightning ``WandbLogger`` whose group is the Hydra sweep and whose name is the overrides."""
+    sweep_group, overrides = hydra_identity()
+    return WandbLogger(
+        save_dir=save_dir,
+        project=project,
+        entity=entity,
+        group=group or sweep_group,
+        name=name or run_name(overrides),
+        tags=list(tags),
+        mode=resolve_mode(mode),
+    )

@@ -1,0 +1,103 @@
+"""Real ``python train.py`` subprocesses: a sweep, --cfg job, W&B offline written and read back."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+from optprobe.analysis.wandb_offline import offline_run_dirs, read_wandb_run
+
+pytestmark = pytest.mark.slow
+
+
+def run_train(args: list[str], log_dir: Path, env_extra: dict | None = None, timeout=600):
+    env = {**os.environ, "OPTPROBE_LOG_DIR": str(log_dir), **(env_extra or {})}
+    return subprocess.run(
+        [sys.executable, "train.py", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_multirun_sweep_writes_two_job_folders_and_summary(tmp_path):
+    out = run_train(["-m", "optimizer=adam,sgd", "debug=smoke"], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    sweeps = list((tmp_path / "train" / "multiruns").iterdir())
+    assert len(sweeps) == 1
+    jobs = sorted(p for p in sweeps[0].iterdir() if p.is_dir() and p.name.isdigit())
+    assert [p.name for p in jobs] == ["0", "1"]
+    losses = []
+    for job in jobs:
+        rows = list(csv.DictReader(open(job / "metrics.csv")))
+        assert len(rows) >= 6
+        summary = json.loads((job / "summary.json").read_text())
+        assert summary["status"] == "completed"
+        losses.append(summary["metrics"]["train/loss"])
+    assert losses[0] != losses[1]  # adam and sgd really differ
+    table = list(csv.DictReader(open(sweeps[0] / "sweep_summary.csv")))
+    assert [r["overrides"] for r in table] == [
+        "optimizer=adam debug=smoke",
+        "optimizer=sgd debug=smoke",
+    ]
+    assert "Sweep summary (2 jobs)" in out.stdout
+    assert "optimizer=adam" in out.stdout and "optimizer=sgd" in out.stdout
+
+
+def test_cfg_job_prints_composed_config(tmp_path):
+    out = run_train(["--cfg", "job", "optimizer=adamw", "optimizer.lr=0.123"], tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "torch.optim.AdamW" in out.stdout and "lr: 0.123" in out.stdout
+    assert "DigitsDataModule" in out.stdout
+
+
+def test_failing_job_in_sweep_is_listed(tmp_path):
+    out = run_train(["-m", "model=mlp,gpt", "debug=smoke"], tmp_path)
+    assert out.returncode != 0
+    sweep = next((tmp_path / "train" / "multiruns").iterdir())
+    rows = list(csv.DictReader(open(sweep / "sweep_summary.csv")))
+    assert [r["status"] for r in rows] == ["completed", "failed"]
+    assert "cannot read data" in rows[1]["error"]
+
+
+def test_wandb_offline_without_credentials_round_trip(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {"HOME": str(home), "WANDB_MODE": "", "WANDB_API_KEY": ""}
+    env_clean = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env_clean.update(HOME=str(home), OPTPROBE_LOG_DIR=str(tmp_path))
+    out = subprocess.run(
+        [sys.executable, "train.py", "logger=wandb", "debug=smoke", "tags=[roundtrip]"],
+        cwd=ROOT,
+        env=env_clean,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
+    del env
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "logging offline" in out.stderr
+    runs = offline_run_dirs(tmp_path)
+    assert len(runs) == 1 and runs[0].name.startswith("offline-run-")
+    rec = read_wandb_run(runs[0])
+    assert rec.name == "logger=wandb,debug=smoke,tags=[roundtrip]"
+    steps = [h for h in rec.history if "train/loss" in h]
+    assert len(steps) == 6
+    assert rec.config["optimizer"]["_target_"] == "torch.optim.SGD"
+    assert "${" not in json.dumps(rec.config)
+    job = next((tmp_path / "train" / "runs").iterdir())
+    local = [r for r in csv.DictReader(open(job / "metrics.csv")) if r["train/loss"]]
+    assert [float(r["train/loss"]) for r in local] == pytest.approx(
+        [h["train/loss"] for h in steps], rel=1e-6
+    )
