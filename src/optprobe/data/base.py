@@ -1,0 +1,358 @@
+"""Common machinery for the in-memory data modules.
+
+Every data module in :mod:`optprobe.data` keeps its whole train and validation
+split as tensors in memory (the data sets are small, or capped for CPU-scale
+runs with ``max_train_samples``).  :class:`TensorDataModule` implements the
+parts they share:
+
+* argument validation in ``__init__`` (errors name the argument and the fix),
+* loading once in :meth:`setup` (later calls are no-ops),
+* verification of the ``num_classes`` / ``input_shape`` values given in the
+  config against what the data actually has,
+* data loaders whose shuffling uses a private :class:`torch.Generator` seeded
+  from ``seed``.  The order of the training examples therefore depends only on
+  ``seed``: code that consumes the global torch RNG (model initialisation,
+  dropout, probes drawing random directions) cannot change it.
+
+Subclasses set the attributes ``task`` (``"classification"`` or ``"lm"``),
+``num_classes`` (classes, or vocabulary size for ``"lm"``) and ``input_shape``
+(``(C, H, W)`` for images, ``(T,)`` for token sequences) in ``__init__`` and
+implement :meth:`TensorDataModule._load`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import numbers
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+TASKS = ("classification", "lm")
+
+
+def derive_seed(seed: int, purpose: str) -> int:
+    """Deterministically derive an independent 63-bit seed for ``purpose``.
+
+    Used so that e.g. the train/val split, the shuffling order and the data
+    augmentation of one data module draw from unrelated random streams while
+    all depending only on the single ``seed`` argument.  Does not use Python's
+    salted ``hash``, so the result is the same in every process.
+    """
+    digest = hashlib.sha256(f"{int(seed)}:{purpose}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def seeded_generator(seed: int, purpose: str) -> torch.Generator:
+    """A fresh CPU :class:`torch.Generator` seeded with ``derive_seed(seed, purpose)``."""
+    generator = torch.Generator()
+    generator.manual_seed(derive_seed(seed, purpose))
+    return generator
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_int(name: str, value: object, minimum: int, hint: str = "") -> int:
+    """Return ``value`` as ``int`` or raise ValueError naming ``name`` and the fix."""
+    if not _is_int(value) or int(value) < minimum:
+        fix = f" {hint}" if hint else ""
+        raise ValueError(
+            f"{name} must be an integer >= {minimum}, got {value!r}: "
+            f"set {name}=<integer >= {minimum}> in the data config.{fix}"
+        )
+    return int(value)
+
+
+def check_optional_int(name: str, value: object, minimum: int, hint: str = "") -> int | None:
+    """Like :func:`check_int` but ``None`` is allowed (and returned)."""
+    if value is None:
+        return None
+    return check_int(name, value, minimum, hint)
+
+
+def check_fraction(name: str, value: object) -> float:
+    """Return ``value`` as float if it lies strictly between 0 and 1, else ValueError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 < value < 1.0:
+        raise ValueError(
+            f"{name} must be a number strictly between 0 and 1, got {value!r}: "
+            f"set e.g. {name}=0.2 in the data config."
+        )
+    return float(value)
+
+
+def as_shape(name: str, value: object) -> tuple[int, ...] | None:
+    """Convert a list/tuple/ListConfig of positive ints to a tuple (``None`` stays ``None``)."""
+    if value is None:
+        return None
+    items = None
+    if not isinstance(value, (str, bytes, Mapping)):
+        try:
+            items = list(value)  # type: ignore[call-overload]
+        except TypeError:
+            items = None
+    if not items or not all(_is_int(v) and int(v) >= 1 for v in items):
+        raise ValueError(
+            f"{name} must be a non-empty list of positive integers such as [1, 8, 8], "
+            f"got {value!r}: fix data.{name} in the data config (or remove it)."
+        )
+    return tuple(int(v) for v in items)
+
+
+@dataclass(frozen=True)
+class LoadedData:
+    """What :meth:`TensorDataModule._load` returns.
+
+    ``num_classes`` and ``input_shape`` describe the data itself (not the
+    config); they are compared with the configured values in ``setup``.
+    Inputs may be stored in a compact dtype (e.g. ``uint8`` images) when the
+    subclass converts them in its own dataset (see ``_make_dataset``).
+    """
+
+    train_inputs: torch.Tensor
+    train_targets: torch.Tensor
+    val_inputs: torch.Tensor
+    val_targets: torch.Tensor
+    num_classes: int
+    input_shape: tuple[int, ...]
+
+
+class TensorDataModule(pl.LightningDataModule):
+    """Base class: in-memory train/val tensors, seeded shuffling, config checks.
+
+    Args:
+        batch_size: training batch size (>= 1).
+        val_batch_size: validation batch size; ``None`` means ``batch_size``.
+        seed: seeds everything random in the data (split, shuffling order,
+            augmentation, synthetic data) through private generators.
+        num_workers: DataLoader worker processes (0 = load in the main process).
+        drop_last: drop the last incomplete training batch (keeps every step's
+            batch size equal, which the noise probes assume).
+        max_train_samples: keep only the first this-many training examples
+            (after the seeded split), for CPU-scale runs. ``None`` keeps all.
+        pin_memory: passed to the DataLoaders.
+
+    After :meth:`setup` the tensors are available as ``train_inputs``,
+    ``train_targets``, ``val_inputs`` and ``val_targets``.
+    """
+
+    #: ``"classification"`` or ``"lm"``; subclasses override.
+    task: str = "classification"
+    #: Human-readable name used by :meth:`describe`.
+    display_name: str = "TensorDataModule"
+
+    def __init__(
+        self,
+        batch_size: int,
+        val_batch_size: int | None = None,
+        seed: int = 0,
+        num_workers: int = 0,
+        drop_last: bool = True,
+        max_train_samples: int | None = None,
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__()
+        self.batch_size = check_int("batch_size", batch_size, 1)
+        self.val_batch_size = check_optional_int(
+            "val_batch_size", val_batch_size, 1, "Or leave it unset (null) to use batch_size."
+        )
+        self.seed = check_int("seed", seed, 0)
+        if self.seed >= 2**63:
+            raise ValueError(f"seed must be < 2**63, got {seed!r}: pick a smaller data.seed.")
+        self.num_workers = check_int("num_workers", num_workers, 0)
+        if not isinstance(drop_last, bool):
+            raise ValueError(f"drop_last must be true or false, got {drop_last!r}.")
+        self.drop_last = drop_last
+        self.max_train_samples = check_optional_int(
+            "max_train_samples",
+            max_train_samples,
+            1,
+            "Or leave it unset (null) to use the whole training set.",
+        )
+        if not isinstance(pin_memory, bool):
+            raise ValueError(f"pin_memory must be true or false, got {pin_memory!r}.")
+        self.pin_memory = pin_memory
+
+        # Subclasses overwrite these in their __init__.
+        self.num_classes: int = 0
+        self.input_shape: tuple[int, ...] = ()
+
+        self.train_inputs: torch.Tensor | None = None
+        self.train_targets: torch.Tensor | None = None
+        self.val_inputs: torch.Tensor | None = None
+        self.val_targets: torch.Tensor | None = None
+        self.train_dataset: Dataset | None = None
+        self.val_dataset: Dataset | None = None
+        self._is_set_up = False
+
+    # ------------------------------------------------------------------ hooks
+    def _load(self) -> LoadedData:
+        """Load (or generate) the full train/val split. Called once by ``setup``."""
+        raise NotImplementedError
+
+    def _make_dataset(self, inputs: torch.Tensor, targets: torch.Tensor, train: bool) -> Dataset:
+        """Wrap tensors in a Dataset; override to convert/augment per example."""
+        return TensorDataset(inputs, targets)
+
+    def _check_against_config(self, data: LoadedData) -> None:
+        """Raise ValueError if the configured num_classes/input_shape disagree with the data.
+
+        Subclasses whose config keys are named differently (``vocab_size``)
+        override this or reuse :meth:`_mismatch`.
+        """
+        if self.num_classes != data.num_classes:
+            raise self._mismatch("num_classes", self.num_classes, data.num_classes)
+        if tuple(self.input_shape) != tuple(data.input_shape):
+            raise self._mismatch("input_shape", self.input_shape, data.input_shape)
+
+    def _mismatch(self, key: str, configured: object, actual: object) -> ValueError:
+        if isinstance(actual, tuple):
+            actual_str = "[" + ", ".join(str(v) for v in actual) + "]"
+            configured_str = "[" + ", ".join(str(v) for v in configured) + "]"  # type: ignore[union-attr]
+        else:
+            actual_str, configured_str = str(actual), str(configured)
+        return ValueError(
+            f"{self.display_name}: the config says {key}={configured_str} but the data has "
+            f"{key}={actual_str}. Change data.{key} to {actual_str} (or remove it from the "
+            f"data config so the value is taken from the data), and make sure the model's "
+            f"matching setting follows it."
+        )
+
+    # -------------------------------------------------------------- lifecycle
+    def setup(self, stage: str | None = None) -> None:
+        """Load the data once; later calls (any ``stage``) do nothing."""
+        if self._is_set_up:
+            return
+        data = self._load()
+        self._check_against_config(data)
+        self._check_tensors(data)
+
+        train_inputs, train_targets = data.train_inputs, data.train_targets
+        if self.max_train_samples is not None and self.max_train_samples < len(train_targets):
+            train_inputs = train_inputs[: self.max_train_samples]
+            train_targets = train_targets[: self.max_train_samples]
+        if self.drop_last and len(train_targets) < self.batch_size:
+            raise ValueError(
+                f"{self.display_name}: batch_size={self.batch_size} is larger than the "
+                f"{len(train_targets)} training examples, so with drop_last=true there would be "
+                f"no training batch at all. Lower data.batch_size, raise "
+                f"data.max_train_samples, or set data.drop_last=false."
+            )
+
+        self.train_inputs, self.train_targets = train_inputs, train_targets
+        self.val_inputs, self.val_targets = data.val_inputs, data.val_targets
+        self.train_dataset = self._make_dataset(train_inputs, train_targets, train=True)
+        self.val_dataset = self._make_dataset(data.val_inputs, data.val_targets, train=False)
+        self._is_set_up = True
+
+    def _check_tensors(self, data: LoadedData) -> None:
+        for split, inputs, targets in (
+            ("train", data.train_inputs, data.train_targets),
+            ("val", data.val_inputs, data.val_targets),
+        ):
+            if len(inputs) != len(targets):
+                raise RuntimeError(
+                    f"{self.display_name}: {split} has {len(inputs)} inputs but "
+                    f"{len(targets)} targets."
+                )
+            if len(targets) == 0:
+                raise ValueError(
+                    f"{self.display_name}: the {split} split is empty; use more data or "
+                    f"change the split fraction."
+                )
+            if targets.numel() and (
+                int(targets.min()) < 0 or int(targets.max()) >= data.num_classes
+            ):
+                raise RuntimeError(
+                    f"{self.display_name}: {split} targets span "
+                    f"[{int(targets.min())}, {int(targets.max())}], outside "
+                    f"[0, {data.num_classes - 1}]; the data files look corrupted."
+                )
+
+    def _require_setup(self) -> None:
+        if not self._is_set_up:
+            raise RuntimeError(
+                f"{self.display_name}: call setup() before asking for data loaders "
+                f"(the Lightning Trainer does this for you)."
+            )
+
+    # ------------------------------------------------------------ dataloaders
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled training loader.
+
+        Each call returns a loader with a freshly seeded generator (and, for
+        augmenting modules, a freshly seeded augmentation stream), so two
+        calls iterate the same examples in the same order. Successive epochs of
+        one loader use different orders, still determined by ``seed`` alone.
+        """
+        self._require_setup()
+        assert self.train_inputs is not None and self.train_targets is not None
+        dataset = self._make_dataset(self.train_inputs, self.train_targets, train=True)
+        self.train_dataset = dataset
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=True,
+            generator=seeded_generator(self.seed, "shuffle"),
+            drop_last=self.drop_last,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=self.pin_memory,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation loader: fixed order, no augmentation, keeps the last partial batch."""
+        self._require_setup()
+        assert self.val_dataset is not None
+        return DataLoader(
+            self.val_dataset,
+            batch_size=self.val_batch_size or self.batch_size,
+            shuffle=False,
+            drop_last=False,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=self.pin_memory,
+        )
+
+    # ---------------------------------------------------------------- reports
+    @property
+    def num_train(self) -> int | None:
+        """Number of training examples (after ``max_train_samples``), ``None`` before setup."""
+        return None if self.train_targets is None else len(self.train_targets)
+
+    @property
+    def num_val(self) -> int | None:
+        """Number of validation examples, ``None`` before setup."""
+        return None if self.val_targets is None else len(self.val_targets)
+
+    def describe(self) -> str:
+        """One line for logs: name, split sizes, shapes, batch size and seed."""
+        if self._is_set_up:
+            sizes = f"train={self.num_train} val={self.num_val}"
+        else:
+            sizes = "train=? val=? (not set up)"
+        shape = tuple(self.input_shape)
+        label = "vocab_size" if self.task == "lm" else "num_classes"
+        return (
+            f"{self.display_name}: {sizes} input_shape={shape} {label}={self.num_classes} "
+            f"task={self.task} batch_size={self.batch_size} seed={self.seed}"
+        )
+
+
+def split_by_permutation(
+    inputs: torch.Tensor, targets: torch.Tensor, val_fraction: float, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Shuffle with a generator seeded from ``seed`` and cut off ``val_fraction`` as validation.
+
+    Returns ``(train_inputs, train_targets, val_inputs, val_targets)``; both
+    parts are non-empty.
+    """
+    n = len(targets)
+    n_val = min(max(int(round(n * val_fraction)), 1), n - 1)
+    perm = torch.randperm(n, generator=seeded_generator(seed, "split"))
+    val_idx, train_idx = perm[:n_val], perm[n_val:]
+    return inputs[train_idx], targets[train_idx], inputs[val_idx], targets[val_idx]
