@@ -72,7 +72,7 @@ class TrainingModule(pl.LightningModule):
             self.log("val/ppl", torch.exp(self.trainer.callback_metrics["val/loss"]))
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(params=self.parameters())
+        optimizer = self.optimizer_factory(self.parameters())
         if self.scheduler_factory is None:
             return optimizer
         total = int(self.trainer.estimated_stepping_batches)

@@ -20,12 +20,23 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pytorch_lightning as pl
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from typing_extensions import override
 
-from optprobe.probes.functional import MatVec
+from optprobe.probes.base import ProbeCallback, all_finite, check_positive_int
+from optprobe.probes.functional import (
+    MatVec,
+    ParamDict,
+    functional_loss,
+    hvp_double_backward,
+    hvp_forward_over_reverse,
+)
 
 Device = torch.device | str | None
 

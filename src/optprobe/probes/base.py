@@ -1,0 +1,334 @@
+"""The base every probe callback shares: cadence, probe batches, isolation, timing, state.
+
+A probe observes and never steers. Extra passes go through ``torch.func.functional_call`` on
+explicit parameter tensors with *cloned* buffers (BatchNorm running statistics of the live
+network never change), gradients are taken with ``torch.autograd.grad`` (``.grad`` is never
+touched), random draws use the probe's own ``torch.Generator``, and the global RNG streams and
+the train/eval mode of every module are snapshotted and restored around every probe call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback
+from torch import Tensor, nn
+from typing_extensions import override
+
+from optprobe.probes.functional import ParamDict, trainable_params
+
+Batch = tuple[Tensor, Tensor]
+
+
+def check_positive_int(name: str, value: Any) -> int:
+    """``value`` as int, or a ValueError that names the config key and the fix."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}; e.g. {name}=10")
+    return value
+
+
+def check_nonnegative(name: str, value: Any) -> float:
+    """``value`` as float >= 0, or a ValueError naming the config key."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+    return float(value)
+
+
+def is_log_spaced_step(step: int, per_decade: int) -> bool:
+    """True on about ``per_decade`` log-spaced steps per decade (every step early on)."""
+    return step == 0 or math.floor(per_decade * math.log10(step + 1)) > math.floor(
+        per_decade * math.log10(step)
+    )
+
+
+def has_active_dropout(net: nn.Module) -> bool:
+    """True when some dropout layer with p > 0 is in training mode."""
+    return any(
+        isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 and m.training
+        for m in net.modules()
+    )
+
+
+@contextlib.contextmanager
+def isolated(net: nn.Module, dropout_off: bool = True) -> Iterator[None]:
+    """Run a probe pass without side effects on RNG streams, modes and buffers.
+
+    Restores the torch (CPU and CUDA), numpy and Python RNG states and every module's
+    train/eval mode; dropout layers are put in eval mode inside (``dropout_off``), so probe
+    passes are deterministic. Buffers are protected separately by functional calls with
+    cloned buffers (see ``optprobe.probes.functional``).
+    """
+    cpu_state = torch.get_rng_state()
+    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    np_state, py_state = np.random.get_state(), random.getstate()
+    modes = [(m, m.training) for m in net.modules()]
+    try:
+        if dropout_off:
+            for m in net.modules():
+                if isinstance(m, nn.modules.dropout._DropoutNd):
+                    m.eval()
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
+        torch.set_rng_state(cpu_state)
+        if cuda_states is not None:
+            torch.cuda.set_rng_state_all(cuda_states)
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+
+
+class ProbeCallback(Callback):
+    """Base of every probe: cadence, which batch, isolation, its own cost, logging, state.
+
+    Args:
+        every_n_steps: probe every this many optimizer steps (>= 1).
+        log_spaced: if true, probe on log-spaced steps instead (``per_decade`` per decade;
+            every step early in training, ever sparser later).
+        per_decade: probes per decade of steps when ``log_spaced``.
+        start_step: first optimizer step that may be probed.
+        batch: ``current`` (the training batch of the step) or ``fixed`` (one batch drawn once
+            from the training data at the start and kept, saved in checkpoints).
+        fixed_batch_size: examples in the fixed batch (null: the training batch size).
+    """
+
+    family = "probe"
+
+    def __init__(
+        self,
+        every_n_steps: int = 1,
+        log_spaced: bool = False,
+        per_decade: int = 10,
+        start_step: int = 0,
+        batch: str = "current",
+        fixed_batch_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        prefix = f"probes.{self.family}"
+        self.every_n_steps = check_positive_int(f"{prefix}.every_n_steps", every_n_steps)
+        self.per_decade = check_positive_int(f"{prefix}.per_decade", per_decade)
+        self.log_spaced = bool(log_spaced)
+        if isinstance(start_step, bool) or not isinstance(start_step, int) or start_step < 0:
+            raise ValueError(f"{prefix}.start_step must be an integer >= 0, got {start_step!r}")
+        self.start_step = start_step
+        if batch not in ("current", "fixed"):
+            raise ValueError(f"{prefix}.batch must be 'current' or 'fixed', got {batch!r}")
+        self.batch_mode = batch
+        self.fixed_batch_size = (
+            None
+            if fixed_batch_size is None
+            else check_positive_int(f"{prefix}.fixed_batch_size", fixed_batch_size)
+        )
+        self.fixed_batch: Batch | None = None
+        self.probe_seconds = 0.0
+        self.num_probed = 0
+        self.num_skipped = 0
+        self._fit_start: float | None = None
+        self.window: list[Batch] = []
+        self.window_losses: list[Tensor] = []
+        self._window_closed = True
+        self._step: int | None = None
+        self._active = False
+
+    # ----------------------------------------------------------------- cadence and batches
+    def is_probe_step(self, step: int) -> bool:
+        """Whether optimizer step ``step`` (0-based) is probed."""
+        if step < self.start_step:
+            return False
+        k = step - self.start_step
+        if self.log_spaced:
+            return is_log_spaced_step(k, self.per_decade)
+        return k % self.every_n_steps == 0
+
+    def draw_fixed_batch(self, trainer: pl.Trainer) -> Batch:
+        """One batch from a fresh training loader (data modules seed their own generators)."""
+        loader = trainer.datamodule.train_dataloader()
+        inputs, targets = next(iter(loader))
+        n = self.fixed_batch_size or inputs.shape[0]
+        if n > inputs.shape[0]:
+            parts_x, parts_y = [inputs], [targets]
+            for x, y in loader:
+                parts_x.append(x)
+                parts_y.append(y)
+                if sum(p.shape[0] for p in parts_x) >= n:
+                    break
+            inputs, targets = torch.cat(parts_x), torch.cat(parts_y)
+        return inputs[:n].clone(), targets[:n].clone()
+
+    def probe_batch(self, pl_module: pl.LightningModule) -> Batch:
+        """The batch a probe evaluates on, on the module's device: the fixed batch, or the
+        current step's batch (all micro-batches of the step under gradient accumulation)."""
+        if self.batch_mode == "fixed":
+            inputs, targets = self.fixed_batch
+        else:
+            inputs = torch.cat([b[0] for b in self.window])
+            targets = torch.cat([b[1] for b in self.window])
+        return inputs.to(pl_module.device), targets.to(pl_module.device)
+
+    # ----------------------------------------------------------------- hooks for subclasses
+    def before_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer, step: int
+    ) -> None:
+        """At x_t with the raw gradient g_t in ``.grad`` (before clipping and the update)."""
+
+    def after_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int) -> None:
+        """At x_{t+1}, right after the optimizer step ``step`` was applied."""
+
+    def wants_step(self, step: int) -> bool:
+        """Whether ``before_step``/``after_step`` run at ``step`` (default: the cadence)."""
+        return self.is_probe_step(step)
+
+    @override
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._window_closed:
+            self.window, self.window_losses, self._window_closed = [], [], False
+        self.window.append(batch)
+
+    @override
+    def on_before_backward(self, trainer, pl_module, loss: Tensor) -> None:
+        # Lightning divides each micro-batch loss by accumulate_grad_batches, so the sum over
+        # the window is the mean loss of the step's batch at x_t.
+        self.window_losses.append(loss.detach().to(torch.float64))
+
+    def window_loss(self) -> float:
+        """f_t(x_t): the training loss of the current step (mean over its micro-batches)."""
+        return float(sum(self.window_losses))
+
+    def final_summary(self) -> dict[str, Any]:
+        """What the job's summary.json records for this probe (override to add verdicts)."""
+        return {"probed": self.num_probed, "skipped": self.num_skipped}
+
+    @override
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if trainer.sanity_checking:
+            return
+        self._step = trainer.global_step
+        self._active = self.wants_step(self._step)
+        if self._active:
+            with self.timed(pl_module.net):
+                self.before_step(trainer, pl_module, optimizer, self._step)
+
+    @override
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._step is None:
+            return  # no optimizer step in this batch (gradient accumulation)
+        step, active = self._step, self._active
+        self._step, self._window_closed = None, True
+        if active:
+            with self.timed(pl_module.net):
+                self.after_step(trainer, pl_module, step)
+
+    # ----------------------------------------------------------------- lifecycle
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        for name in ("net", "loss_fn"):
+            if not hasattr(pl_module, name):
+                raise TypeError(
+                    f"probes.{self.family} needs a LightningModule with `{name}` "
+                    "(optprobe.models.lit_module.TrainingModule)"
+                )
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._fit_start = time.perf_counter() - self._train_seconds_before
+        if self.batch_mode == "fixed" and self.fixed_batch is None:
+            with isolated(pl_module.net):
+                self.fixed_batch = self.draw_fixed_batch(trainer)
+
+    @property
+    def _train_seconds_before(self) -> float:
+        return getattr(self, "_resumed_seconds", 0.0)
+
+    @contextlib.contextmanager
+    def timed(self, net: nn.Module) -> Iterator[None]:
+        """Isolate and time one probe call (adds to ``probe_seconds``)."""
+        start = time.perf_counter()
+        try:
+            with isolated(net):
+                yield
+        finally:
+            self.probe_seconds += time.perf_counter() - start
+
+    def params(self, pl_module: pl.LightningModule) -> ParamDict:
+        return trainable_params(pl_module.net)
+
+    # ----------------------------------------------------------------- logging
+    def overhead_keys(self, trainer: pl.Trainer) -> dict[str, float]:
+        """``probe/overhead`` = seconds in all probes / seconds training (excluding probes).
+
+        Logged by the first probe callback of the trainer only, so it is counted once.
+        """
+        probes = [c for c in trainer.callbacks if isinstance(c, ProbeCallback)]
+        if not probes or probes[0] is not self or self._fit_start is None:
+            return {}
+        probe_s = sum(p.probe_seconds for p in probes)
+        train_s = max(time.perf_counter() - self._fit_start - probe_s, 1e-9)
+        return {"probe/overhead": probe_s / train_s, "probe/seconds": probe_s}
+
+    def log_values(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, values: dict[str, float]
+    ) -> None:
+        """Log a dict of floats at the current step (rank zero, no reduction)."""
+        values = {**values, **self.overhead_keys(trainer)}
+        if trainer.sanity_checking or not values:
+            return
+        # float64 tensors: plain Python floats would be logged in float32
+        pl_module.log_dict(
+            {
+                k: torch.tensor(float(v), dtype=torch.float64, device=pl_module.device)
+                for k, v in values.items()
+            },
+            on_step=True,
+            on_epoch=False,
+            rank_zero_only=True,
+            batch_size=1,
+        )
+
+    def skip(self, reason: str) -> dict[str, float]:
+        """Count a skipped probe step; returns the counter keys to log."""
+        self.num_skipped += 1
+        return {f"{self.family}/skipped": float(self.num_skipped)}
+
+    # ----------------------------------------------------------------- state
+    @property
+    def state_key(self) -> str:
+        return f"optprobe.{type(self).__name__}"
+
+    def extra_state(self) -> dict[str, Any]:
+        """Running quantities of the subclass (override)."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore what ``extra_state`` returned (override)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        elapsed = 0.0 if self._fit_start is None else time.perf_counter() - self._fit_start
+        return {
+            "probe_seconds": self.probe_seconds,
+            "train_seconds": elapsed,
+            "num_probed": self.num_probed,
+            "num_skipped": self.num_skipped,
+            "fixed_batch": self.fixed_batch,
+            "extra": self.extra_state(),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.probe_seconds = state_dict["probe_seconds"]
+        self._resumed_seconds = state_dict["train_seconds"]
+        self.num_probed = state_dict["num_probed"]
+        self.num_skipped = state_dict["num_skipped"]
+        self.fixed_batch = state_dict["fixed_batch"]
+        self.load_extra_state(state_dict["extra"])
+
+
+def all_finite(values: dict[str, float]) -> bool:
+    """True when every value is a finite number."""
+    return all(math.isfinite(v) for v in values.values())

@@ -1,0 +1,327 @@
+"""Step probes: what smoothness and convexity analyses predict for one optimizer step, and
+what the step actually did (Tran, Zhang & Cutkosky 2024, section 1 of docs/metrics.md).
+
+For the step x_t -> x_{t+1} = x_t + Δ_t on mini-batch loss f_t:
+
+    D_t = f_t(x_{t+1}) - f_t(x_t)                      progress made (nats)
+    inst_gap = D_t - <g⁺_t, Δ_t>   (≤ 0 if f_t is convex along the step, seen from x_{t+1})
+    inst_gap_old = D_t - <g_t, Δ_t>  (≥ 0 if convex along the step, seen from x_t)
+    smooth_eff = 2 (D_t - <g_t, Δ_t>) / ‖Δ_t‖²   (smallest L for the descent lemma here)
+    descent_bound = <g_t, Δ_t> + L/2 ‖Δ_t‖²       (holds when ≥ D_t and < 0)
+
+g_t is the raw loss gradient of the training step (before clipping and weight decay), Δ_t the
+update the optimizer applied; inner products are accumulated in float64.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+from typing_extensions import override
+
+from optprobe.probes.aggregates import RunningAggregates
+from optprobe.probes.base import ProbeCallback, all_finite, check_nonnegative, has_active_dropout
+from optprobe.probes.functional import (
+    ParamDict,
+    flatten,
+    functional_loss,
+    hvp_double_backward,
+    loss_and_grad,
+    unflatten_like,
+)
+
+SCHEMES = ("auto", "same_batch", "next_batch")
+L_SOURCES = ("running_max_lip", "lambda_max")
+EMA_KEYS = ("loss_change", "lin_new", "inst_gap", "inst_gap_old", "smooth_lip")
+
+
+def _cos(a: Tensor, b: Tensor) -> float:
+    denom = float(a.norm() * b.norm())
+    return float(a @ b) / denom if denom > 0 else math.nan
+
+
+def step_quantities(
+    loss_old: float,
+    loss_new: float,
+    grad_new: Tensor,
+    delta: Tensor,
+    grad_old: Tensor | None = None,
+    delta_prev: Tensor | None = None,
+) -> dict[str, float]:
+    """Per-step keys (without the ``step/`` prefix) from flat float64 vectors.
+
+    ``grad_old`` = g_t at x_t, ``grad_new`` = g⁺_t at x_{t+1}, both on the same batch;
+    without ``grad_old`` only the keys that need no old-point gradient are returned.
+    """
+    d = loss_new - loss_old
+    sq = float(delta @ delta)
+    lin_new = float(grad_new @ delta)
+    out = {
+        "loss_change": d,
+        "lin_new": lin_new,
+        "inst_gap": d - lin_new,
+        "update_cos_new": _cos(grad_new, delta),
+        "update_norm": math.sqrt(sq),
+    }
+    if grad_old is not None:
+        lin_old = float(grad_old @ delta)
+        out.update(
+            lin_old=lin_old,
+            inst_gap_old=d - lin_old,
+            smooth_lip=float((grad_new - grad_old).norm()) / math.sqrt(sq),
+            smooth_eff=2 * (d - lin_old) / sq,
+            update_cos_old=_cos(grad_old, delta),
+            grad_norm=float(grad_old.norm()),
+        )
+    if delta_prev is not None:
+        out["update_cos_prev"] = _cos(delta, delta_prev)
+    return out
+
+
+def descent_bound(lin_old: float, update_norm: float, smoothness: float) -> float:
+    """What an L-smooth analysis predicts for the loss change: <g,Δ> + L/2 ‖Δ‖² (nats)."""
+    return lin_old + 0.5 * smoothness * update_norm**2
+
+
+class StepProbe(ProbeCallback):
+    """Step probes of docs/metrics.md section 1, logged as ``step/<key>``.
+
+    Per probed step: ``loss_change``, ``lin_old``, ``lin_new``, ``inst_gap``, ``inst_gap_old``,
+    ``smooth_lip``, ``smooth_eff``, ``descent_bound``, ``update_cos_old``, ``update_cos_new``,
+    ``update_cos_prev``, ``grad_norm``, ``update_norm``, ``curv_dir`` (optional), ``L``
+    (the global smoothness estimate used by ``descent_bound``). Aggregates: ``<key>_ema<β>``
+    for loss_change, lin_new, inst_gap, inst_gap_old, smooth_lip; ``cum_loss_change``,
+    ``cum_lin_old``, ``cum_lin_new``; ``convexity_ratio`` (cumulative Σ<g⁺,Δ>/ΣD) and
+    ``convexity_ratio_window``; ``frac_inst_gap_held``, ``frac_inst_gap_old_held``,
+    ``frac_descent_bound_held`` (fraction of probed steps on which each held); ``skipped``.
+
+    Args:
+        scheme: ``same_batch`` evaluates f_t and its gradient at x_{t+1} on the step's batch
+            (one extra forward+backward). ``next_batch`` takes f_{t+1}(x_{t+1}) and its gradient
+            from the next training step for free and evaluates at x_t on z_{t+1}: one extra
+            forward (+ a backward when ``old_point_keys``). ``auto``: ``next_batch`` when
+            ``old_point_keys`` is false (same keys, cheaper), else ``same_batch``.
+        old_point_keys: also compute the keys needing the gradient at x_t (lin_old,
+            inst_gap_old, smooth_*, descent_bound, update_cos_old, grad_norm).
+        smoothness_source: L for ``descent_bound``: ``running_max_lip`` (running max of
+            smooth_lip) or ``lambda_max`` (latest ``curv/lambda_max`` of a curvature probe,
+            running max of smooth_lip until there is one).
+        curv_dir: also log Δᵀ H_t Δ / ‖Δ‖² (one forward, one backward with graph, one HVP).
+        min_update_norm, min_lr: skip (and count) steps with ‖Δ‖ or lr at or below these.
+        window: number of probed steps in ``convexity_ratio_window``.
+        ema_betas: EMA factors of the aggregates.
+    """
+
+    family = "step"
+
+    def __init__(
+        self,
+        every_n_steps: int = 1,
+        log_spaced: bool = False,
+        per_decade: int = 10,
+        start_step: int = 0,
+        scheme: str = "auto",
+        old_point_keys: bool = True,
+        smoothness_source: str = "running_max_lip",
+        curv_dir: bool = False,
+        min_update_norm: float = 1e-12,
+        min_lr: float = 0.0,
+        window: int = 100,
+        ema_betas: tuple[float, ...] = (0.9, 0.99, 0.999),
+    ) -> None:
+        super().__init__(every_n_steps, log_spaced, per_decade, start_step, batch="current")
+        if scheme not in SCHEMES:
+            raise ValueError(f"probes.step.scheme={scheme!r} is unknown; use one of {SCHEMES}")
+        if smoothness_source not in L_SOURCES:
+            raise ValueError(
+                f"probes.step.smoothness_source={smoothness_source!r} is unknown; use one of "
+                f"{L_SOURCES}"
+            )
+        if not all(0 < b < 1 for b in ema_betas):
+            raise ValueError(f"probes.step.ema_betas must lie in (0, 1), got {list(ema_betas)}")
+        self.old_point_keys = bool(old_point_keys)
+        if scheme == "auto":
+            scheme = "same_batch" if self.old_point_keys else "next_batch"
+        self.scheme = scheme
+        self.smoothness_source = smoothness_source
+        self.curv_dir = bool(curv_dir)
+        self.min_update_norm = check_nonnegative("probes.step.min_update_norm", min_update_norm)
+        self.min_lr = check_nonnegative("probes.step.min_lr", min_lr)
+        self.agg = RunningAggregates(tuple(ema_betas), window)
+        self.max_lip = 0.0
+        self.prev_delta: Tensor | None = None
+        self._x_old: Tensor | None = None
+        self._pending: dict[str, Any] | None = None  # next_batch: the update awaiting z_{t+1}
+        self._at_step: dict[str, Any] = {}
+
+    # --------------------------------------------------------------------------- hooks
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if has_active_dropout(pl_module.net):
+            raise ValueError(
+                "probes.step: the model has active dropout, so f_t at x_{t+1} would see another "
+                "mask than the training step did; set the model's dropout to 0 (e.g. "
+                "model.dropout=0.0) or turn the step probe off (probes.step=null)"
+            )
+
+    def wants_step(self, step: int) -> bool:
+        # Neighbouring steps record x_t and Δ_t too (update_cos_prev, next_batch scheme).
+        return any(self.is_probe_step(step + k) for k in (-1, 0, 1))
+
+    def before_step(self, trainer, pl_module, optimizer, step: int) -> None:
+        params = self.params(pl_module)
+        self._x_old = flatten(p.detach() for p in params.values())
+        loss_now = self.window_loss()
+        grad_now = flatten(
+            torch.zeros_like(p) if p.grad is None else p.grad.detach() for p in params.values()
+        )
+        self._at_step = {"loss": loss_now, "grad": grad_now, "lr": optimizer.param_groups[0]["lr"]}
+        if self.scheme == "next_batch" and self._pending is not None:
+            self._finish_next_batch(trainer, pl_module, params)
+        if self.curv_dir and self.is_probe_step(step):
+            self._at_step["x_old_params"] = {k: p.detach().clone() for k, p in params.items()}
+
+    def after_step(self, trainer, pl_module, step: int) -> None:
+        params = self.params(pl_module)
+        delta = flatten(p.detach() for p in params.values()) - self._x_old
+        prev, self.prev_delta = self.prev_delta, delta
+        if not self.is_probe_step(step):
+            return
+        info = {**self._at_step, "delta": delta, "delta_prev": prev, "step": step}
+        if self.scheme == "next_batch":
+            info["x_old"] = self._x_old
+            self._pending = info
+            return
+        self._probe_same_batch(trainer, pl_module, params, info)
+
+    # --------------------------------------------------------------------------- schemes
+    def _mean_loss_and_grad(self, pl_module, params: ParamDict) -> tuple[float, Tensor]:
+        """Mean loss and gradient over the step's micro-batches at ``params``."""
+        losses, grads = [], []
+        for inputs, targets in self.window:
+            fn = functional_loss(pl_module.net, inputs, targets, pl_module.loss_fn)
+            loss, grad = loss_and_grad(fn, params)
+            losses.append(float(loss))
+            grads.append(grad)
+        return sum(losses) / len(losses), torch.stack(grads).mean(0)
+
+    def _mean_loss(self, pl_module, params: ParamDict) -> float:
+        with torch.no_grad():
+            return sum(
+                float(functional_loss(pl_module.net, x, y, pl_module.loss_fn)(params))
+                for x, y in self.window
+            ) / len(self.window)
+
+    def _probe_same_batch(self, trainer, pl_module, params: ParamDict, info: dict) -> None:
+        if self._skip_tiny(trainer, pl_module, info):
+            return
+        loss_new, grad_new = self._mean_loss_and_grad(pl_module, params)
+        grad_old = info["grad"] if self.old_point_keys else None
+        values = step_quantities(
+            info["loss"], loss_new, grad_new, info["delta"], grad_old, info["delta_prev"]
+        )
+        self._finish(trainer, pl_module, values, info)
+
+    def _finish_next_batch(self, trainer, pl_module, params: ParamDict) -> None:
+        """At x_{t+1} on z_{t+1}: complete the pending update t with one pass at x_t."""
+        info, self._pending = self._pending, None
+        if self._skip_tiny(trainer, pl_module, info):
+            return
+        old_params = unflatten_like(info["x_old"], params)
+        if self.old_point_keys:
+            loss_old, grad_old = self._mean_loss_and_grad(pl_module, old_params)
+        else:
+            loss_old, grad_old = self._mean_loss(pl_module, old_params), None
+        now = self._at_step
+        values = step_quantities(
+            loss_old, now["loss"], now["grad"], info["delta"], grad_old, info["delta_prev"]
+        )
+        self._finish(trainer, pl_module, values, info)
+
+    def _skip_tiny(self, trainer, pl_module, info: dict) -> bool:
+        if float(info["delta"].norm()) <= self.min_update_norm or info["lr"] <= self.min_lr:
+            self.log_values(trainer, pl_module, self.skip("tiny update or lr"))
+            return True
+        return False
+
+    # --------------------------------------------------------------------------- bookkeeping
+    def smoothness_estimate(self, trainer: pl.Trainer) -> float:
+        """The global L used by ``descent_bound`` (1/nats-per-unit² of parameter space)."""
+        if self.smoothness_source == "lambda_max":
+            for cb in trainer.callbacks:
+                lam = getattr(cb, "last_lambda_max", None)
+                if lam is not None and math.isfinite(lam):
+                    return float(lam)
+        return self.max_lip
+
+    def _curvature_along_update(self, pl_module, info: dict) -> float:
+        x_old = info["x_old_params"]
+        matvecs = []
+        for inputs, targets in self.window:
+            fn = functional_loss(pl_module.net, inputs, targets, pl_module.loss_fn)
+            matvecs.append(hvp_double_backward(fn, x_old)(info["delta"]))
+        hv = torch.stack(matvecs).mean(0)
+        return float(info["delta"] @ hv) / float(info["delta"] @ info["delta"])
+
+    def _finish(self, trainer, pl_module, values: dict[str, float], info: dict) -> None:
+        if self.curv_dir and "x_old_params" in info:
+            values["curv_dir"] = self._curvature_along_update(pl_module, info)
+        if not all_finite({k: v for k, v in values.items() if k != "update_cos_prev"}):
+            self.log_values(trainer, pl_module, self.skip("non-finite value"))
+            return
+        self.num_probed += 1
+        agg = self.agg
+        out = dict(values)
+        if "smooth_lip" in values:
+            self.max_lip = max(self.max_lip, values["smooth_lip"])
+            out["L"] = self.smoothness_estimate(trainer)
+            out["descent_bound"] = descent_bound(values["lin_old"], values["update_norm"], out["L"])
+            out["frac_descent_bound_held"] = agg.record_held(
+                "descent_bound", values["loss_change"] <= out["descent_bound"] < 0
+            )
+            out["frac_inst_gap_old_held"] = agg.record_held(
+                "inst_gap_old", values["inst_gap_old"] >= 0
+            )
+            out["cum_lin_old"] = agg.add("lin_old", values["lin_old"])
+        out["frac_inst_gap_held"] = agg.record_held("inst_gap", values["inst_gap"] <= 0)
+        for key in EMA_KEYS:
+            if key in values:
+                out.update(agg.update_ema(key, values[key]))
+        cum_d = agg.add("loss_change", values["loss_change"])
+        cum_lin = agg.add("lin_new", values["lin_new"])
+        out["cum_loss_change"], out["cum_lin_new"] = cum_d, cum_lin
+        out["convexity_ratio"] = cum_lin / cum_d if cum_d != 0 else math.nan
+        win_d = agg.window_sum("loss_change")
+        out["convexity_ratio_window"] = agg.window_sum("lin_new") / win_d if win_d else math.nan
+        out["skipped"] = float(self.num_skipped)
+        self.log_values(trainer, pl_module, {f"step/{k}": v for k, v in out.items()})
+
+    def final_summary(self) -> dict[str, Any]:
+        """Fractions held per assumption, the scheme, skips and the fitted L (for summary.json)."""
+        return {
+            **super().final_summary(),
+            "scheme": self.scheme,
+            "held": self.agg.fractions(),
+            "max_smooth_lip": self.max_lip,
+        }
+
+    # --------------------------------------------------------------------------- state
+    def extra_state(self) -> dict[str, Any]:
+        return {
+            "agg": self.agg.state_dict(),
+            "max_lip": self.max_lip,
+            "prev_delta": self.prev_delta,
+            "pending": self._pending,
+            "scheme": self.scheme,
+        }
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.agg.load_state_dict(state["agg"])
+        self.max_lip = state["max_lip"]
+        self.prev_delta = state["prev_delta"]
+        self._pending = state["pending"]
