@@ -204,13 +204,23 @@ def test_epochs_differ_but_are_reproducible() -> None:
         dm = make_synthetic(seed=5)
         dm.setup()
         loader = dm.train_dataloader()
-        return [torch.cat([y for _, y in loader]) for _ in range(2)]
+        epochs = []
+        for epoch in range(2):
+            loader.sampler.set_epoch(epoch)  # what Lightning does at every epoch start
+            epochs.append(torch.cat([y for _, y in loader]))
+        return epochs
 
     run1 = two_epochs()
     perturb_global_rng()
     run2 = two_epochs()
     assert not torch.equal(run1[0], run1[1])
     assert all(torch.equal(a, b) for a, b in zip(run1, run2, strict=True))
+    # a fresh loader (as after resuming from a checkpoint) at epoch 1 repeats epoch 1
+    dm = make_synthetic(seed=5)
+    dm.setup()
+    resumed = dm.train_dataloader()
+    resumed.sampler.set_epoch(1)
+    assert torch.equal(torch.cat([y for _, y in resumed]), run1[1])
 
 
 def test_synthetic_is_deterministic_and_learnable() -> None:

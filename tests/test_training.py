@@ -19,6 +19,7 @@ FAMILIES = {
     "gpt": ["model=gpt", "data=shakespeare", "data.max_chars=30000", "data.seq_len=32"],
 }
 TINY = [
+    "probes=none",
     "data.batch_size=16",
     "data.max_train_samples=64",
     "trainer.max_epochs=-1",
@@ -66,7 +67,13 @@ def final_state(make_cfg, overrides):
 
 
 def test_same_seed_gives_bit_identical_parameters(make_cfg):
-    overrides = ["debug=smoke", "optimizer=sgdm", "model=mlp", "trainer.max_steps=10"]
+    overrides = [
+        "debug=smoke",
+        "optimizer=sgdm",
+        "model=mlp",
+        "trainer.max_steps=10",
+        "probes=none",
+    ]
     a, opt_a = final_state(make_cfg, overrides)
     b, opt_b = final_state(make_cfg, overrides)
     assert a.keys() == b.keys()

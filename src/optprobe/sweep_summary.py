@@ -22,7 +22,13 @@ def job_row(job_dir: Path) -> dict[str, Any]:
         return {"job": job_dir.name, "status": "missing", "folder": str(job_dir)}
     summary = json.loads(path.read_text())
     metrics = summary.get("metrics", {})
+    held = {
+        f"held:{name}": stats["fraction"]
+        for probe in summary.get("probes", {}).values()
+        for name, stats in probe.get("held", {}).items()
+    }
     return {
+        **held,
         "job": job_dir.name,
         "overrides": " ".join(summary.get("overrides", [])) or "(defaults)",
         "status": summary.get("status", "?"),
@@ -42,8 +48,18 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def format_table(rows: list[dict[str, Any]], columns: tuple[str, ...] = COLUMNS) -> str:
-    """A plain-text table (fixed-width columns) of ``rows``; errors are listed below it."""
+def table_columns(rows: list[dict[str, Any]]) -> tuple[str, ...]:
+    """The fixed columns plus one ``held:<assumption>`` column per checked assumption."""
+    held = sorted({k for r in rows for k in r if k.startswith("held:")})
+    return (*COLUMNS[:-1], *held, COLUMNS[-1])
+
+
+def format_table(rows: list[dict[str, Any]], columns: tuple[str, ...] | None = None) -> str:
+    """A plain-text table (fixed-width columns) of ``rows``; errors are listed below it.
+
+    ``held:<name>`` columns give the fraction of probed steps on which that assumption held.
+    """
+    columns = columns or table_columns(rows)
     cells = [[_cell(r.get(c)) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
     line = "  ".join("-" * w for w in widths)
@@ -68,7 +84,9 @@ def summarize_sweep(sweep_dir: str | Path) -> list[dict[str, Any]]:
     sweep_dir = Path(sweep_dir)
     rows = [job_row(p) for p in job_dirs(sweep_dir)]
     with open(sweep_dir / "sweep_summary.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=[*COLUMNS, "error"], extrasaction="ignore")
+        writer = csv.DictWriter(
+            f, fieldnames=[*table_columns(rows), "error"], extrasaction="ignore"
+        )
         writer.writeheader()
         writer.writerows(rows)
     return rows

@@ -14,10 +14,12 @@ from typing import Any
 import hydra
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from optprobe.instantiate import instantiate_named
 from optprobe.models.lit_module import TrainingModule
+from optprobe.probes.base import ProbeCallback
+from optprobe.reference_run import obtain_reference
 
 SUMMARY_FILE = "summary.json"
 
@@ -68,6 +70,20 @@ def write_summary(output_dir: str, payload: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def probes_of(trainer: pl.Trainer) -> list[ProbeCallback]:
+    """The probe callbacks of a trainer, in order."""
+    return [c for c in trainer.callbacks if isinstance(c, ProbeCallback)]
+
+
+def probe_name(cfg: DictConfig, probe: ProbeCallback) -> str:
+    """The config entry name (``probes.<name>``) of an instantiated probe."""
+    target = f"{type(probe).__module__}.{type(probe).__name__}"
+    for name, entry in (cfg.get("probes") or {}).items():
+        if entry is not None and entry.get("_target_") == target:
+            return name
+    return probe.family
+
+
 def build(cfg: DictConfig) -> dict[str, Any]:
     """Instantiate every object of a run from its config (nothing is trained)."""
     datamodule = hydra.utils.instantiate(cfg.data)
@@ -106,18 +122,25 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     start = time.perf_counter()
     objects: dict[str, Any] = {}
     try:
+        if cfg.get("probes") and cfg.probes.get("reference") and not cfg.probes.reference.ckpt:
+            ckpt = obtain_reference(cfg)
+            with open_dict(cfg):
+                cfg.probes.reference.ckpt = ckpt
         pl.seed_everything(cfg.seed, workers=True)
         objects = build(cfg)
         datamodule, module, trainer = objects["datamodule"], objects["module"], objects["trainer"]
         datamodule.setup("fit")
         check_model_fits_data(module.net, datamodule, cfg)
         resolved = OmegaConf.to_container(cfg, resolve=True)
-        OmegaConf.save(cfg, Path(output_dir) / "config.yaml", resolve=True)
+        for probe in probes_of(trainer):  # record what each probe resolved to (e.g. scheme)
+            resolved["probes"][probe_name(cfg, probe)].update(probe.resolved_settings())
+        OmegaConf.save(OmegaConf.create(resolved), Path(output_dir) / "config.yaml")
         for logger in objects["loggers"]:
             logger.log_hyperparams(resolved)
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         metrics = to_float_dict(trainer.callback_metrics)
         summary.update(status="completed", metrics=metrics, global_step=trainer.global_step)
+        summary["probes"] = {probe_name(cfg, p): p.final_summary() for p in probes_of(trainer)}
         return metrics, objects
     except BaseException as err:
         summary.update(status="failed", error=f"{type(err).__name__}: {err}")

@@ -26,7 +26,9 @@ class ArrayData(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         gen = torch.Generator().manual_seed(self.seed)
         data = TensorDataset(self.inputs, self.targets)
-        return DataLoader(data, batch_size=self.batch_size, shuffle=True, generator=gen, drop_last=True)
+        return DataLoader(
+            data, batch_size=self.batch_size, shuffle=True, generator=gen, drop_last=True
+        )
 
 
 @dataclass

@@ -49,10 +49,24 @@ def test_every_key_matches_independent_recomputation_float64(scheme, accumulate)
     x, y = data()
     probe = StepProbe(scheme=scheme)
     opt = lambda p: torch.optim.SGD(p, lr=0.3, momentum=0.9, weight_decay=1e-3)  # noqa: E731
-    _, _, rec, sink = fit(copy.deepcopy(net), x, y, [probe], steps=6, optimizer=opt, accumulate=accumulate)
-    keys = ["loss_change", "lin_old", "lin_new", "inst_gap", "inst_gap_old", "smooth_lip",
-            "smooth_eff", "update_cos_old", "update_cos_new", "update_cos_prev", "grad_norm",
-            "update_norm", "descent_bound"]
+    _, _, rec, sink = fit(
+        copy.deepcopy(net), x, y, [probe], steps=6, optimizer=opt, accumulate=accumulate
+    )
+    keys = [
+        "loss_change",
+        "lin_old",
+        "lin_new",
+        "inst_gap",
+        "inst_gap_old",
+        "smooth_lip",
+        "smooth_eff",
+        "update_cos_old",
+        "update_cos_new",
+        "update_cos_prev",
+        "grad_norm",
+        "update_norm",
+        "descent_bound",
+    ]
     logged = {k: list(sink.series(f"step/{k}").values()) for k in keys}
     n_expected = 6 if scheme == "same_batch" else 5  # next_batch: the last update has no z_{t+1}
     assert len(logged["loss_change"]) == n_expected
@@ -96,8 +110,9 @@ def test_logistic_regression_is_convex_along_every_step():
     x, y = data(n=128, dim=(1, 8, 8), classes=4, seed=1, dtype=torch.float64)
     net = LogisticRegression((1, 8, 8), 4).double()
     probe = StepProbe()
-    _, _, _, sink = fit(net, x, y, [probe], steps=20, batch_size=32,
-                        optimizer=lambda p: torch.optim.SGD(p, lr=1.0))
+    _, _, _, sink = fit(
+        net, x, y, [probe], steps=20, batch_size=32, optimizer=lambda p: torch.optim.SGD(p, lr=1.0)
+    )
     gaps = list(sink.series("step/inst_gap").values())
     gaps_old = list(sink.series("step/inst_gap_old").values())
     assert len(gaps) == 20
@@ -121,7 +136,10 @@ def test_quadratic_closed_form():
     # with L = the curvature along the step the descent lemma is an equality on a quadratic
     exact = descent_bound(vals["lin_old"], vals["update_norm"], vals["smooth_eff"])
     assert exact == pytest.approx(vals["loss_change"], rel=1e-12)
-    assert descent_bound(vals["lin_old"], vals["update_norm"], eigs.max().item()) >= vals["loss_change"]
+    assert (
+        descent_bound(vals["lin_old"], vals["update_norm"], eigs.max().item())
+        >= vals["loss_change"]
+    )
     # convex: both gaps have the convex sign
     assert vals["inst_gap"] <= 0 <= vals["inst_gap_old"]
 
@@ -144,12 +162,52 @@ def test_dropout_is_refused_at_setup():
         fit(net, x, x, [StepProbe()], steps=1)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"every_n_steps": 0}, "probes.step.every_n_steps"),
-    ({"scheme": "bogus"}, "probes.step.scheme"),
-    ({"smoothness_source": "x"}, "probes.step.smoothness_source"),
-    ({"min_update_norm": -1}, "probes.step.min_update_norm"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"every_n_steps": 0}, "probes.step.every_n_steps"),
+        ({"scheme": "bogus"}, "probes.step.scheme"),
+        ({"smoothness_source": "x"}, "probes.step.smoothness_source"),
+        ({"min_update_norm": -1}, "probes.step.min_update_norm"),
+    ],
+)
 def test_bad_arguments_name_the_config_key(kwargs, match):
     with pytest.raises(ValueError, match=match):
         StepProbe(**kwargs)
+
+
+def test_state_dict_round_trip_continues_identically():
+    x, y = data()
+    net = MLP((1, 4, 4), 3, hidden=(8,)).double()
+    opt = lambda p: torch.optim.SGD(p, lr=0.2)  # noqa: E731  (stateless: phases chain exactly)
+    first = StepProbe()
+    _, module, _, _ = fit(net, x, y, [first], steps=4, optimizer=opt)
+    restored, fresh = StepProbe(), StepProbe()
+    restored.load_state_dict(copy.deepcopy(first.state_dict()))
+    series = {}
+    for name, probe in (("original", first), ("restored", restored), ("fresh", fresh)):
+        _, _, _, sink = fit(
+            copy.deepcopy(module.net), x, y, [probe], steps=4, optimizer=opt, seed=1
+        )
+        series[name] = {
+            k: sink.series(k) for k in sink.rows[max(sink.rows)] if k.startswith("step/")
+        }
+    assert series["original"] == series["restored"]
+    assert series["fresh"]["step/cum_loss_change"] != series["original"]["step/cum_loss_change"]
+    assert first.final_summary() == restored.final_summary()
+
+
+def test_descent_bound_can_use_the_curvature_probes_lambda_max():
+    from optprobe.probes.curvature import CurvatureProbe
+
+    x, y = data()
+    curv = CurvatureProbe(every_n_steps=1, lanczos_iters=60, tol=1e-8)
+    step = StepProbe(smoothness_source="lambda_max")
+    _, _, _, sink = fit(MLP((1, 4, 4), 3, hidden=(8,)).double(), x, y, [curv, step], steps=3)
+    lam = sink.series("curv/lambda_max")
+    ls = sink.series("step/L")
+    assert ls and all(ls[s] == pytest.approx(lam[s], rel=1e-12) for s in ls)
+    bound = sink.series("step/descent_bound")
+    lin, norm = sink.series("step/lin_old"), sink.series("step/update_norm")
+    for s in bound:
+        assert bound[s] == pytest.approx(lin[s] + 0.5 * lam[s] * norm[s] ** 2, rel=1e-12)

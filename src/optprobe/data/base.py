@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
 TASKS = ("classification", "lm")
 
@@ -51,6 +51,27 @@ def seeded_generator(seed: int, purpose: str) -> torch.Generator:
     generator = torch.Generator()
     generator.manual_seed(derive_seed(seed, purpose))
     return generator
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A random permutation per epoch, determined by (seed, epoch) only.
+
+    Unlike ``shuffle=True`` with a generator, the order of an epoch does not depend on how
+    many epochs this sampler already produced, so resuming from a checkpoint reproduces it.
+    """
+
+    def __init__(self, num_examples: int, seed: int) -> None:
+        self.num_examples, self.seed, self.epoch = num_examples, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        gen = seeded_generator(self.seed, f"shuffle:epoch{self.epoch}")
+        return iter(torch.randperm(self.num_examples, generator=gen).tolist())
+
+    def __len__(self) -> int:
+        return self.num_examples
 
 
 def _is_int(value: object) -> bool:
@@ -284,10 +305,10 @@ class TensorDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         """Shuffled training loader.
 
-        Each call returns a loader with a freshly seeded generator (and, for
-        augmenting modules, a freshly seeded augmentation stream), so two
-        calls iterate the same examples in the same order. Successive epochs of
-        one loader use different orders, still determined by ``seed`` alone.
+        The order of epoch e is a permutation drawn from a generator seeded by
+        (``seed``, e) alone (Lightning calls ``set_epoch``), so a run resumed at an
+        epoch boundary sees the same order as an uninterrupted one; augmenting
+        modules also get a freshly seeded augmentation stream per call.
         """
         self._require_setup()
         assert self.train_inputs is not None and self.train_targets is not None
@@ -296,8 +317,7 @@ class TensorDataModule(pl.LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=True,
-            generator=seeded_generator(self.seed, "shuffle"),
+            sampler=EpochShuffleSampler(len(dataset), self.seed),
             drop_last=self.drop_last,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,

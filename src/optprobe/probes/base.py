@@ -101,6 +101,7 @@ class ProbeCallback(Callback):
     """
 
     family = "probe"
+    config_key = "probes.probe"  # where the probe's settings live in the config
 
     def __init__(
         self,
@@ -112,7 +113,7 @@ class ProbeCallback(Callback):
         fixed_batch_size: int | None = None,
     ) -> None:
         super().__init__()
-        prefix = f"probes.{self.family}"
+        prefix = self.config_key
         self.every_n_steps = check_positive_int(f"{prefix}.every_n_steps", every_n_steps)
         self.per_decade = check_positive_int(f"{prefix}.per_decade", per_decade)
         self.log_spaced = bool(log_spaced)
@@ -202,6 +203,10 @@ class ProbeCallback(Callback):
         """f_t(x_t): the training loss of the current step (mean over its micro-batches)."""
         return float(sum(self.window_losses))
 
+    def resolved_settings(self) -> dict[str, Any]:
+        """Settings decided at run time, written into the job's config (override)."""
+        return {}
+
     def final_summary(self) -> dict[str, Any]:
         """What the job's summary.json records for this probe (override to add verdicts)."""
         return {"probed": self.num_probed, "skipped": self.num_skipped}
@@ -232,7 +237,7 @@ class ProbeCallback(Callback):
         for name in ("net", "loss_fn"):
             if not hasattr(pl_module, name):
                 raise TypeError(
-                    f"probes.{self.family} needs a LightningModule with `{name}` "
+                    f"{self.config_key} needs a LightningModule with `{name}` "
                     "(optprobe.models.lit_module.TrainingModule)"
                 )
 
@@ -276,21 +281,19 @@ class ProbeCallback(Callback):
     def log_values(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, values: dict[str, float]
     ) -> None:
-        """Log a dict of floats at the current step (rank zero, no reduction)."""
+        """Log floats straight to the trainer's loggers at the current step (rank zero only).
+
+        Not through ``pl_module.log``: values logged from ``on_before_optimizer_step`` stay in
+        Lightning's result collection and would be re-logged, stale, at every later step, and
+        ``self.log`` rounds Python floats to float32. The step is the one Lightning logs
+        ``train/loss`` at, so the run store merges both into one row.
+        """
         values = {**values, **self.overhead_keys(trainer)}
-        if trainer.sanity_checking or not values:
+        if trainer.sanity_checking or not values or not trainer.is_global_zero:
             return
-        # float64 tensors: plain Python floats would be logged in float32
-        pl_module.log_dict(
-            {
-                k: torch.tensor(float(v), dtype=torch.float64, device=pl_module.device)
-                for k, v in values.items()
-            },
-            on_step=True,
-            on_epoch=False,
-            rank_zero_only=True,
-            batch_size=1,
-        )
+        step = trainer.fit_loop.epoch_loop._batches_that_stepped
+        for logger in trainer.loggers:
+            logger.log_metrics({k: float(v) for k, v in values.items()}, step=step)
 
     def skip(self, reason: str) -> dict[str, float]:
         """Count a skipped probe step; returns the counter keys to log."""

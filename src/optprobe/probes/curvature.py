@@ -36,6 +36,7 @@ from optprobe.probes.functional import (
     functional_loss,
     hvp_double_backward,
     hvp_forward_over_reverse,
+    trainable_params,
 )
 
 Device = torch.device | str | None
@@ -536,3 +537,374 @@ def preconditioned_matvec(matvec: MatVec, precond_diag: Tensor) -> MatVec:
         return scale * matvec(scale * v).to(torch.float64)
 
     return precond
+
+
+# --------------------------------------------------------------------------------------------
+# Lightning callback
+# --------------------------------------------------------------------------------------------
+
+HVP_MODES = ("auto", "double_backward", "forward_over_reverse")
+
+
+def forward_mode_blocker(net: nn.Module) -> str | None:
+    """Why ``torch.func`` forward-over-reverse HVPs cannot run on ``net`` in training mode.
+
+    Rule-based (no trial pass): batch-norm or instance-norm layers that update running
+    statistics in place, ``nn.MultiheadAttention`` (scaled-dot-product kernels without
+    forward-mode AD) and timm blocks with ``fused_attn`` on. ``None`` when nothing blocks it.
+    The modes of ``net`` are put back as they were.
+    """
+    modes = [(m, m.training) for m in net.modules()]
+    try:
+        net.train()
+        for name, m in net.named_modules():
+            label = f"{type(m).__name__} {name or '<root>'!r}"
+            norms = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
+            if isinstance(m, norms) and m.training and m.track_running_stats:
+                return (
+                    f"{label} updates its running statistics in place in training mode, "
+                    "which forward-mode AD (torch.func.jvp) cannot do"
+                )
+            if isinstance(m, nn.MultiheadAttention):
+                return f"{label} calls fused attention kernels that lack forward-mode AD"
+            if getattr(m, "fused_attn", False) is True:
+                return f"{label} uses a fused attention kernel without forward-mode AD"
+    finally:
+        for m, mode in modes:
+            m.training = mode
+    return None
+
+
+def _torch_optimizer(optimizer: Any) -> torch.optim.Optimizer:
+    """The torch optimizer behind a ``LightningOptimizer`` (or the optimizer itself)."""
+    return getattr(optimizer, "optimizer", optimizer)
+
+
+def adam_preconditioner(optimizer: torch.optim.Optimizer, params: ParamDict) -> Tensor | None:
+    """Adam's current diagonal preconditioner ``sqrt(v_hat) + eps`` as one flat float64 vector.
+
+    ``v_hat = exp_avg_sq / (1 - beta2^step)`` (``max_exp_avg_sq`` with amsgrad), in the order
+    of ``params``: the preconditioner of the last applied step. ``None`` when some parameter
+    has no Adam-type state yet (before the first step) or is not in the optimizer.
+    """
+    group_of = {id(p): group for group in optimizer.param_groups for p in group["params"]}
+    parts = []
+    for p in params.values():
+        group, state = group_of.get(id(p)), optimizer.state.get(p, {})
+        if group is None or "betas" not in group or "exp_avg_sq" not in state:
+            return None
+        step = float(state["step"])
+        if step < 1:
+            return None
+        v = state["max_exp_avg_sq"] if group.get("amsgrad") else state["exp_avg_sq"]
+        v_hat = v.detach().to(torch.float64) / (1.0 - float(group["betas"][1]) ** step)
+        parts.append((v_hat.sqrt() + float(group["eps"])).reshape(-1))
+    return torch.cat(parts)
+
+
+class CurvatureProbe(ProbeCallback):
+    """Curvature of the training loss at x_t: extreme Hessian eigenvalues, trace, sharpness.
+
+    On every probed step, at the parameters x_t before the update and on the probe batch
+    (``batch``: the step's batch, or a fixed one), the loss ``f(x) = loss_fn(net(inputs; x),
+    targets)`` is evaluated functionally with the network in its training mode (BatchNorm uses
+    batch statistics, as in training; dropout off; live buffers untouched) and the Hessian
+    ``H = d^2 f / dx^2`` over all trainable parameters is probed through Hessian-vector
+    products (HVPs). Eigenvalues and the trace are in loss units per squared parameter unit
+    (nats / param^2 for cross-entropy). Logged keys:
+
+    - ``curv/lambda_max``, ``curv/lambda_min``: largest and smallest (signed) eigenvalue of H
+      by Lanczos with full reorthogonalization (:func:`extreme_eigenvalues`), stopped when
+      both Ritz residual bounds are ``<= tol`` relative, or after ``lanczos_iters`` HVPs.
+    - ``curv/lanczos_matvecs``: HVPs Lanczos used (<= ``lanczos_iters``).
+    - ``curv/lanczos_converged``: 1 if both extremes met ``tol`` (or Lanczos exhausted the
+      space), else 0.
+    - ``curv/trace``, ``curv/trace_stderr``: Hutchinson estimate of tr H with
+      ``hutchinson_samples`` Rademacher probes, and its standard error (sample std / sqrt(n)).
+    - ``curv/precond_lambda_max`` (Adam-type optimizers, once they have state):
+      ``lambda_max(P^-1 H)`` with ``P = diag(sqrt(v_hat) + eps)``,
+      ``v_hat = exp_avg_sq / (1 - beta2^step)`` from the optimizer state at x_t (the
+      preconditioner of the last applied step), by Lanczos on ``P^-1/2 H P^-1/2``; in loss
+      units per squared preconditioned step. ``curv/precond_lanczos_converged``: its 0/1 flag.
+    - ``curv/sharpness_ratio``: ``lr * lambda_max`` (SGD with or without momentum, and any
+      optimizer other than Adam-type) or ``lr * lambda_max(P^-1 H)`` (Adam-type), with
+      ``lr = param_groups[0]["lr"]``; dimensionless. On a quadratic the iteration is stable
+      while it stays below the threshold (Cohen et al. 2021; 2022 for Adam).
+    - ``curv/stability_threshold``: that threshold: 2 (SGD), ``(2 + 2 beta) / (1 - dampening)``
+      (heavy-ball momentum beta), ``(2 + 2 beta) / (1 + 2 beta)`` (Nesterov),
+      ``(2 + 2 beta1) / (1 - beta1)`` (Adam-type; 38 for beta1 = 0.9). Not logged for other
+      optimizers. For Adam-type optimizers before their first step neither the ratio nor the
+      threshold is logged.
+    - ``curv/esd_saved`` (``esd=True``): 1 when the spectral density by stochastic Lanczos
+      quadrature (:func:`spectral_density`, ``esd_probes`` x ``esd_iters`` HVPs) was written
+      to ``<default_root_dir>/probes/esd/step_<t>.npz`` (arrays ``grid``: eigenvalue,
+      ``density``: per eigenvalue unit, integrating to 1) with a PNG plot next to it (also sent
+      to W&B as ``curv/esd`` when a W&B logger is attached).
+    - ``curv/skipped``: running count of skipped probe steps, logged instead of the values
+      when a value is non-finite (NaN/inf loss or HVP).
+
+    HVPs per probed step: one forward + backward with ``create_graph`` (double backward), then
+    at most ``lanczos_iters`` (+ ``lanczos_iters`` for Adam-type) + ``hutchinson_samples``
+    (+ ``esd_probes * esd_iters``) HVPs, each one backward pass through the gradient graph
+    (double_backward) or one jvp of the gradient (forward_over_reverse, ~2-3 passes).
+
+    Args (Hydra ``probes.curvature.*``; the cadence and batch arguments are the base's):
+        lanczos_iters: maximum HVPs for each Lanczos run (>= 1).
+        tol: relative tolerance on the Ritz residual bounds (> 0).
+        hutchinson_samples: Rademacher probes for the trace (>= 2, for a standard error).
+        esd: also compute and save the spectral density.
+        esd_iters, esd_probes: Lanczos steps per probe vector and probe vectors of the density.
+        hvp: ``auto`` (double_backward, the cheaper one on CPU), ``double_backward`` (works
+            with BatchNorm in training mode) or ``forward_over_reverse`` (torch.func).
+        seed: seed of the probe's own random generator (start and probe vectors; its state
+            is checkpointed, so a resumed run draws the same vectors).
+    """
+
+    family = "curv"
+    config_key = "probes.curvature"
+
+    def __init__(
+        self,
+        every_n_steps: int = 50,
+        log_spaced: bool = False,
+        per_decade: int = 10,
+        start_step: int = 0,
+        batch: str = "current",
+        fixed_batch_size: int | None = None,
+        lanczos_iters: int = 20,
+        tol: float = 1e-3,
+        hutchinson_samples: int = 10,
+        esd: bool = False,
+        esd_iters: int = 30,
+        esd_probes: int = 1,
+        hvp: str = "auto",
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            every_n_steps=every_n_steps,
+            log_spaced=log_spaced,
+            per_decade=per_decade,
+            start_step=start_step,
+            batch=batch,
+            fixed_batch_size=fixed_batch_size,
+        )
+        self.last_lambda_max: float | None = None  # read by the step probe (lambda_max source)
+        self.max_lambda_max = -math.inf
+        self.lanczos_iters = check_positive_int(f"{self.config_key}.lanczos_iters", lanczos_iters)
+        if isinstance(tol, bool) or not isinstance(tol, int | float) or not 0 < tol < math.inf:
+            raise ValueError(
+                f"{self.config_key}.tol must be a finite number > 0, got {tol!r}; e.g. 1e-3"
+            )
+        self.tol = float(tol)
+        self.hutchinson_samples = check_positive_int(
+            f"{self.config_key}.hutchinson_samples", hutchinson_samples
+        )
+        if self.hutchinson_samples < 2:
+            raise ValueError(
+                f"{self.config_key}.hutchinson_samples must be >= 2 for a standard error, got "
+                f"{hutchinson_samples!r}; e.g. {self.config_key}.hutchinson_samples=10"
+            )
+        if not isinstance(esd, bool):
+            raise ValueError(f"{self.config_key}.esd must be true or false, got {esd!r}")
+        self.esd = esd
+        self.esd_iters = check_positive_int(f"{self.config_key}.esd_iters", esd_iters)
+        self.esd_probes = check_positive_int(f"{self.config_key}.esd_probes", esd_probes)
+        if hvp not in HVP_MODES:
+            raise ValueError(
+                f"{self.config_key}.hvp must be one of {', '.join(HVP_MODES)}, got {hvp!r}; "
+                f"e.g. {self.config_key}.hvp=double_backward"
+            )
+        self.hvp = hvp
+        self.hvp_mode = "double_backward" if hvp == "auto" else hvp
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(
+                f"{self.config_key}.seed must be an integer, got {seed!r}; e.g. {self.config_key}.seed=0"
+            )
+        self.seed = seed
+        self.generator = torch.Generator().manual_seed(seed)
+
+    # ----------------------------------------------------------------- lifecycle
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if self.hvp_mode == "forward_over_reverse":
+            reason = forward_mode_blocker(pl_module.net)
+            if reason is not None:
+                raise ValueError(
+                    f"{self.config_key}.hvp=forward_over_reverse cannot run on this network: {reason}. "
+                    f"Use {self.config_key}.hvp=double_backward (or auto)."
+                )
+
+    # ----------------------------------------------------------------- measurement
+    def matvec(self, net: nn.Module, loss_fn: Any, inputs: Tensor, targets: Tensor) -> MatVec:
+        """``v -> H v`` of the loss at the live parameters of ``net`` (flat float64 vectors)."""
+        loss_of_params = functional_loss(net, inputs, targets, loss_fn)
+        params = {k: p.detach() for k, p in trainable_params(net).items()}
+        if self.hvp_mode == "forward_over_reverse":
+            return hvp_forward_over_reverse(loss_of_params, params)
+        return hvp_double_backward(loss_of_params, params)
+
+    def measure(
+        self,
+        net: nn.Module,
+        loss_fn: Any,
+        inputs: Tensor,
+        targets: Tensor,
+        optimizer: Any = None,
+    ) -> tuple[dict[str, float], tuple[np.ndarray, np.ndarray] | None]:
+        """The logged values (without ``curv/esd_saved``) and the ESD ``(grid, density)``.
+
+        Draws from the probe's generator; raises FloatingPointError on non-finite values.
+        """
+        params = trainable_params(net)
+        dim = sum(p.numel() for p in params.values())
+        device = next(iter(params.values())).device
+        matvec = self.matvec(net, loss_fn, inputs, targets)
+        rng = {"generator": self.generator, "device": device}
+        eig = extreme_eigenvalues(matvec, dim, self.lanczos_iters, self.tol, **rng)
+        trace, stderr, _ = hutchinson_trace(matvec, dim, self.hutchinson_samples, **rng)
+        values = {
+            "curv/lambda_max": eig.lambda_max,
+            "curv/lambda_min": eig.lambda_min,
+            "curv/lanczos_matvecs": float(eig.num_matvecs),
+            "curv/lanczos_converged": float(eig.converged),
+            "curv/trace": trace,
+            "curv/trace_stderr": stderr,
+        }
+        if optimizer is not None:
+            values.update(self._sharpness(_torch_optimizer(optimizer), params, eig, matvec, dim))
+        esd = None
+        if self.esd:
+            esd = spectral_density(matvec, dim, self.esd_probes, self.esd_iters, **rng)
+        return values, esd
+
+    def _sharpness(
+        self,
+        optimizer: torch.optim.Optimizer,
+        params: ParamDict,
+        eig: EigenEstimate,
+        matvec: MatVec,
+        dim: int,
+    ) -> dict[str, float]:
+        group = optimizer.param_groups[0]
+        lr = float(group["lr"])
+        if isinstance(optimizer, torch.optim.SGD):
+            beta = float(group.get("momentum", 0.0))
+            dampening = float(group.get("dampening", 0.0))
+            if beta == 0.0:
+                threshold = 2.0
+            elif group.get("nesterov"):
+                threshold = (2.0 + 2.0 * beta) / (1.0 + 2.0 * beta)
+            else:
+                threshold = (2.0 + 2.0 * beta) / (1.0 - dampening) if dampening < 1 else math.inf
+            return {
+                "curv/sharpness_ratio": lr * eig.lambda_max,
+                "curv/stability_threshold": threshold,
+            }
+        if "betas" in group and any("exp_avg_sq" in s for s in optimizer.state.values()):
+            precond = adam_preconditioner(optimizer, params)
+            if precond is None:
+                return {}
+            device = next(iter(params.values())).device
+            pre = extreme_eigenvalues(
+                preconditioned_matvec(matvec, precond.to(device)),
+                dim,
+                self.lanczos_iters,
+                self.tol,
+                generator=self.generator,
+                device=device,
+            )
+            beta1 = float(group["betas"][0])
+            return {
+                "curv/precond_lambda_max": pre.lambda_max,
+                "curv/precond_lanczos_converged": float(pre.converged),
+                "curv/sharpness_ratio": lr * pre.lambda_max,
+                "curv/stability_threshold": (2.0 + 2.0 * beta1) / (1.0 - beta1),
+            }
+        if "betas" in group:  # Adam-type before its first step: no preconditioner yet
+            return {}
+        return {"curv/sharpness_ratio": lr * eig.lambda_max}
+
+    @override
+    def before_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any, step: int
+    ) -> None:
+        inputs, targets = self.probe_batch(pl_module)
+        try:
+            values, esd = self.measure(pl_module.net, pl_module.loss_fn, inputs, targets, optimizer)
+        except FloatingPointError as err:
+            values, esd = self.skip(f"step {step}: {err}"), None
+        except RuntimeError as err:
+            if self.hvp_mode != "forward_over_reverse":
+                raise
+            raise RuntimeError(
+                f"{self.config_key}.hvp=forward_over_reverse failed on this network ({err}); "
+                f"use {self.config_key}.hvp=double_backward"
+            ) from err
+        if not all_finite(values):
+            bad = sorted(k for k, v in values.items() if not math.isfinite(v))
+            values, esd = self.skip(f"step {step}: non-finite {', '.join(bad)}"), None
+        if "curv/lambda_max" in values:
+            self.num_probed += 1
+            self.last_lambda_max = values["curv/lambda_max"]
+            self.max_lambda_max = max(self.max_lambda_max, self.last_lambda_max)
+        if esd is not None and trainer.is_global_zero:
+            self.save_esd(trainer, step, *esd)
+            values["curv/esd_saved"] = 1.0
+        self.log_values(trainer, pl_module, values)
+
+    def save_esd(self, trainer: pl.Trainer, step: int, grid: np.ndarray, density: np.ndarray):
+        """Write ``step_<t>.npz`` (grid, density) and ``step_<t>.png`` under
+        ``<default_root_dir>/probes/esd``; log the PNG to W&B if a W&B logger is attached."""
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+        from pytorch_lightning.loggers import WandbLogger
+
+        folder = Path(trainer.default_root_dir) / "probes" / "esd"
+        folder.mkdir(parents=True, exist_ok=True)
+        np.savez(folder / f"step_{step}.npz", grid=grid, density=density, step=step)
+        fig = Figure(figsize=(5, 3.5))
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
+        ax.plot(grid, np.maximum(density, density.max() * 1e-8))
+        ax.set_yscale("log")
+        ax.set_xlabel("Hessian eigenvalue")
+        ax.set_ylabel("density")
+        ax.set_title(f"Hessian spectral density, step {step}")
+        fig.tight_layout()
+        png = folder / f"step_{step}.png"
+        fig.savefig(png, dpi=100)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_image(key="curv/esd", images=[str(png)], step=trainer.global_step)
+        return png
+
+    @override
+    def resolved_settings(self) -> dict[str, Any]:
+        return {"hvp": self.hvp_mode}
+
+    @override
+    def final_summary(self) -> dict[str, Any]:
+        return {
+            **super().final_summary(),
+            "hvp": self.hvp_mode,
+            "last_lambda_max": self.last_lambda_max,
+            "max_lambda_max": self.max_lambda_max,
+        }
+
+    # ----------------------------------------------------------------- state
+    @override
+    def extra_state(self) -> dict[str, Any]:
+        return {
+            "generator": self.generator.get_state(),
+            "seed": self.seed,
+            "last_lambda_max": self.last_lambda_max,
+            "max_lambda_max": self.max_lambda_max,
+        }
+
+    @override
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        if "generator" in state:
+            self.generator.set_state(state["generator"])
+        self.last_lambda_max = state.get("last_lambda_max")
+        self.max_lambda_max = state.get("max_lambda_max", -math.inf)

@@ -85,7 +85,9 @@ def hvp_double_backward(loss_of_params: LossOfParams, params: ParamDict) -> MatV
     leaf = {k: v.detach().requires_grad_(True) for k, v in params.items()}
     with torch.enable_grad():
         loss = loss_of_params(leaf)
-        grads = torch.autograd.grad(loss, list(leaf.values()), create_graph=True)
+        grads = torch.autograd.grad(
+            loss, list(leaf.values()), create_graph=True, allow_unused=True, materialize_grads=True
+        )
     flat_grad = torch.cat([g.reshape(-1) for g in grads])
 
     def matvec(v: Tensor) -> Tensor:

@@ -12,15 +12,27 @@ are passed explicitly and buffers are cloned).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
+import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
+from typing_extensions import override
 
-from optprobe.probes.functional import LossOfParams, ParamDict, loss_and_grad
+from optprobe.probes.base import ProbeCallback, all_finite, check_positive_int
+from optprobe.probes.functional import (
+    LossOfParams,
+    ParamDict,
+    functional_loss,
+    loss_and_grad,
+    trainable_params,
+)
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 LossFactory = Callable[[Tensor, Tensor], LossOfParams]
@@ -212,3 +224,233 @@ def two_batch_from_shards(shard_grads: Tensor, shard_batch: int) -> tuple[float,
     small_sq = float((rows**2).sum(dim=1).mean())
     big = rows.mean(dim=0)
     return two_batch_estimates(small_sq, shard_batch, float(big @ big), rows.shape[0] * shard_batch)
+
+
+# --------------------------------------------------------------------------------------------
+# Lightning callback
+# --------------------------------------------------------------------------------------------
+
+NOISE_METHODS = ("auto", "per_example", "microbatch")
+
+
+def per_example_supported_in_training(net: nn.Module) -> tuple[bool, str]:
+    """``per_example_grads_supported`` with ``net`` switched to training mode (as it is when
+    probes run); the modes are put back as they were."""
+    modes = [(m, m.training) for m in net.modules()]
+    try:
+        net.train()
+        return per_example_grads_supported(net)
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+class ProbeNotApplicable(ValueError):
+    """This step cannot be probed (too small a batch, or per-example gradients undefined)."""
+
+
+class _Merged:
+    """Streaming mean and sum of squared deviations of gradient rows (Chan et al. merge)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.mean: Tensor | None = None
+        self.m2 = 0.0
+
+    def add(self, rows: Tensor) -> None:
+        rows = rows.to(torch.float64)
+        count, mean = rows.shape[0], rows.mean(dim=0)
+        m2 = float(((rows - mean) ** 2).sum())
+        if self.mean is None:
+            self.n, self.mean, self.m2 = count, mean, m2
+            return
+        delta = mean - self.mean
+        total = self.n + count
+        self.m2 += m2 + float(delta @ delta) * self.n * count / total
+        self.mean = self.mean + delta * (count / total)
+        self.n = total
+
+    def stats(self) -> NoiseStats:
+        trace_cov = self.m2 / (self.n - 1)
+        grad_sq_norm = float(self.mean @ self.mean)
+        return NoiseStats(
+            trace_cov=trace_cov,
+            grad_sq_norm=grad_sq_norm,
+            gns=_ratio(trace_cov, grad_sq_norm),
+            snr=_ratio(grad_sq_norm, trace_cov / self.n),
+            batch_size=self.n,
+            num_samples=self.n,
+        )
+
+
+class NoiseProbe(ProbeCallback):
+    """Gradient noise at x_t: per-example gradient covariance trace, noise scale, SNR.
+
+    On every probed step, at the parameters x_t before the update and on the probe batch of
+    ``B`` examples, gradient samples are drawn functionally (live network, ``.grad`` and
+    buffers untouched; dropout off) and reduced by :func:`noise_stats`:
+
+    - ``per_example``: the ``B`` per-example gradients ``g_i`` (torch.func.vmap), processed
+      ``chunk_size`` examples at a time (memory ``O(chunk_size * P)``; null: all at once).
+    - ``microbatch``: the gradients of ``k = num_microbatches`` equal contiguous micro-batches
+      of ``B // k`` examples each (the last ``B mod k`` rows are dropped), each with its own
+      batch-norm statistics; ``tr Sigma`` is rescaled to one example by ``B // k``. Only
+      ``k - 1`` degrees of freedom, so noisier; needed where examples are coupled (BatchNorm in
+      training mode). ``auto`` uses per_example when the network allows it, else microbatch.
+
+    Logged keys (squared gradient units are loss^2 / parameter^2):
+
+    - ``noise/trace_cov``: ``tr Sigma = m * sum_i |r_i - G|^2 / (n - 1)``, the unbiased trace
+      of the per-example gradient covariance from ``n`` rows ``r_i`` that each average ``m``
+      examples (squared gradient units).
+    - ``noise/grad_sq_norm``: ``|G|^2`` of the mean gradient ``G`` on the batch (squared
+      gradient units; biased up by ``tr Sigma / B``).
+    - ``noise/grad_sq_norm_unbiased``: ``|G|^2 - tr Sigma / B``, unbiased for the squared norm
+      of the true (population) gradient; can be negative.
+    - ``noise/gns``: simple gradient noise scale ``B_simple = tr Sigma / |G|^2`` (examples;
+      McCandlish et al. 2018).
+    - ``noise/snr``: ``|G|^2 / (tr Sigma / B)``, signal over noise of a batch gradient
+      (dimensionless).
+    - ``noise/batch_size``: ``B``, the examples used (the probe batch, less dropped rows).
+    - ``noise/skipped``: running count of skipped probe steps, logged instead of the values
+      when a value is non-finite or the batch has fewer than two examples.
+
+    Cost per probed step: one forward + backward per example (vectorized) or per micro-batch.
+
+    Args (Hydra ``probes.noise.*``; the cadence and batch arguments are the base's):
+        method: ``auto``, ``per_example`` or ``microbatch``.
+        num_microbatches: micro-batches for ``microbatch`` (>= 2).
+        chunk_size: examples per vmap call for ``per_example`` (null: the whole batch).
+    """
+
+    family = "noise"
+    config_key = "probes.noise"
+
+    def __init__(
+        self,
+        every_n_steps: int = 10,
+        log_spaced: bool = False,
+        per_decade: int = 10,
+        start_step: int = 0,
+        batch: str = "current",
+        fixed_batch_size: int | None = None,
+        method: str = "auto",
+        num_microbatches: int = 4,
+        chunk_size: int | None = None,
+    ) -> None:
+        super().__init__(
+            every_n_steps=every_n_steps,
+            log_spaced=log_spaced,
+            per_decade=per_decade,
+            start_step=start_step,
+            batch=batch,
+            fixed_batch_size=fixed_batch_size,
+        )
+        if method not in NOISE_METHODS:
+            raise ValueError(
+                f"{self.config_key}.method must be one of {', '.join(NOISE_METHODS)}, got {method!r}; "
+                f"e.g. {self.config_key}.method=auto"
+            )
+        self.method = method
+        self.num_microbatches = check_positive_int(
+            f"{self.config_key}.num_microbatches", num_microbatches
+        )
+        if self.num_microbatches < 2:
+            raise ValueError(
+                f"{self.config_key}.num_microbatches must be >= 2 for a covariance, got "
+                f"{num_microbatches!r}; e.g. {self.config_key}.num_microbatches=4"
+            )
+        self.chunk_size = (
+            None
+            if chunk_size is None
+            else check_positive_int(f"{self.config_key}.chunk_size", chunk_size)
+        )
+        #: the method in use (``per_example`` or ``microbatch``); ``auto`` is decided in setup
+        self.method_used = "microbatch" if method == "microbatch" else "per_example"
+        self._resolved = method != "auto"
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if self.method == "microbatch":
+            return
+        ok, reason = per_example_supported_in_training(pl_module.net)
+        if self.method == "per_example" and not ok:
+            raise ValueError(
+                f"{self.config_key}.method=per_example cannot run on this network: {reason}. "
+                f"Set {self.config_key}.method=microbatch (or auto)."
+            )
+        if self.method == "auto":
+            self.method_used = "per_example" if ok else "microbatch"
+            self._resolved = True
+            why = "" if ok else f" ({reason})"
+            rank_zero_info(f"{self.config_key}: method=auto uses {self.method_used}{why}")
+
+    def measure(self, net: nn.Module, loss_fn: Any, inputs: Tensor, targets: Tensor) -> NoiseStats:
+        """Noise statistics of the loss at the live parameters of ``net`` on this batch.
+
+        Raises ProbeNotApplicable when the batch has fewer than two examples, or when ``per_example``
+        was requested explicitly but the network does not allow it in its current mode
+        (``auto`` falls back to micro-batches then).
+        """
+        batch = inputs.shape[0]
+        if batch < 2:
+            raise ProbeNotApplicable(f"the probe batch has {batch} example(s); need at least 2")
+        params = {k: p.detach() for k, p in trainable_params(net).items()}
+        method = self.method_used
+        if method == "per_example":
+            ok, reason = per_example_grads_supported(net)
+            if not ok and self.method != "auto":
+                raise ProbeNotApplicable(f"per_example gradients cannot run: {reason}")
+            method = "per_example" if ok else "microbatch"
+        if method == "microbatch":
+            k = min(self.num_microbatches, batch)
+            size = batch // k
+            factory = functools.partial(functional_loss, net, loss_fn=loss_fn)
+            rows = microbatch_grads(
+                factory, params, inputs[: k * size], targets[: k * size], num_microbatches=k
+            )
+            return noise_stats(rows, examples_per_sample=size)
+        chunk = self.chunk_size or batch
+        if chunk >= batch:
+            return noise_stats(per_example_grads(net, params, inputs, targets, loss_fn))
+        merged = _Merged()
+        for start in range(0, batch, chunk):
+            end = start + chunk
+            merged.add(
+                per_example_grads(net, params, inputs[start:end], targets[start:end], loss_fn)
+            )
+        return merged.stats()
+
+    @override
+    def before_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any, step: int
+    ) -> None:
+        self.num_probed += 1
+        inputs, targets = self.probe_batch(pl_module)
+        try:
+            st = self.measure(pl_module.net, pl_module.loss_fn, inputs, targets)
+        except (ProbeNotApplicable, FloatingPointError) as err:
+            self.log_values(trainer, pl_module, self.skip(f"step {step}: {err}"))
+            return
+        values = {
+            "noise/trace_cov": st.trace_cov,
+            "noise/grad_sq_norm": st.grad_sq_norm,
+            "noise/grad_sq_norm_unbiased": st.grad_sq_norm - st.trace_cov / st.batch_size,
+            "noise/gns": st.gns,
+            "noise/snr": st.snr,
+            "noise/batch_size": float(st.batch_size),
+        }
+        if not all_finite(values):
+            bad = sorted(k for k, v in values.items() if not math.isfinite(v))
+            values = self.skip(f"step {step}: non-finite {', '.join(bad)}")
+        self.log_values(trainer, pl_module, values)
+
+    @override
+    def resolved_settings(self) -> dict[str, Any]:
+        """The method in use; empty for ``auto`` until ``setup`` has seen the network."""
+        return {"method": self.method_used} if self._resolved else {}
+
+    @override
+    def final_summary(self) -> dict[str, Any]:
+        return {**super().final_summary(), "method": self.method_used}

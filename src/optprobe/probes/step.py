@@ -117,6 +117,7 @@ class StepProbe(ProbeCallback):
     """
 
     family = "step"
+    config_key = "probes.step"
 
     def __init__(
         self,
@@ -300,6 +301,9 @@ class StepProbe(ProbeCallback):
         out["convexity_ratio_window"] = agg.window_sum("lin_new") / win_d if win_d else math.nan
         out["skipped"] = float(self.num_skipped)
         self.log_values(trainer, pl_module, {f"step/{k}": v for k, v in out.items()})
+
+    def resolved_settings(self) -> dict[str, Any]:
+        return {"scheme": self.scheme}
 
     def final_summary(self) -> dict[str, Any]:
         """Fractions held per assumption, the scheme, skips and the fitted L (for summary.json)."""

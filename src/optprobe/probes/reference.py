@@ -1,0 +1,173 @@
+"""Reference-point probes: compare every iterate with x*, the end of a completed run
+(docs/metrics.md section 2). Convex analyses bound f(x_t) - f(x*) through <g_t, x_t - x*>:
+
+    ref/gap      = f_t(x_t) - f_t(x*) - <g_t, x_t - x*>   (≤ 0 when convex w.r.t. x*; nats)
+    ref/ratio    = Σ<g_t, x_t - x*> / Σ(f_t(x_t) - f_t(x*))  (star/quasar-convexity γ)
+    ref/pl       = ‖g_t‖² / (2 (f_t(x_t) - f_t(x*)))      (Polyak–Łojasiewicz constant)
+    ref/weak_cvx = max(0, gap) / (½‖x_t - x*‖²)            (weak convexity constant ρ)
+    ref/dist     = ‖x_t - x*‖
+
+Cost per probed step: one forward at x* on the step's batch. x* comes from
+``probes.reference.ckpt``; ``optprobe.train`` fills it in by running (or reusing) the same
+config without probes, so the probed run replays the reference trajectory. At the end the
+probe checks that the replay ended at x* and says so in the job summary when it did not.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from typing_extensions import override
+
+from optprobe.probes.aggregates import RunningAggregates
+from optprobe.probes.base import ProbeCallback, all_finite
+from optprobe.probes.functional import ParamDict, flatten, functional_loss
+
+
+def load_reference_params(ckpt: str | Path, like: ParamDict) -> ParamDict:
+    """The network parameters stored in a Lightning checkpoint, checked against ``like``."""
+    path = Path(ckpt)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"probes.reference.ckpt={str(ckpt)!r} does not exist; point it at a checkpoint of "
+            "a completed run of this config (e.g. <job>/checkpoints/last.ckpt), or set it to "
+            "null to let optprobe run the reference itself"
+        )
+    state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    params = {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
+    missing = [k for k in like if k not in params]
+    wrong = [k for k in like if k in params and params[k].shape != like[k].shape]
+    if missing or wrong:
+        detail = ", ".join(
+            [f"{k}: missing" for k in missing[:3]]
+            + [f"{k}: {tuple(params[k].shape)} vs model {tuple(like[k].shape)}" for k in wrong[:3]]
+        )
+        raise ValueError(
+            f"probes.reference.ckpt={str(ckpt)!r} does not fit the model ({detail}); use a "
+            "checkpoint of a run with the same model config"
+        )
+    return {k: params[k].to(like[k].dtype) for k in like}
+
+
+def reference_quantities(
+    loss_x: float, loss_ref: float, grad: torch.Tensor, x: torch.Tensor, x_ref: torch.Tensor
+) -> dict[str, float]:
+    """Per-step reference keys (without the ``ref/`` prefix) from flat float64 vectors."""
+    diff = x - x_ref
+    lin = float(grad @ diff)
+    excess = loss_x - loss_ref
+    dist_sq = float(diff @ diff)
+    gap = excess - lin
+    return {
+        "gap": gap,
+        "excess": excess,
+        "lin": lin,
+        "pl": float(grad @ grad) / (2 * excess) if excess > 0 else math.nan,
+        "weak_cvx": max(0.0, gap) / (0.5 * dist_sq) if dist_sq > 0 else math.nan,
+        "dist": math.sqrt(dist_sq),
+    }
+
+
+class ReferenceProbe(ProbeCallback):
+    """Reference-point probes, logged as ``ref/<key>``.
+
+    Per probed step: ``gap``, ``excess`` (f_t(x_t) - f_t(x*)), ``lin`` (<g_t, x_t - x*>),
+    ``pl``, ``weak_cvx``, ``dist``; aggregates ``ratio`` (cumulative Σlin/Σexcess),
+    ``frac_gap_held`` (fraction of probed steps with gap ≤ 0), ``skipped``.
+
+    Args:
+        ckpt: Lightning checkpoint holding x* (``optprobe.train`` sets it when null).
+        replay_rtol: the replay "follows the reference" when ‖x_T - x*‖ ≤ replay_rtol·‖x*‖.
+    """
+
+    family = "ref"
+    config_key = "probes.reference"
+
+    def __init__(
+        self,
+        every_n_steps: int = 1,
+        log_spaced: bool = False,
+        per_decade: int = 10,
+        start_step: int = 0,
+        ckpt: str | None = None,
+        replay_rtol: float = 1e-6,
+    ) -> None:
+        super().__init__(every_n_steps, log_spaced, per_decade, start_step, batch="current")
+        self.ckpt = ckpt
+        self.replay_rtol = float(replay_rtol)
+        self.agg = RunningAggregates(window=1)
+        self.x_ref: torch.Tensor | None = None
+        self.ref_params: ParamDict | None = None
+        self.replay: dict[str, Any] = {}
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if self.ckpt is None:
+            raise ValueError(
+                "probes.reference.ckpt is null: run through `python train.py` (which runs or "
+                "reuses the reference run) or pass probes.reference.ckpt=<checkpoint>"
+            )
+        like = self.params(pl_module)
+        self.ref_params = {
+            k: v.to(pl_module.device) for k, v in load_reference_params(self.ckpt, like).items()
+        }
+        self.x_ref = flatten(self.ref_params.values())
+
+    def before_step(self, trainer, pl_module, optimizer, step: int) -> None:
+        params = self.params(pl_module)
+        with torch.no_grad():
+            loss_ref = sum(
+                float(functional_loss(pl_module.net, x, y, pl_module.loss_fn)(self.ref_params))
+                for x, y in self.window
+            ) / len(self.window)
+        grad = flatten(
+            torch.zeros_like(p) if p.grad is None else p.grad.detach() for p in params.values()
+        )
+        x = flatten(p.detach() for p in params.values())
+        values = reference_quantities(self.window_loss(), loss_ref, grad, x, self.x_ref)
+        finite = {k: v for k, v in values.items() if k not in ("pl", "weak_cvx")}
+        if not all_finite(finite):
+            self.log_values(trainer, pl_module, self.skip("non-finite value"))
+            return
+        self.num_probed += 1
+        out = dict(values)
+        cum_lin = self.agg.add("lin", values["lin"])
+        cum_excess = self.agg.add("excess", values["excess"])
+        out["ratio"] = cum_lin / cum_excess if cum_excess != 0 else math.nan
+        out["frac_gap_held"] = self.agg.record_held("gap", values["gap"] <= 0)
+        out["skipped"] = float(self.num_skipped)
+        self.log_values(trainer, pl_module, {f"ref/{k}": v for k, v in out.items()})
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        x_final = flatten(p.detach() for p in self.params(pl_module).values())
+        rel = float((x_final - self.x_ref).norm() / self.x_ref.norm().clamp_min(1e-30))
+        self.replay = {"final_rel_dist": rel, "matches": rel <= self.replay_rtol}
+        if not self.replay["matches"]:
+            warnings.warn(
+                f"reference probe: the run ended {rel:.3g} (relative) away from x* in "
+                f"{self.ckpt}; it did not replay the reference trajectory (different config, "
+                "seed, data order or non-deterministic kernels), so ref/* compare against a "
+                "point of another trajectory",
+                stacklevel=2,
+            )
+
+    def final_summary(self) -> dict[str, Any]:
+        return {
+            **super().final_summary(),
+            "ckpt": str(self.ckpt),
+            "held": self.agg.fractions(),
+            "replay": self.replay,
+        }
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"agg": self.agg.state_dict()}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.agg.load_state_dict(state["agg"])

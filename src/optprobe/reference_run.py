@@ -1,0 +1,73 @@
+"""Obtain x* for the reference probe: run (or reuse) the same config without probes."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+# Config parts that determine the training trajectory (and so x*).
+TRAJECTORY_KEYS = ("data", "model", "optimizer", "scheduler", "seed")
+TRAINER_KEYS = (
+    "max_steps",
+    "max_epochs",
+    "accumulate_grad_batches",
+    "gradient_clip_val",
+    "gradient_clip_algorithm",
+    "precision",
+    "limit_train_batches",
+    "accelerator",
+    "devices",
+    "strategy",
+)
+
+
+def trajectory_fingerprint(cfg: DictConfig) -> str:
+    """A short hash of everything that determines the trajectory (not probes or loggers)."""
+    parts = {k: OmegaConf.to_container(cfg, resolve=True).get(k) for k in TRAJECTORY_KEYS}
+    parts["trainer"] = {k: cfg.trainer.get(k) for k in TRAINER_KEYS}
+    blob = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def reference_config(cfg: DictConfig, output_dir: Path) -> DictConfig:
+    """``cfg`` without probes or W&B, writing to ``output_dir`` with a last.ckpt."""
+    ref = copy.deepcopy(cfg)
+    with open_dict(ref):
+        ref.probes = {}
+        ref.paths.output_dir = str(output_dir)
+        ref.logger = {
+            "csv": {"_target_": "optprobe.run_store.RunStoreLogger", "save_dir": str(output_dir)}
+        }
+        ref.callbacks = {
+            "checkpoint": {
+                "_target_": "pytorch_lightning.callbacks.ModelCheckpoint",
+                "dirpath": str(output_dir / "checkpoints"),
+                "save_last": True,
+                "save_top_k": 0,
+            }
+        }
+        ref.ckpt_path = None
+    return ref
+
+
+def obtain_reference(cfg: DictConfig) -> str:
+    """Path of x* for ``cfg``: reuse a completed reference run with the same trajectory
+    fingerprint under ``<log_dir>/reference_runs/``, or run it now (same seed, same data
+    order, no probes). Returns the checkpoint path."""
+    from optprobe.train import train
+
+    root = Path(cfg.paths.log_dir).resolve() / "reference_runs" / trajectory_fingerprint(cfg)
+    ckpt = root / "checkpoints" / "last.ckpt"
+    summary = root / "summary.json"
+    if ckpt.is_file() and summary.is_file():
+        if json.loads(summary.read_text()).get("status") == "completed":
+            print(f"reference probe: reusing x* from {ckpt}")
+            return str(ckpt)
+    print(f"reference probe: running the reference run (same config, no probes) in {root}")
+    root.mkdir(parents=True, exist_ok=True)
+    train(reference_config(cfg, root))
+    return str(ckpt)

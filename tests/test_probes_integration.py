@@ -1,0 +1,114 @@
+"""Probes inside real Hydra-composed runs: observer invariance per model family, finiteness,
+the reference replay, resume with probe state, and the per-job verdict summary."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from optprobe.train import train
+
+FAMILIES = {
+    "logreg": ["model=logreg", "data=synthetic"],
+    "mlp": ["model=mlp", "optimizer=adamw"],
+    "resnet18": [
+        "model=resnet18",
+        "data=synthetic",
+        "data.input_shape=[3,16,16]",
+        "optimizer=sgdm",
+    ],
+    "vit_tiny": [
+        "model=vit_tiny",
+        "data=synthetic",
+        "data.input_shape=[3,16,16]",
+        "optimizer=adam",
+    ],
+    "gpt": [
+        "model=gpt",
+        "data=shakespeare",
+        "data.max_chars=20000",
+        "data.seq_len=16",
+        "model.n_layer=1",
+        "model.d_model=32",
+        "optimizer=adamw",
+        "trainer.gradient_clip_val=1.0",
+    ],
+}
+TINY = [
+    "debug=smoke",
+    "data.batch_size=8",
+    "trainer.max_steps=4",
+    "probes.curvature.lanczos_iters=5",
+    "probes.curvature.hutchinson_samples=2",
+    "probes.curvature.esd_iters=5",
+    "probes.curvature.every_n_steps=2",
+    "probes.noise.every_n_steps=2",
+    "probes.noise.num_microbatches=2",
+]
+
+
+def final_state(cfg):
+    _, objects = train(cfg)
+    module, trainer = objects["module"], objects["trainer"]
+    params = {k: v.clone() for k, v in module.state_dict().items()}
+    opt = trainer.optimizers[0].state_dict()["state"]
+    return params, opt, Path(cfg.paths.output_dir)
+
+
+def read_metrics(folder: Path) -> list[dict[str, str]]:
+    with open(folder / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+SLOW = {"resnet18", "vit_tiny"}  # three trainings each with every probe: ~1 min on 2 cores
+
+
+@pytest.mark.parametrize(
+    "family",
+    [pytest.param(f, marks=pytest.mark.slow) if f in SLOW else f for f in sorted(FAMILIES)],
+)
+def test_probes_full_leaves_the_trajectory_bit_identical(make_cfg, family):
+    base = FAMILIES[family]
+    probed, opt_probed, folder = final_state(make_cfg([*base, "probes=full", *TINY]))
+    plain, opt_plain, _ = final_state(make_cfg([*base, "probes=none", *TINY[:3]]))
+    assert probed.keys() == plain.keys()
+    for key in plain:  # parameters and BatchNorm buffers
+        assert torch.equal(probed[key], plain[key]), key
+    for pid, state in opt_plain.items():
+        for name, value in state.items():
+            assert torch.equal(torch.as_tensor(opt_probed[pid][name]), torch.as_tensor(value)), name
+    rows = read_metrics(folder)
+    probe_keys = [k for k in rows[0] if k.split("/")[0] in {"step", "curv", "noise", "ref"}]
+    families = {k.split("/")[0] for k in probe_keys}
+    assert families == {"step", "curv", "noise", "ref"}, families
+    for row in rows:
+        for key in probe_keys:
+            if row[key] != "" and not key.startswith(
+                ("step/update_cos_prev", "ref/pl", "ref/weak_cvx")
+            ):
+                assert math.isfinite(float(row[key])), (key, row[key])
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["probes"]["reference"]["replay"]["matches"] is True
+    assert summary["probes"]["step"]["probed"] == 4
+
+
+def test_step_probe_scheme_is_recorded_in_config(make_cfg):
+    cfg = make_cfg(["debug=smoke", "probes=step", "probes.step.old_point_keys=false"])
+    train(cfg)
+    text = (Path(cfg.paths.output_dir) / "config.yaml").read_text()
+    assert "scheme: next_batch" in text
+
+
+def test_reference_run_is_reused(make_cfg, capsys):
+    overrides = ["debug=smoke", "probes=reference", "model=logreg"]
+    train(make_cfg(overrides, name="a"))
+    assert "running the reference run" in capsys.readouterr().out
+    cfg = make_cfg(overrides, name="b")
+    cfg.paths.log_dir = str(Path(cfg.paths.output_dir).parent / "a")
+    train(cfg)
+    assert "reusing x*" in capsys.readouterr().out
