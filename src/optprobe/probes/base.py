@@ -102,6 +102,9 @@ class ProbeCallback(Callback):
 
     family = "probe"
     config_key = "probes.probe"  # where the probe's settings live in the config
+    # Probes that compare the training step's own loss with extra passes need the extra
+    # passes to see the same function: active dropout would draw another mask.
+    refuses_dropout = False
 
     def __init__(
         self,
@@ -132,6 +135,7 @@ class ProbeCallback(Callback):
         self.probe_seconds = 0.0
         self.num_probed = 0
         self.num_skipped = 0
+        self.last_skip_reason = ""
         self._fit_start: float | None = None
         self.window: list[Batch] = []
         self.window_losses: list[Tensor] = []
@@ -209,7 +213,10 @@ class ProbeCallback(Callback):
 
     def final_summary(self) -> dict[str, Any]:
         """What the job's summary.json records for this probe (override to add verdicts)."""
-        return {"probed": self.num_probed, "skipped": self.num_skipped}
+        summary = {"probed": self.num_probed, "skipped": self.num_skipped}
+        if self.num_skipped:
+            summary["last_skip_reason"] = self.last_skip_reason
+        return summary
 
     @override
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
@@ -240,6 +247,12 @@ class ProbeCallback(Callback):
                     f"{self.config_key} needs a LightningModule with `{name}` "
                     "(optprobe.models.lit_module.TrainingModule)"
                 )
+        if self.refuses_dropout and has_active_dropout(pl_module.net):
+            raise ValueError(
+                f"{self.config_key}: the model has active dropout, so extra passes would see "
+                "another mask than the training step did; set the model's dropout to 0 (e.g. "
+                f"model.dropout=0.0) or turn this probe off ({self.config_key}=null)"
+            )
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -298,6 +311,7 @@ class ProbeCallback(Callback):
     def skip(self, reason: str) -> dict[str, float]:
         """Count a skipped probe step; returns the counter keys to log."""
         self.num_skipped += 1
+        self.last_skip_reason = reason
         return {f"{self.family}/skipped": float(self.num_skipped)}
 
     # ----------------------------------------------------------------- state

@@ -426,7 +426,6 @@ class NoiseProbe(ProbeCallback):
     def before_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any, step: int
     ) -> None:
-        self.num_probed += 1
         inputs, targets = self.probe_batch(pl_module)
         try:
             st = self.measure(pl_module.net, pl_module.loss_fn, inputs, targets)
@@ -444,6 +443,8 @@ class NoiseProbe(ProbeCallback):
         if not all_finite(values):
             bad = sorted(k for k, v in values.items() if not math.isfinite(v))
             values = self.skip(f"step {step}: non-finite {', '.join(bad)}")
+        else:
+            self.num_probed += 1
         self.log_values(trainer, pl_module, values)
 
     @override

@@ -87,6 +87,7 @@ class ReferenceProbe(ProbeCallback):
 
     family = "ref"
     config_key = "probes.reference"
+    refuses_dropout = True
 
     def __init__(
         self,

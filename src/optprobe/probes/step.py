@@ -21,10 +21,9 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
-from typing_extensions import override
 
 from optprobe.probes.aggregates import RunningAggregates
-from optprobe.probes.base import ProbeCallback, all_finite, check_nonnegative, has_active_dropout
+from optprobe.probes.base import ProbeCallback, all_finite, check_nonnegative
 from optprobe.probes.functional import (
     ParamDict,
     flatten,
@@ -118,6 +117,7 @@ class StepProbe(ProbeCallback):
 
     family = "step"
     config_key = "probes.step"
+    refuses_dropout = True
 
     def __init__(
         self,
@@ -160,16 +160,6 @@ class StepProbe(ProbeCallback):
         self._at_step: dict[str, Any] = {}
 
     # --------------------------------------------------------------------------- hooks
-    @override
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        super().setup(trainer, pl_module, stage)
-        if has_active_dropout(pl_module.net):
-            raise ValueError(
-                "probes.step: the model has active dropout, so f_t at x_{t+1} would see another "
-                "mask than the training step did; set the model's dropout to 0 (e.g. "
-                "model.dropout=0.0) or turn the step probe off (probes.step=null)"
-            )
-
     def wants_step(self, step: int) -> bool:
         # Neighbouring steps record x_t and Δ_t too (update_cos_prev, next_batch scheme).
         return any(self.is_probe_step(step + k) for k in (-1, 0, 1))
