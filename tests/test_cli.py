@@ -101,3 +101,16 @@ def test_wandb_offline_without_credentials_round_trip(tmp_path):
     assert [float(r["train/loss"]) for r in local] == pytest.approx(
         [h["train/loss"] for h in steps], rel=1e-6
     )
+
+
+def test_submitit_local_launcher_runs_the_sweep(tmp_path):
+    out = run_train(
+        ["-m", "hydra/launcher=submitit_local", "optimizer=adam,sgd", "debug=smoke"], tmp_path
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    sweep = next((tmp_path / "train" / "multiruns").iterdir())
+    rows = list(csv.DictReader(open(sweep / "sweep_summary.csv")))
+    assert [r["status"] for r in rows] == ["completed", "completed"]
+    assert (sweep / ".submitit").is_dir()  # really went through submitit
+    for job in ("0", "1"):
+        assert json.loads((sweep / job / "summary.json").read_text())["probes"]["step"]["probed"] == 6
