@@ -113,4 +113,6 @@ def test_submitit_local_launcher_runs_the_sweep(tmp_path):
     assert [r["status"] for r in rows] == ["completed", "completed"]
     assert (sweep / ".submitit").is_dir()  # really went through submitit
     for job in ("0", "1"):
-        assert json.loads((sweep / job / "summary.json").read_text())["probes"]["step"]["probed"] == 6
+        assert (
+            json.loads((sweep / job / "summary.json").read_text())["probes"]["step"]["probed"] == 6
+        )

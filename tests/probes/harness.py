@@ -142,3 +142,13 @@ def fit(
 
 def net_vocab(net: nn.Module) -> int:
     return net.tok_emb.num_embeddings
+
+
+class StartedFlag(Callback):
+    """Records whether training started (to check that an error came at setup, before it)."""
+
+    def __init__(self):
+        self.started = False
+
+    def on_train_start(self, trainer, pl_module):
+        self.started = True

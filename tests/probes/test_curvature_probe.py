@@ -14,7 +14,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from harness import fit
+from harness import StartedFlag, fit
 from pytorch_lightning.callbacks import Callback
 from torch import Tensor, nn
 from torch.func import functional_call
@@ -192,17 +192,12 @@ def test_forward_over_reverse_matches_double_backward():
 def test_forward_over_reverse_on_batchnorm_fails_at_setup():
     x, y = make_data(32)
 
-    class Started(Callback):
-        started = False
-
-        def on_train_start(self, trainer, pl_module):
-            Started.started = True
-
+    started = StartedFlag()
     torch.manual_seed(0)
     probe = CurvatureProbe(every_n_steps=1, hvp="forward_over_reverse")
     with pytest.raises(ValueError, match="BatchNorm2d 'bn'.*hvp=double_backward"):
-        fit(TinyBNNet().double(), x, y, callbacks=[Started(), probe], steps=2)
-    assert not Started.started
+        fit(TinyBNNet().double(), x, y, callbacks=[started, probe], steps=2)
+    assert not started.started
     # auto (double backward) runs with BatchNorm in training mode; values are logged on the
     # probed steps only (never repeated, stale, on the steps in between)
     probe = CurvatureProbe(every_n_steps=2, hutchinson_samples=4, lanczos_iters=10)

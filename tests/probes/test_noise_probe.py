@@ -12,8 +12,7 @@ import math
 
 import pytest
 import torch
-from harness import fit
-from pytorch_lightning.callbacks import Callback
+from harness import StartedFlag, fit
 from torch import Tensor, nn
 
 from optprobe.models.lit_module import cross_entropy
@@ -144,17 +143,12 @@ def test_batchnorm_auto_uses_microbatches():
 def test_per_example_on_batchnorm_fails_at_setup():
     x, y = make_data(32)
 
-    class Started(Callback):
-        started = False
-
-        def on_train_start(self, trainer, pl_module):
-            Started.started = True
-
+    started = StartedFlag()
     torch.manual_seed(0)
     probe = NoiseProbe(every_n_steps=1, method="per_example")
     with pytest.raises(ValueError, match="BatchNorm2d 'bn'.*method=microbatch"):
-        fit(TinyCNN().double(), x, y, callbacks=[Started(), probe], steps=2)
-    assert not Started.started and probe.num_probed == 0
+        fit(TinyCNN().double(), x, y, callbacks=[started, probe], steps=2)
+    assert not started.started and probe.num_probed == 0
 
 
 def test_non_finite_noise_is_skipped_not_fatal():

@@ -26,6 +26,7 @@ import hashlib
 import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -210,6 +211,20 @@ class TensorDataModule(pl.LightningDataModule):
         self.val_dataset: Dataset | None = None
         self._is_set_up = False
 
+    #: Class defaults for ``num_classes`` / ``input_shape`` when the config gives none.
+    NUM_CLASSES: int = 0
+    INPUT_SHAPE: tuple[int, ...] = ()
+
+    def set_meta(
+        self, num_classes: int | None, input_shape: tuple[int, ...] | list[int] | None
+    ) -> None:
+        """Take ``num_classes``/``input_shape`` from the config (verified against the data in
+        ``setup``) or, when null, from the class defaults."""
+        configured_classes = check_optional_int("num_classes", num_classes, 1)
+        configured_shape = as_shape("input_shape", input_shape)
+        self.num_classes = self.NUM_CLASSES if configured_classes is None else configured_classes
+        self.input_shape = self.INPUT_SHAPE if configured_shape is None else configured_shape
+
     # ------------------------------------------------------------------ hooks
     def _load(self) -> LoadedData:
         """Load (or generate) the full train/val split. Called once by ``setup``."""
@@ -376,3 +391,37 @@ def split_by_permutation(
     perm = torch.randperm(n, generator=seeded_generator(seed, "split"))
     val_idx, train_idx = perm[:n_val], perm[n_val:]
     return inputs[train_idx], targets[train_idx], inputs[val_idx], targets[val_idx]
+
+
+class PermutationSplitDataModule(TensorDataModule):
+    """A labelled image set loaded whole, split into train/val by a permutation seeded from
+    ``seed`` (the last ``val_fraction`` of it is validation). Subclasses implement
+    :meth:`load_images` and set ``NUM_CLASSES``/``INPUT_SHAPE``."""
+
+    def __init__(
+        self,
+        batch_size: int = 64,
+        val_fraction: float = 0.2,
+        num_classes: int | None = None,
+        input_shape: tuple[int, ...] | list[int] | None = None,
+        **loader_args: Any,
+    ) -> None:
+        super().__init__(batch_size=batch_size, **loader_args)
+        self.val_fraction = check_fraction("val_fraction", val_fraction)
+        self.set_meta(num_classes, input_shape)
+
+    def load_images(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """All images (N, C, H, W) float32 and labels (N,) int64."""
+        raise NotImplementedError
+
+    def _load(self) -> LoadedData:
+        images, labels = self.load_images()
+        x_tr, y_tr, x_va, y_va = split_by_permutation(images, labels, self.val_fraction, self.seed)
+        return LoadedData(
+            x_tr.contiguous(),
+            y_tr,
+            x_va.contiguous(),
+            y_va,
+            num_classes=int(labels.max()) + 1,
+            input_shape=tuple(images.shape[1:]),
+        )

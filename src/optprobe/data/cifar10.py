@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,9 +27,7 @@ from torch.utils.data import Dataset, get_worker_info
 from optprobe.data.base import (
     LoadedData,
     TensorDataModule,
-    as_shape,
     check_int,
-    check_optional_int,
     derive_seed,
 )
 
@@ -159,30 +158,14 @@ class CIFAR10DataModule(TensorDataModule):
         batch_size: int = 128,
         num_classes: int | None = None,
         input_shape: tuple[int, ...] | list[int] | None = None,
-        val_batch_size: int | None = None,
-        seed: int = 0,
-        num_workers: int = 0,
-        drop_last: bool = True,
-        max_train_samples: int | None = None,
-        pin_memory: bool = False,
+        **loader_args: Any,
     ) -> None:
-        super().__init__(
-            batch_size=batch_size,
-            val_batch_size=val_batch_size,
-            seed=seed,
-            num_workers=num_workers,
-            drop_last=drop_last,
-            max_train_samples=max_train_samples,
-            pin_memory=pin_memory,
-        )
+        super().__init__(batch_size=batch_size, **loader_args)
         if not isinstance(augment, bool):
             raise ValueError(f"augment must be true or false, got {augment!r}.")
         self.augment = augment
         self.crop_padding = check_int("crop_padding", crop_padding, 0)
-        configured_classes = check_optional_int("num_classes", num_classes, 1)
-        configured_shape = as_shape("input_shape", input_shape)
-        self.num_classes = self.NUM_CLASSES if configured_classes is None else configured_classes
-        self.input_shape = self.INPUT_SHAPE if configured_shape is None else configured_shape
+        self.set_meta(num_classes, input_shape)
         if data_dir is None or str(data_dir) == "":
             raise ValueError(
                 "data_dir is empty: set data.data_dir (or paths.data_dir) to the folder that "

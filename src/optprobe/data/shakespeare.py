@@ -14,6 +14,7 @@ import functools
 import importlib.resources
 import importlib.util
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -94,22 +95,9 @@ class ShakespeareDataModule(TensorDataModule):
         vocab_size: int | None = None,
         num_classes: int | None = None,
         input_shape: tuple[int, ...] | list[int] | None = None,
-        val_batch_size: int | None = None,
-        seed: int = 0,
-        num_workers: int = 0,
-        drop_last: bool = True,
-        max_train_samples: int | None = None,
-        pin_memory: bool = False,
+        **loader_args: Any,
     ) -> None:
-        super().__init__(
-            batch_size=batch_size,
-            val_batch_size=val_batch_size,
-            seed=seed,
-            num_workers=num_workers,
-            drop_last=drop_last,
-            max_train_samples=max_train_samples,
-            pin_memory=pin_memory,
-        )
+        super().__init__(batch_size=batch_size, **loader_args)
         self.seq_len = check_int("seq_len", seq_len, 1)
         self.max_chars = check_optional_int(
             "max_chars", max_chars, 2, "Or leave it unset (null) to use the whole corpus."

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -43,22 +44,9 @@ class SyntheticDataModule(TensorDataModule):
         noise: float = 0.1,
         val_fraction: float = 0.2,
         batch_size: int = 64,
-        val_batch_size: int | None = None,
-        seed: int = 0,
-        num_workers: int = 0,
-        drop_last: bool = True,
-        max_train_samples: int | None = None,
-        pin_memory: bool = False,
+        **loader_args: Any,
     ) -> None:
-        super().__init__(
-            batch_size=batch_size,
-            val_batch_size=val_batch_size,
-            seed=seed,
-            num_workers=num_workers,
-            drop_last=drop_last,
-            max_train_samples=max_train_samples,
-            pin_memory=pin_memory,
-        )
+        super().__init__(batch_size=batch_size, **loader_args)
         self.num_samples = check_int("num_samples", num_samples, 2)
         shape = as_shape("input_shape", input_shape)
         if shape is None:

@@ -666,11 +666,6 @@ class CurvatureProbe(ProbeCallback):
     def __init__(
         self,
         every_n_steps: int = 50,
-        log_spaced: bool = False,
-        per_decade: int = 10,
-        start_step: int = 0,
-        batch: str = "current",
-        fixed_batch_size: int | None = None,
         lanczos_iters: int = 20,
         tol: float = 1e-3,
         hutchinson_samples: int = 10,
@@ -679,15 +674,9 @@ class CurvatureProbe(ProbeCallback):
         esd_probes: int = 1,
         hvp: str = "auto",
         seed: int = 0,
+        **schedule: Any,
     ) -> None:
-        super().__init__(
-            every_n_steps=every_n_steps,
-            log_spaced=log_spaced,
-            per_decade=per_decade,
-            start_step=start_step,
-            batch=batch,
-            fixed_batch_size=fixed_batch_size,
-        )
+        super().__init__(every_n_steps, **schedule)
         self.last_lambda_max: float | None = None  # read by the step probe (lambda_max source)
         self.max_lambda_max = -math.inf
         self.lanczos_iters = check_positive_int(f"{self.config_key}.lanczos_iters", lanczos_iters)

@@ -329,23 +329,12 @@ class NoiseProbe(ProbeCallback):
     def __init__(
         self,
         every_n_steps: int = 10,
-        log_spaced: bool = False,
-        per_decade: int = 10,
-        start_step: int = 0,
-        batch: str = "current",
-        fixed_batch_size: int | None = None,
         method: str = "auto",
         num_microbatches: int = 4,
         chunk_size: int | None = None,
+        **schedule: Any,
     ) -> None:
-        super().__init__(
-            every_n_steps=every_n_steps,
-            log_spaced=log_spaced,
-            per_decade=per_decade,
-            start_step=start_step,
-            batch=batch,
-            fixed_batch_size=fixed_batch_size,
-        )
+        super().__init__(every_n_steps, **schedule)
         if method not in NOISE_METHODS:
             raise ValueError(
                 f"{self.config_key}.method must be one of {', '.join(NOISE_METHODS)}, got {method!r}; "

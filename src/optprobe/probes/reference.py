@@ -80,7 +80,7 @@ class ReferenceProbe(ProbeCallback):
     ``pl``, ``weak_cvx``, ``dist``; aggregates ``ratio`` (cumulative Σlin/Σexcess),
     ``frac_gap_held`` (fraction of probed steps with gap ≤ 0), ``skipped``.
 
-    Args:
+    Args (also the base's cadence arguments: log_spaced, per_decade, start_step):
         ckpt: Lightning checkpoint holding x* (``optprobe.train`` sets it when null).
         replay_rtol: the replay "follows the reference" when ‖x_T - x*‖ ≤ replay_rtol·‖x*‖.
     """
@@ -92,13 +92,16 @@ class ReferenceProbe(ProbeCallback):
     def __init__(
         self,
         every_n_steps: int = 1,
-        log_spaced: bool = False,
-        per_decade: int = 10,
-        start_step: int = 0,
         ckpt: str | None = None,
         replay_rtol: float = 1e-6,
+        **schedule: Any,
     ) -> None:
-        super().__init__(every_n_steps, log_spaced, per_decade, start_step, batch="current")
+        super().__init__(every_n_steps, **schedule)
+        if self.batch_mode != "current":
+            raise ValueError(
+                f"{self.config_key}.batch must be 'current': this probe compares the training "
+                "step's own loss and gradient with extra passes on the same batch"
+            )
         self.ckpt = ckpt
         self.replay_rtol = float(replay_rtol)
         self.agg = RunningAggregates(window=1)

@@ -98,7 +98,7 @@ class StepProbe(ProbeCallback):
     ``convexity_ratio_window``; ``frac_inst_gap_held``, ``frac_inst_gap_old_held``,
     ``frac_descent_bound_held`` (fraction of probed steps on which each held); ``skipped``.
 
-    Args:
+    Args (also the base's cadence arguments: log_spaced, per_decade, start_step):
         scheme: ``same_batch`` evaluates f_t and its gradient at x_{t+1} on the step's batch
             (one extra forward+backward). ``next_batch`` takes f_{t+1}(x_{t+1}) and its gradient
             from the next training step for free and evaluates at x_t on z_{t+1}: one extra
@@ -122,9 +122,6 @@ class StepProbe(ProbeCallback):
     def __init__(
         self,
         every_n_steps: int = 1,
-        log_spaced: bool = False,
-        per_decade: int = 10,
-        start_step: int = 0,
         scheme: str = "auto",
         old_point_keys: bool = True,
         smoothness_source: str = "running_max_lip",
@@ -133,8 +130,14 @@ class StepProbe(ProbeCallback):
         min_lr: float = 0.0,
         window: int = 100,
         ema_betas: tuple[float, ...] = (0.9, 0.99, 0.999),
+        **schedule: Any,
     ) -> None:
-        super().__init__(every_n_steps, log_spaced, per_decade, start_step, batch="current")
+        super().__init__(every_n_steps, **schedule)
+        if self.batch_mode != "current":
+            raise ValueError(
+                f"{self.config_key}.batch must be 'current': this probe compares the training "
+                "step's own loss and gradient with extra passes on the same batch"
+            )
         if scheme not in SCHEMES:
             raise ValueError(f"probes.step.scheme={scheme!r} is unknown; use one of {SCHEMES}")
         if smoothness_source not in L_SOURCES:
