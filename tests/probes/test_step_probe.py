@@ -169,6 +169,7 @@ def test_dropout_is_refused_at_setup():
         ({"scheme": "bogus"}, "probes.step.scheme"),
         ({"smoothness_source": "x"}, "probes.step.smoothness_source"),
         ({"min_update_norm": -1}, "probes.step.min_update_norm"),
+        ({"batch": "fixed"}, "probes.step.batch"),
     ],
 )
 def test_bad_arguments_name_the_config_key(kwargs, match):

@@ -105,6 +105,8 @@ class ProbeCallback(Callback):
     # Probes that compare the training step's own loss with extra passes need the extra
     # passes to see the same function: active dropout would draw another mask.
     refuses_dropout = False
+    # False for probes that compare the training step's own loss and gradient (same batch).
+    fixed_batch_allowed = True
 
     def __init__(
         self,
@@ -125,6 +127,11 @@ class ProbeCallback(Callback):
         self.start_step = start_step
         if batch not in ("current", "fixed"):
             raise ValueError(f"{prefix}.batch must be 'current' or 'fixed', got {batch!r}")
+        if batch == "fixed" and not self.fixed_batch_allowed:
+            raise ValueError(
+                f"{prefix}.batch must be 'current': this probe compares the training step's own "
+                "loss and gradient with extra passes on the same batch"
+            )
         self.batch_mode = batch
         self.fixed_batch_size = (
             None

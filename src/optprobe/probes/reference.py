@@ -88,6 +88,7 @@ class ReferenceProbe(ProbeCallback):
     family = "ref"
     config_key = "probes.reference"
     refuses_dropout = True
+    fixed_batch_allowed = False
 
     def __init__(
         self,
@@ -97,11 +98,6 @@ class ReferenceProbe(ProbeCallback):
         **schedule: Any,
     ) -> None:
         super().__init__(every_n_steps, **schedule)
-        if self.batch_mode != "current":
-            raise ValueError(
-                f"{self.config_key}.batch must be 'current': this probe compares the training "
-                "step's own loss and gradient with extra passes on the same batch"
-            )
         self.ckpt = ckpt
         self.replay_rtol = float(replay_rtol)
         self.agg = RunningAggregates(window=1)

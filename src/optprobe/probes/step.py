@@ -118,6 +118,7 @@ class StepProbe(ProbeCallback):
     family = "step"
     config_key = "probes.step"
     refuses_dropout = True
+    fixed_batch_allowed = False
 
     def __init__(
         self,
@@ -133,11 +134,6 @@ class StepProbe(ProbeCallback):
         **schedule: Any,
     ) -> None:
         super().__init__(every_n_steps, **schedule)
-        if self.batch_mode != "current":
-            raise ValueError(
-                f"{self.config_key}.batch must be 'current': this probe compares the training "
-                "step's own loss and gradient with extra passes on the same batch"
-            )
         if scheme not in SCHEMES:
             raise ValueError(f"probes.step.scheme={scheme!r} is unknown; use one of {SCHEMES}")
         if smoothness_source not in L_SOURCES:
