@@ -16,7 +16,9 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from optprobe.analysis.verdicts import verdict_table
 from optprobe.instantiate import instantiate_named
+from optprobe.job_verdict import write_job_verdict
 from optprobe.models.lit_module import TrainingModule
 from optprobe.probes.base import ProbeCallback
 from optprobe.reference_run import obtain_reference
@@ -37,6 +39,16 @@ def git_commit() -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def hydra_choices() -> dict[str, str]:
+    """The config-group options this job was composed from (``optimizer: adam``, ...)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return {}
+    choices = HydraConfig.get().runtime.choices
+    return {k: v for k, v in choices.items() if not k.startswith("hydra") and v is not None}
 
 
 def check_model_fits_data(net: torch.nn.Module, datamodule: pl.LightningDataModule, cfg) -> None:
@@ -132,6 +144,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         datamodule.setup("fit")
         check_model_fits_data(module.net, datamodule, cfg)
         resolved = OmegaConf.to_container(cfg, resolve=True)
+        resolved["choices"] = hydra_choices()
         for probe in probes_of(trainer):  # record what each probe resolved to (e.g. scheme)
             resolved["probes"][probe_name(cfg, probe)].update(probe.resolved_settings())
         OmegaConf.save(OmegaConf.create(resolved), Path(output_dir) / "config.yaml")
@@ -141,6 +154,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         metrics = to_float_dict(trainer.callback_metrics)
         summary.update(status="completed", metrics=metrics, global_step=trainer.global_step)
         summary["probes"] = {probe_name(cfg, p): p.final_summary() for p in probes_of(trainer)}
+        verdict = write_job_verdict(output_dir, objects["loggers"])
+        if verdict is not None:
+            summary["verdicts"] = verdict.to_dict()
+            print(f"\nVerdicts ({output_dir}):\n{verdict_table(verdict)}")
         return metrics, objects
     except BaseException as err:
         summary.update(status="failed", error=f"{type(err).__name__}: {err}")

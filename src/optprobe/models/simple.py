@@ -45,3 +45,31 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.layers(x.flatten(1))
+
+
+class SmallCNN(nn.Module):
+    """Two 3x3 conv + ReLU + 2x2 max-pool stages, then a linear classifier (no BatchNorm).
+
+    A BatchNorm-free CNN: per-example gradients and forward-mode AD work on it, and peer
+    tools that reject BatchNorm (e.g. BackPACK-based ones) can run on it too.
+    """
+
+    def __init__(
+        self, input_shape: Sequence[int], num_classes: int, channels: Sequence[int] = (16, 32)
+    ) -> None:
+        super().__init__()
+        in_ch, height, width = (int(d) for d in input_shape)
+        layers: list[nn.Module] = []
+        for out_ch in channels:
+            layers += [nn.Conv2d(in_ch, out_ch, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+            in_ch, height, width = out_ch, height // 2, width // 2
+        if height < 1 or width < 1:
+            raise ValueError(
+                f"model.channels={list(channels)} pools {tuple(input_shape)} below 1x1; "
+                "use fewer stages for such small inputs"
+            )
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(in_ch * height * width, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.features(x).flatten(1))

@@ -1,0 +1,378 @@
+"""Tests for optprobe.analysis.verdicts on hand-built metric tables with known answers."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from optprobe.analysis.stats import quantile_regression_line
+from optprobe.analysis.verdicts import (
+    ASSUMPTIONS,
+    AssumptionVerdict,
+    RunVerdict,
+    read_metrics_csv,
+    verdict_from_metrics,
+    verdict_table,
+)
+
+Z95 = 1.959963984540054
+
+
+def hand_wilson(held: int, n: int) -> tuple[float, float]:
+    p = held / n
+    denom = 1 + Z95**2 / n
+    center = (p + Z95**2 / (2 * n)) / denom
+    half = Z95 * math.sqrt(p * (1 - p) / n + Z95**2 / (4 * n * n)) / denom
+    return center - half, center + half
+
+
+def frame(n: int, **columns) -> pd.DataFrame:
+    """A metrics table with steps 0..n-1 and the given columns (keys with '__' for '/')."""
+    data = {"step": np.arange(n, dtype=float)}
+    data.update({k.replace("__", "/"): np.asarray(v, dtype=float) for k, v in columns.items()})
+    return pd.DataFrame(data)
+
+
+def test_assumptions_registry():
+    assert list(ASSUMPTIONS) == [
+        "inst_gap",
+        "inst_gap_old",
+        "descent_bound",
+        "ref_gap",
+        "l0l1_smooth",
+        "bounded_variance",
+        "affine_variance",
+    ]
+    assert ASSUMPTIONS["inst_gap"][0] == "convex along the step, from x_{t+1}"
+    assert ASSUMPTIONS["descent_bound"][0] == "L-smoothness predicts the progress"
+    assert all(isinstance(d, str) and d for _, d in ASSUMPTIONS.values())
+
+
+# --------------------------------------------------------------------------- sign checks
+
+
+def test_inst_gap_73_of_100():
+    rng = np.random.default_rng(0)
+    gap = np.concatenate([-rng.uniform(0, 1, 72), [0.0], rng.uniform(0.01, 1, 27)])
+    rng.shuffle(gap)
+    v = verdict_from_metrics(frame(100, step__inst_gap=gap)).get("inst_gap")
+    assert (v.held, v.checked) == (73, 100)
+    assert v.fraction == pytest.approx(0.73)
+    assert (v.ci_low, v.ci_high) == pytest.approx(hand_wilson(73, 100), abs=1e-12)
+    assert (v.ci_low, v.ci_high) == pytest.approx((0.6356788, 0.8073042), abs=1e-6)
+    assert v.label == ASSUMPTIONS["inst_gap"][0]
+
+
+def test_sign_checks_and_nan_rows_ignored():
+    nan = np.nan
+    df = frame(
+        8,
+        step__inst_gap=[-1, 0, 1, nan, -2, nan, 3, -0.5],  # held 4 of 6
+        step__inst_gap_old=[1, 0, -1, 2, nan, nan, nan, -3],  # held 3 of 5
+        ref__gap=[nan, nan, -1, -1, 1, 0, nan, nan],  # held 3 of 4
+    )
+    out = verdict_from_metrics(df)
+    assert (out.get("inst_gap").held, out.get("inst_gap").checked) == (4, 6)
+    assert (out.get("inst_gap_old").held, out.get("inst_gap_old").checked) == (3, 5)
+    assert (out.get("ref_gap").held, out.get("ref_gap").checked) == (3, 4)
+    assert out.get("ref_gap").fraction == pytest.approx(0.75)
+
+
+def test_descent_bound_combinations():
+    nan = np.nan
+    rows = [
+        (-1.0, -2.0, True),  # bound above the change, predicts decrease
+        (-1.0, -1.0, True),  # equality counts
+        (-1.0, -0.5, False),  # change above the bound
+        (0.5, 0.2, False),  # bound holds but predicts no decrease
+        (0.0, -1.0, False),  # bound = 0 is not < 0
+        (-1e-3, 5.0, False),
+        (nan, -1.0, None),  # not measured: ignored
+        (-1.0, nan, None),
+    ]
+    df = frame(
+        len(rows),
+        step__descent_bound=[r[0] for r in rows],
+        step__loss_change=[r[1] for r in rows],
+    )
+    v = verdict_from_metrics(df).get("descent_bound")
+    assert (v.held, v.checked) == (2, 6)
+    assert (v.ci_low, v.ci_high) == pytest.approx(hand_wilson(2, 6), abs=1e-12)
+
+
+# --------------------------------------------------------------------------- fitted forms
+
+
+def test_bounded_variance_out_of_sample():
+    cov = np.r_[np.ones(50), 2.0 * np.ones(50)]
+    v = verdict_from_metrics(frame(100, noise__trace_cov=cov)).get("bounded_variance")
+    assert (v.held, v.checked) == (0, 50)
+    assert v.fraction == 0.0
+    steady = verdict_from_metrics(frame(100, noise__trace_cov=np.ones(100)))
+    assert (steady.get("bounded_variance").held, steady.get("bounded_variance").checked) == (
+        50,
+        50,
+    )
+
+
+def test_bounded_variance_fits_the_first_half_at_q():
+    # First half 0..49 -> the 0.9 quantile is 44.1; second half values 40..89.
+    cov = np.r_[np.arange(50.0), np.arange(40.0, 90.0)]
+    out = verdict_from_metrics(frame(100, noise__trace_cov=cov), quantile=0.9)
+    v = out.get("bounded_variance")
+    assert (v.held, v.checked) == (5, 50)  # 40, 41, 42, 43, 44 <= 44.1
+    assert out.constants["sigma_sq"] == pytest.approx(np.quantile(cov, 0.9))
+
+
+def test_out_of_sample_uses_step_order_not_row_order():
+    cov = np.r_[np.ones(50), 2.0 * np.ones(50)]
+    df = frame(100, noise__trace_cov=cov).sample(frac=1.0, random_state=0)
+    v = verdict_from_metrics(df).get("bounded_variance")
+    assert (v.held, v.checked) == (0, 50)
+
+
+def test_odd_count_and_single_step():
+    out = verdict_from_metrics(frame(5, noise__trace_cov=[1, 1, 1, 1, 5]))
+    assert (out.get("bounded_variance").held, out.get("bounded_variance").checked) == (2, 3)
+    single = verdict_from_metrics(frame(1, noise__trace_cov=[1.0]))
+    assert single.get("bounded_variance") is None
+    assert single.constants["sigma_sq"] == 1.0
+
+
+def test_affine_variance_out_of_sample():
+    rng = np.random.default_rng(1)
+    g2 = rng.uniform(0.1, 5.0, 100)
+    law = 0.5 + 2.0 * g2
+    same = verdict_from_metrics(frame(100, noise__grad_sq_norm=g2, noise__trace_cov=law))
+    v = same.get("affine_variance")
+    assert (v.held, v.checked) == (50, 50)
+    assert same.constants["sigma0_sq"] == pytest.approx(0.5, abs=1e-6)
+    assert same.constants["sigma1_sq"] == pytest.approx(2.0, abs=1e-6)
+    doubled = np.r_[law[:50], 2.0 * law[50:]]
+    out = verdict_from_metrics(frame(100, noise__grad_sq_norm=g2, noise__trace_cov=doubled))
+    assert out.get("affine_variance").held == 0
+    # the bounded form fails too where grad_sq_norm varies: judged independently
+    assert out.get("bounded_variance").checked == 50
+
+
+def test_l0l1_out_of_sample_and_constants():
+    rng = np.random.default_rng(2)
+    g = rng.uniform(0.0, 3.0, 200)
+    lip = 1.0 + 2.0 * g + rng.uniform(0.0, 0.5, 200)
+    steady = verdict_from_metrics(frame(200, step__grad_norm=g, step__smooth_lip=lip))
+    v = steady.get("l0l1_smooth")
+    assert v.checked == 100
+    assert 0.85 <= v.fraction <= 1.0
+    a, b = quantile_regression_line(g, lip, 0.95)
+    assert (steady.constants["L0"], steady.constants["L1"]) == pytest.approx((a, b))
+    fitted = a + b * g
+    r2 = 1.0 - np.sum((lip - fitted) ** 2) / np.sum((lip - lip.mean()) ** 2)
+    assert steady.constants["l0l1_r2"] == pytest.approx(r2)
+    assert 0.5 < r2 < 1.0
+    worse = np.r_[lip[:100], 3.0 * lip[100:]]
+    out = verdict_from_metrics(frame(200, step__grad_norm=g, step__smooth_lip=worse))
+    assert out.get("l0l1_smooth").fraction < 0.1
+
+
+def test_l0l1_r2_is_one_for_an_exact_line_and_negative_for_a_bad_one():
+    g = np.linspace(0.0, 2.0, 40)
+    exact = verdict_from_metrics(frame(40, step__grad_norm=g, step__smooth_lip=1.0 + 2.0 * g))
+    assert exact.constants["l0l1_r2"] == pytest.approx(1.0, abs=1e-9)
+    # A quantile-0.95 line over a cloud with a few huge values explains less than the mean.
+    lip = np.r_[np.ones(36), [50.0, 60.0, 70.0, 80.0]]
+    bad = verdict_from_metrics(frame(40, step__grad_norm=np.ones(40), step__smooth_lip=lip))
+    assert bad.constants["l0l1_r2"] < 0.0
+
+
+# --------------------------------------------------------------------------- constants
+
+
+def test_constants_equal_numpy():
+    rng = np.random.default_rng(3)
+    n = 60
+    nan = np.nan
+    lip = rng.lognormal(size=n)
+    eff = rng.normal(size=n)
+    lip[[4, 9]] = nan
+    ratio = np.r_[rng.uniform(0.5, 2.0, n - 3), [0.77, nan, nan]]
+    weak = rng.exponential(size=n)
+    pl = rng.normal(size=n)
+    lam = np.full(n, nan)
+    lam[::10] = rng.uniform(1, 9, 6)
+    cov = rng.uniform(1, 3, n)
+    df = frame(
+        n,
+        step__smooth_lip=lip,
+        step__smooth_eff=eff,
+        ref__ratio=ratio,
+        ref__weak_cvx=weak,
+        ref__pl=pl,
+        curv__lambda_max=lam,
+        noise__trace_cov=cov,
+    ).sample(frac=1.0, random_state=1)  # row order must not matter
+    c = verdict_from_metrics(df, quantile=0.9).constants
+    ok = lip[~np.isnan(lip)]
+    assert c["L_lip_q50"] == pytest.approx(np.quantile(ok, 0.5))
+    assert c["L_lip_q90"] == pytest.approx(np.quantile(ok, 0.9))
+    assert c["L_lip_max"] == pytest.approx(ok.max())
+    assert c["L_eff_q50"] == pytest.approx(np.quantile(eff, 0.5))
+    assert c["L_eff_q90"] == pytest.approx(np.quantile(eff, 0.9))
+    assert c["L_eff_max"] == pytest.approx(eff.max())
+    assert c["gamma"] == 0.77
+    assert c["rho"] == pytest.approx(np.quantile(weak, 0.9))
+    assert c["pl"] == pytest.approx(np.quantile(pl[pl > 0], 0.1))
+    assert c["sigma_sq"] == pytest.approx(np.quantile(cov, 0.9))
+    assert c["lambda_max_max"] == pytest.approx(np.nanmax(lam))
+    # inputs missing -> constants omitted
+    for name in ("L0", "L1", "l0l1_r2", "sigma0_sq", "sigma1_sq"):
+        assert name not in c
+
+
+def test_pl_omitted_without_positive_values():
+    c = verdict_from_metrics(frame(4, ref__pl=[-1.0, 0.0, -2.0, np.nan])).constants
+    assert "pl" not in c
+
+
+# --------------------------------------------------------------------------- missing data
+
+
+def test_missing_and_all_nan_columns_leave_assumptions_out():
+    nan = np.full(10, np.nan)
+    df = frame(
+        10,
+        step__inst_gap=np.linspace(-1, 1, 10),
+        step__inst_gap_old=nan,
+        step__descent_bound=np.linspace(-1, 0, 10),  # loss_change absent
+        noise__trace_cov=nan,
+        noise__grad_sq_norm=np.ones(10),
+        step__grad_norm=np.ones(10),  # smooth_lip absent
+        train__loss=np.ones(10),
+    )
+    out = verdict_from_metrics(df)
+    assert [a.assumption for a in out.assumptions] == ["inst_gap"]
+    assert out.constants == {}
+    assert out.probed == {"noise": 0}
+    assert out.skipped == {}
+    empty = verdict_from_metrics(pd.DataFrame({"step": [0.0, 1.0]}))
+    assert empty.assumptions == [] and empty.constants == {} and empty.probed == {}
+
+
+def test_skipped_and_probed_counts():
+    nan = np.nan
+    df = frame(
+        6,
+        step__loss_change=[-1, -1, nan, -1, -1, -1],
+        step__skipped=[0, 0, 1, 1, 2, 2],
+        ref__gap=[nan, -1, nan, -1, nan, -1],
+        ref__skipped=[nan, 0, nan, 0, nan, 0],
+        noise__trace_cov=[1, nan, nan, nan, nan, 2],
+        noise__skipped=[0, nan, nan, nan, nan, 3],
+        curv__lambda_max=[nan, nan, 5, nan, nan, nan],
+    )
+    out = verdict_from_metrics(df)
+    assert out.skipped == {"step": 2, "ref": 0, "noise": 3}
+    assert out.probed == {"step": 5, "ref": 3, "noise": 2, "curv": 1}
+    assert all(isinstance(v, int) for v in [*out.skipped.values(), *out.probed.values()])
+
+
+def test_assumptions_reported_in_registry_order():
+    n = 20
+    df = frame(
+        n,
+        noise__trace_cov=np.ones(n),
+        noise__grad_sq_norm=np.ones(n),
+        ref__gap=-np.ones(n),
+        step__smooth_lip=np.ones(n),
+        step__grad_norm=np.ones(n),
+        step__descent_bound=-np.ones(n),
+        step__loss_change=-np.ones(n),
+        step__inst_gap_old=np.ones(n),
+        step__inst_gap=-np.ones(n),
+    )
+    out = verdict_from_metrics(df)
+    assert [a.assumption for a in out.assumptions] == list(ASSUMPTIONS)
+    assert all(a.fraction == 1.0 for a in out.assumptions)
+
+
+def test_invalid_quantile():
+    with pytest.raises(ValueError):
+        verdict_from_metrics(frame(3, noise__trace_cov=[1, 2, 3]), quantile=1.0)
+
+
+# --------------------------------------------------------------------------- output
+
+
+def sample_verdict() -> RunVerdict:
+    rng = np.random.default_rng(4)
+    n = 40
+    g = rng.uniform(0, 2, n)
+    return verdict_from_metrics(
+        frame(
+            n,
+            step__inst_gap=rng.normal(-0.5, 1, n),
+            step__inst_gap_old=rng.normal(0.5, 1, n),
+            step__descent_bound=rng.normal(-1, 1, n),
+            step__loss_change=rng.normal(-1, 1, n),
+            step__grad_norm=g,
+            step__smooth_lip=1 + g + rng.uniform(0, 1, n),
+            step__skipped=np.arange(n) // 10,
+            ref__gap=rng.normal(-0.2, 1, n),
+            noise__trace_cov=rng.uniform(1, 2, n),
+            noise__grad_sq_norm=g**2,
+        )
+    )
+
+
+def test_to_dict_from_dict_round_trip():
+    verdict = sample_verdict()
+    verdict.assumptions.append(
+        AssumptionVerdict("ref_gap", "x", 0, 0, float("nan"), float("nan"), float("nan"))
+    )
+    verdict.constants["gamma"] = float("nan")
+    data = verdict.to_dict()
+    text = json.dumps(data, allow_nan=False)  # JSON-ready: no NaN left
+    assert data["assumptions"][-1]["fraction"] is None
+    assert data["constants"]["gamma"] is None
+    back = RunVerdict.from_dict(json.loads(text))
+    assert back.to_dict() == data
+    assert [a.assumption for a in back.assumptions] == [a.assumption for a in verdict.assumptions]
+    assert back.assumptions[0] == verdict.assumptions[0]
+    assert math.isnan(back.constants["gamma"])
+    assert back.skipped == verdict.skipped == {"step": 3}
+
+
+def test_verdict_table_lists_everything():
+    verdict = sample_verdict()
+    table = verdict_table(verdict)
+    assert len(verdict.assumptions) == len(ASSUMPTIONS)
+    for a in verdict.assumptions:
+        row = next(line for line in table.splitlines() if line.startswith(a.label))
+        assert f"{a.held}/{a.checked}" in row
+        assert f"{a.fraction:.3f}" in row
+        assert f"[{a.ci_low:.3f}, {a.ci_high:.3f}]" in row
+    for name in verdict.constants:
+        assert name in table
+    assert "step=3" in table
+    widths = {len(line) for line in table.splitlines()[:9]}
+    assert len(widths) == 1  # header, rule and rows are aligned
+    assert "no assumption" in verdict_table(RunVerdict())
+
+
+def test_read_metrics_csv(tmp_path):
+    path = tmp_path / "metrics.csv"
+    path.write_text(
+        "step,step/inst_gap,note,noise/trace_cov,empty\n2,-0.5,b,,\n0,0.25,a,1.5,\n1,,c,,\n"
+    )
+    df = read_metrics_csv(path)
+    assert list(df["step"]) == [0, 1, 2]
+    assert "note" not in df.columns
+    assert all(pd.api.types.is_float_dtype(df[c]) for c in df.columns)
+    np.testing.assert_array_equal(df["step/inst_gap"], [0.25, np.nan, -0.5])
+    assert df["empty"].isna().all()
+    v = verdict_from_metrics(df)
+    assert (v.get("inst_gap").held, v.get("inst_gap").checked) == (1, 2)
+    assert v.probed == {"noise": 1}
