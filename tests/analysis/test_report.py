@@ -185,11 +185,9 @@ def make_sweep(
                 continue
             mean, sd = g[col].mean(), g[col].std(ddof=1)
             half = 1.96 * sd / np.sqrt(len(g)) if len(g) > 1 else np.nan
-            row[m], row[f"{m}_low"], row[f"{m}_high"] = (
-                mean,
-                max(0, mean - half),
-                min(1, mean + half),
-            )
+            row[m] = mean
+            row[f"{m}_low"] = np.clip(mean - half, 0, 1)  # NaN for a single run
+            row[f"{m}_high"] = np.clip(mean + half, 0, 1)
         comp.append(row)
     comparison = pd.DataFrame(comp)
     return {

@@ -18,6 +18,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from optprobe.analysis.verdicts import SIGN_CHECKS
+
 __all__ = [
     "ASSUMPTION_ORDER",
     "COMPARISON_MEASURES",
@@ -73,29 +75,9 @@ _TRAJECTORY_TITLES = {
 }
 
 
-def _held_inst_gap(df: pd.DataFrame) -> pd.Series:
-    return df["step/inst_gap"] <= 0
-
-
-def _held_inst_gap_old(df: pd.DataFrame) -> pd.Series:
-    return df["step/inst_gap_old"] >= 0
-
-
-def _held_ref_gap(df: pd.DataFrame) -> pd.Series:
-    return df["ref/gap"] <= 0
-
-
-def _held_descent_bound(df: pd.DataFrame) -> pd.Series:
-    bound = df["step/descent_bound"]
-    return (bound >= df["step/loss_change"]) & (bound < 0)
-
-
 #: Per-step "held" condition for each history key that has one: (columns needed, condition).
 HELD_CONDITIONS: dict[str, tuple[tuple[str, ...], Callable[[pd.DataFrame], pd.Series]]] = {
-    "step/inst_gap": (("step/inst_gap",), _held_inst_gap),
-    "step/inst_gap_old": (("step/inst_gap_old",), _held_inst_gap_old),
-    "ref/gap": (("ref/gap",), _held_ref_gap),
-    "step/descent_bound": (("step/descent_bound", "step/loss_change"), _held_descent_bound),
+    key: (columns, held) for key, columns, held in SIGN_CHECKS.values()
 }
 
 _HELD_COLOR = "#1a9850"
@@ -209,11 +191,6 @@ def _optimizer_legend(ax, colors: Mapping[str, str], **kwargs) -> None:
     ax.legend(handles=handles, title="optimizer", fontsize=8, title_fontsize=8, **kwargs)
 
 
-def _finite(values) -> np.ndarray:
-    arr = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype=float)
-    return arr[np.isfinite(arr)]
-
-
 def _fmt_num(x: float, digits: int = 2) -> str:
     if x is None or not np.isfinite(x):
         return "n/a"
@@ -318,6 +295,8 @@ def plot_held_fractions(
         label = str(labels.get(a, a))
         ax.set_title(label if label == a else f"{label}\n({a})", fontsize=9)
         ax.set_xticks(x, order, rotation=60, ha="right", fontsize=7)
+        pad = max(0.0, (4 - len(order)) / 2)  # keep bars narrow when there are few runs
+        ax.set_xlim(-0.5 - pad, len(order) - 0.5 + pad)
         ax.set_ylim(0, 1.05)
         ax.axhline(0.5, color="0.6", lw=0.8, ls=":")
         ax.grid(axis="y", alpha=0.3)
@@ -486,7 +465,7 @@ def plot_constant_vs_performance(
 
     n = len(constants)
     nrows, ncols = _grid(n)
-    fig = _figure(4.3 * ncols, 3.5 * nrows + 0.6)
+    fig = _figure(max(6.5, 4.3 * ncols), 3.5 * nrows + 0.6)
     axs = _axes(fig, n)
     for ax, const in zip(axs, constants, strict=False):
         x = pd.to_numeric(runs[const], errors="coerce")
@@ -590,7 +569,7 @@ def plot_optimizer_comparison(comparison: pd.DataFrame | None, path: str | Path)
     for _, row in table.iterrows():
         n_runs = row.get("n_runs", np.nan)
         names.append(
-            f"{row['optimizer']}\n({int(n_runs)} runs)"
+            f"{row['optimizer']}\n({int(n_runs)} run{'' if n_runs == 1 else 's'})"
             if pd.notna(n_runs)
             else str(row["optimizer"])
         )

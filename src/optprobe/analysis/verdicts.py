@@ -273,20 +273,43 @@ def _constant_fit(q: float) -> _Fit:
 # --------------------------------------------------------------------------- verdicts
 
 
+def _float_tol(df: pd.DataFrame, family: str) -> pd.Series | float:
+    """The float rounding of the losses (``<family>/float_tol``, nats) within which a sign
+    check counts as held; 0 for runs logged without it."""
+    key = f"{family}/float_tol"
+    return df[key].fillna(0.0) if key in df.columns else 0.0
+
+
+#: Per-step sign checks: assumption id -> (plotted key, columns needed, df -> held per row).
+SIGN_CHECKS: dict[str, tuple[str, tuple[str, ...], Callable[[pd.DataFrame], pd.Series]]] = {
+    "inst_gap": (
+        "step/inst_gap",
+        ("step/inst_gap",),
+        lambda df: df["step/inst_gap"] <= _float_tol(df, "step"),
+    ),
+    "inst_gap_old": (
+        "step/inst_gap_old",
+        ("step/inst_gap_old",),
+        lambda df: df["step/inst_gap_old"] >= -_float_tol(df, "step"),
+    ),
+    "descent_bound": (
+        "step/descent_bound",
+        ("step/descent_bound", "step/loss_change"),
+        lambda df: (
+            (df["step/descent_bound"] >= df["step/loss_change"] - _float_tol(df, "step"))
+            & (df["step/descent_bound"] < 0)
+        ),
+    ),
+    "ref_gap": ("ref/gap", ("ref/gap",), lambda df: df["ref/gap"] <= _float_tol(df, "ref")),
+}
+
+
 def _assumption_verdicts(df: pd.DataFrame, q: float) -> list[AssumptionVerdict]:
     out: list[AssumptionVerdict | None] = []
-    if _present(df, "step/inst_gap"):
-        (gap,) = _rows(df, "step/inst_gap")
-        out.append(_verdict("inst_gap", gap <= 0))
-    if _present(df, "step/inst_gap_old"):
-        (gap,) = _rows(df, "step/inst_gap_old")
-        out.append(_verdict("inst_gap_old", gap >= 0))
-    if _present(df, "step/descent_bound", "step/loss_change"):
-        bound, change = _rows(df, "step/descent_bound", "step/loss_change")
-        out.append(_verdict("descent_bound", (bound >= change) & (bound < 0)))
-    if _present(df, "ref/gap"):
-        (gap,) = _rows(df, "ref/gap")
-        out.append(_verdict("ref_gap", gap <= 0))
+    for assumption, (_, columns, held) in SIGN_CHECKS.items():
+        if _present(df, *columns):
+            rows = df[df[list(columns)].notna().all(axis=1)]
+            out.append(_verdict(assumption, held(rows).to_numpy()))
     if _present(df, "step/grad_norm", "step/smooth_lip"):
         x, y = _rows(df, "step/grad_norm", "step/smooth_lip")
         out.append(_out_of_sample("l0l1_smooth", x, y, _line_fit(q)))

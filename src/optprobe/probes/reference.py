@@ -27,6 +27,7 @@ from typing_extensions import override
 from optprobe.probes.aggregates import RunningAggregates
 from optprobe.probes.base import ProbeCallback, all_finite
 from optprobe.probes.functional import ParamDict, flatten, functional_loss
+from optprobe.probes.step import float_tolerance
 
 
 def load_reference_params(ckpt: str | Path, like: ParamDict) -> ParamDict:
@@ -140,7 +141,8 @@ class ReferenceProbe(ProbeCallback):
         cum_lin = self.agg.add("lin", values["lin"])
         cum_excess = self.agg.add("excess", values["excess"])
         out["ratio"] = cum_lin / cum_excess if cum_excess != 0 else math.nan
-        out["frac_gap_held"] = self.agg.record_held("gap", values["gap"] <= 0)
+        out["float_tol"] = float_tolerance(pl_module, max(abs(self.window_loss()), abs(loss_ref)))
+        out["frac_gap_held"] = self.agg.record_held("gap", values["gap"] <= out["float_tol"])
         out["skipped"] = float(self.num_skipped)
         self.log_values(trainer, pl_module, {f"ref/{k}": v for k, v in out.items()})
 

@@ -81,6 +81,13 @@ def step_quantities(
     return out
 
 
+def float_tolerance(pl_module: pl.LightningModule, loss_abs: float) -> float:
+    """Rounding of a loss of size ``loss_abs`` in the network's float type (4 ulps, nats):
+    sign checks (``inst_gap <= 0``...) count as held within it."""
+    dtype = next(pl_module.net.parameters()).dtype
+    return 4 * torch.finfo(dtype).eps * loss_abs
+
+
 def descent_bound(lin_old: float, update_norm: float, smoothness: float) -> float:
     """What an L-smooth analysis predicts for the loss change: <g,Δ> + L/2 ‖Δ‖² (nats)."""
     return lin_old + 0.5 * smoothness * update_norm**2
@@ -215,6 +222,7 @@ class StepProbe(ProbeCallback):
         values = step_quantities(
             info["loss"], loss_new, grad_new, info["delta"], grad_old, info["delta_prev"]
         )
+        info["loss_abs"] = max(abs(info["loss"]), abs(loss_new))
         self._finish(trainer, pl_module, values, info)
 
     def _finish_next_batch(self, trainer, pl_module, params: ParamDict) -> None:
@@ -231,6 +239,7 @@ class StepProbe(ProbeCallback):
         values = step_quantities(
             loss_old, now["loss"], now["grad"], info["delta"], grad_old, info["delta_prev"]
         )
+        info["loss_abs"] = max(abs(loss_old), abs(now["loss"]))
         self._finish(trainer, pl_module, values, info)
 
     def _skip_tiny(self, trainer, pl_module, info: dict) -> bool:
@@ -259,6 +268,7 @@ class StepProbe(ProbeCallback):
         return float(info["delta"] @ hv) / float(info["delta"] @ info["delta"])
 
     def _finish(self, trainer, pl_module, values: dict[str, float], info: dict) -> None:
+        values["float_tol"] = float_tolerance(pl_module, info["loss_abs"])
         if self.curv_dir and "x_old_params" in info:
             values["curv_dir"] = self._curvature_along_update(pl_module, info)
         if not all_finite({k: v for k, v in values.items() if k != "update_cos_prev"}):
@@ -267,18 +277,19 @@ class StepProbe(ProbeCallback):
         self.num_probed += 1
         agg = self.agg
         out = dict(values)
+        tol = values["float_tol"]
         if "smooth_lip" in values:
             self.max_lip = max(self.max_lip, values["smooth_lip"])
             out["L"] = self.smoothness_estimate(trainer)
             out["descent_bound"] = descent_bound(values["lin_old"], values["update_norm"], out["L"])
             out["frac_descent_bound_held"] = agg.record_held(
-                "descent_bound", values["loss_change"] <= out["descent_bound"] < 0
+                "descent_bound", values["loss_change"] - tol <= out["descent_bound"] < 0
             )
             out["frac_inst_gap_old_held"] = agg.record_held(
-                "inst_gap_old", values["inst_gap_old"] >= 0
+                "inst_gap_old", values["inst_gap_old"] >= -tol
             )
             out["cum_lin_old"] = agg.add("lin_old", values["lin_old"])
-        out["frac_inst_gap_held"] = agg.record_held("inst_gap", values["inst_gap"] <= 0)
+        out["frac_inst_gap_held"] = agg.record_held("inst_gap", values["inst_gap"] <= tol)
         for key in EMA_KEYS:
             if key in values:
                 out.update(agg.update_ema(key, values[key]))

@@ -1,0 +1,133 @@
+"""A real tiny sweep analysed end to end: local store vs W&B offline, the CLI, the notebook."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import ROOT, compose_config
+
+from optprobe.analysis.runs import load_local_runs, load_wandb_offline_runs
+from optprobe.analysis.sweep import build_tables, findings
+from optprobe.analyze import main as analyze_main
+from optprobe.train import train
+
+pytestmark = pytest.mark.slow
+
+JOBS = [("sgdm", 0), ("sgdm", 1), ("adamw", 0), ("adamw", 1)]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory) -> Path:
+    """Four jobs (2 optimizers x 2 seeds) with step, reference and noise probes and W&B offline."""
+    import wandb
+
+    root = tmp_path_factory.mktemp("sweep")
+    old = os.environ.get("WANDB_MODE")
+    os.environ["WANDB_MODE"] = "offline"
+    try:
+        for i, (opt, seed) in enumerate(JOBS):
+            cfg = compose_config(
+                [
+                    "debug=smoke",
+                    "model=logreg",
+                    f"optimizer={opt}",
+                    f"seed={seed}",
+                    "probes=[step,noise,reference]",
+                    "probes.noise.every_n_steps=1",
+                    "trainer.max_steps=12",
+                    "logger=wandb",
+                ],
+                root / str(i),
+            )
+            cfg.paths.log_dir = str(root.parent / f"{root.name}_refs")
+            train(cfg)
+            wandb.finish()
+    finally:
+        if old is None:
+            os.environ.pop("WANDB_MODE")
+        else:
+            os.environ["WANDB_MODE"] = old
+    return root
+
+
+def comparable(tables) -> pd.DataFrame:
+    cols = [c for c in tables.runs.columns if c.startswith(("held:", "const:"))]
+    cols += ["final_train_loss", "steps_to_target", "final_val_acc", "optimizer", "seed"]
+    return tables.runs.set_index("run_id")[cols].sort_index()
+
+
+def test_job_verdicts_are_written(sweep):
+    for i in range(len(JOBS)):
+        verdict = json.loads((sweep / str(i) / "verdicts.json").read_text())
+        ids = {a["assumption"] for a in verdict["assumptions"]}
+        assert {"inst_gap", "inst_gap_old", "descent_bound", "ref_gap", "bounded_variance"} <= ids
+        # logistic regression is convex: the convexity identities hold on every probed step
+        fractions = {a["assumption"]: a["fraction"] for a in verdict["assumptions"]}
+        assert fractions["inst_gap"] == fractions["ref_gap"] == 1.0
+
+
+def test_local_store_and_wandb_offline_give_the_same_table(sweep):
+    local = build_tables(load_local_runs(sweep))
+    offline = build_tables(load_wandb_offline_runs(sweep))
+    assert len(local.runs) == len(offline.runs) == len(JOBS)
+    a, b = comparable(local), comparable(offline)
+    assert list(a.index) == list(b.index) == [str(i) for i in range(len(JOBS))]
+    assert set(a.columns) == set(b.columns)
+    for col in a.columns:
+        if a[col].dtype.kind in "fi":
+            np.testing.assert_allclose(
+                a[col].astype(float), b[col].astype(float), rtol=1e-6, equal_nan=True, err_msg=col
+            )
+        else:
+            assert list(a[col]) == list(b[col]), col
+    assert set(a["optimizer"]) == {"sgdm", "adamw"}
+    pd.testing.assert_frame_equal(
+        local.comparison.reset_index(drop=True),
+        offline.comparison.reset_index(drop=True),
+        rtol=1e-6,
+    )
+
+
+def test_analyze_cli_writes_the_report(sweep, capsys):
+    assert analyze_main([str(sweep)]) == 0
+    out = capsys.readouterr().out
+    assert "collected 4 runs" in out and "Finding 2" in out
+    report = sweep / "report"
+    html = (report / "report.html").read_text()
+    for run_id in ("0", "1", "2", "3"):
+        assert f">{run_id}<" in html
+    for name in ("runs.csv", "verdicts.csv", "correlations.csv", "comparison.csv"):
+        assert (report / name).stat().st_size > 100, name
+    for png in (
+        "held_fractions.png",
+        "trajectories.png",
+        "constants_vs_performance.png",
+        "optimizer_comparison.png",
+    ):
+        assert (report / png).stat().st_size > 10_000, png
+    correlations = pd.read_csv(report / "correlations.csv")
+    assert {"L_lip_max", "sigma_sq"} <= set(correlations["constant"])
+    assert any("Finding 2" in line for line in findings(build_tables(load_local_runs(sweep))))
+
+
+def test_notebook_reproduces_the_report(sweep):
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(ROOT / "notebooks" / "analysis.ipynb", as_version=4)
+    assert all(not cell.get("outputs") for cell in nb.cells if cell.cell_type == "code")  # stripped
+    os.environ["OPTPROBE_SWEEP"] = str(sweep)
+    try:
+        NotebookClient(
+            nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
+        ).execute()
+    finally:
+        os.environ.pop("OPTPROBE_SWEEP")
+    text = json.dumps([c.get("outputs", []) for c in nb.cells])
+    assert "4 runs" in text and "Finding 1" in text and "image/png" in text
+    assert (sweep / "report" / "report.html").is_file()
