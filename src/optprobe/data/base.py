@@ -63,16 +63,47 @@ class EpochShuffleSampler(Sampler[int]):
 
     def __init__(self, num_examples: int, seed: int) -> None:
         self.num_examples, self.seed, self.epoch = num_examples, seed, 0
+        self.skip_examples = 0  # set by ResumableDataLoader for one iteration
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self):
         gen = seeded_generator(self.seed, f"shuffle:epoch{self.epoch}")
-        return iter(torch.randperm(self.num_examples, generator=gen).tolist())
+        skip, self.skip_examples = self.skip_examples, 0
+        return iter(torch.randperm(self.num_examples, generator=gen)[skip:].tolist())
 
     def __len__(self) -> int:
         return self.num_examples
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader whose state is the number of batches it yielded in the current epoch.
+
+    Lightning saves that state in checkpoints (``state_dict``/``load_state_dict``); a run
+    resumed from a mid-epoch checkpoint then continues with the next batch of the same epoch
+    order instead of starting the epoch over, so it follows the uninterrupted trajectory.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._yielded = 0
+        self._resume_at = 0
+
+    def __iter__(self):
+        skip, self._resume_at = self._resume_at, 0
+        if skip and isinstance(self.sampler, EpochShuffleSampler):
+            self.sampler.skip_examples = skip * self.batch_size
+        self._yielded = skip
+        for batch in super().__iter__():
+            self._yielded += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"batches_yielded": self._yielded}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._resume_at = int(state["batches_yielded"])
 
 
 def _is_int(value: object) -> bool:
@@ -329,7 +360,7 @@ class TensorDataModule(pl.LightningDataModule):
         assert self.train_inputs is not None and self.train_targets is not None
         dataset = self._make_dataset(self.train_inputs, self.train_targets, train=True)
         self.train_dataset = dataset
-        return DataLoader(
+        return ResumableDataLoader(
             dataset,
             batch_size=self.batch_size,
             sampler=EpochShuffleSampler(len(dataset), self.seed),
