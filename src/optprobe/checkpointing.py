@@ -21,7 +21,11 @@ class LastStepCheckpoint(Checkpoint):
     """
 
     def __init__(self, dirpath: str, every_n_steps: int = 100) -> None:
-        if isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or every_n_steps < 1:
+        if (
+            isinstance(every_n_steps, bool)
+            or not isinstance(every_n_steps, int)
+            or every_n_steps < 1
+        ):
             raise ValueError(
                 f"callbacks.checkpoint.every_n_steps must be an integer >= 1, got {every_n_steps!r}"
             )

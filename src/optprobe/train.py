@@ -17,6 +17,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from optprobe.analysis.verdicts import verdict_table
+from optprobe.guards import (
+    NonFiniteLossGuard,
+    check_config,
+    check_resume_compatible,
+    config_fingerprint,
+)
 from optprobe.instantiate import instantiate_named
 from optprobe.job_verdict import write_job_verdict
 from optprobe.models.lit_module import TrainingModule
@@ -138,6 +144,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             ckpt = obtain_reference(cfg)
             with open_dict(cfg):
                 cfg.probes.reference.ckpt = ckpt
+        check_config(cfg)
         pl.seed_everything(cfg.seed, workers=True)
         objects = build(cfg)
         datamodule, module, trainer = objects["datamodule"], objects["module"], objects["trainer"]
@@ -145,6 +152,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         check_model_fits_data(module.net, datamodule, cfg)
         resolved = OmegaConf.to_container(cfg, resolve=True)
         resolved["choices"] = hydra_choices()
+        module.run_config = config_fingerprint(resolved)
+        if cfg.get("ckpt_path"):
+            check_resume_compatible(cfg.ckpt_path, resolved)
         for probe in probes_of(trainer):  # record what each probe resolved to (e.g. scheme)
             resolved["probes"][probe_name(cfg, probe)].update(probe.resolved_settings())
         OmegaConf.save(OmegaConf.create(resolved), Path(output_dir) / "config.yaml")
@@ -154,6 +164,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         metrics = to_float_dict(trainer.callback_metrics)
         summary.update(status="completed", metrics=metrics, global_step=trainer.global_step)
         summary["probes"] = {probe_name(cfg, p): p.final_summary() for p in probes_of(trainer)}
+        for guard in (c for c in trainer.callbacks if isinstance(c, NonFiniteLossGuard)):
+            if guard.summary():
+                summary["non_finite_loss"] = guard.summary()
+                if guard.action == "stop":
+                    summary["status"] = "stopped: non-finite loss"
         verdict = write_job_verdict(output_dir, objects["loggers"])
         if verdict is not None:
             summary["verdicts"] = verdict.to_dict()

@@ -42,6 +42,7 @@ class TrainingModule(pl.LightningModule):
         self.scheduler_factory = scheduler
         self.task = task
         self.loss_fn = cross_entropy
+        self.run_config: dict | None = None  # saved in checkpoints to check resumes
         self.train_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
 
@@ -70,6 +71,10 @@ class TrainingModule(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if self.task == "lm" and "val/loss" in self.trainer.callback_metrics:
             self.log("val/ppl", torch.exp(self.trainer.callback_metrics["val/loss"]))
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.run_config is not None:
+            checkpoint["optprobe_config"] = self.run_config
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.parameters())
