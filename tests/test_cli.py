@@ -116,3 +116,18 @@ def test_submitit_local_launcher_runs_the_sweep(tmp_path):
         assert (
             json.loads((sweep / job / "summary.json").read_text())["probes"]["step"]["probed"] == 6
         )
+
+
+@pytest.mark.parametrize(
+    "override,expected",
+    [
+        ("optimizer=bogus", "Available options in 'optimizer'"),
+        ("probes=bogus", "Available options in 'probes'"),
+        ("optimizer.bogus_key=1", "Could not override 'optimizer.bogus_key'"),
+    ],
+)
+def test_unknown_option_group_or_key_is_a_clear_error(tmp_path, override, expected):
+    out = run_train([override, "debug=smoke"], tmp_path)
+    assert out.returncode != 0
+    assert expected in out.stderr
+    assert not (tmp_path / "train").exists()  # failed before any job folder was made

@@ -1,0 +1,243 @@
+"""The overhead budget: the cadence controller with an injected clock, and the callback on a
+tiny training run (no wall-clock assertions anywhere)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from optprobe.probes.budget import CadenceController, OverheadBudget
+from optprobe.probes.functional import functional_loss
+from optprobe.probes.noise import NoiseProbe
+from optprobe.probes.step import StepProbe
+from tests.probes.harness import fit
+
+
+class FakeClock:
+    """A clock that only moves when told to (``advance``), or by ``tick`` on every read."""
+
+    def __init__(self, tick: float = 0.0) -> None:
+        self.now, self.tick = 0.0, tick
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+    def __call__(self) -> float:
+        self.now += self.tick
+        return self.now
+
+
+def simulate(
+    controller: CadenceController,
+    clock: FakeClock,
+    costs: dict[str, float],
+    cadences: dict[str, int],
+    steps: int,
+    step_seconds: float = 1.0,
+    check_every: int = 10,
+) -> dict:
+    """A training loop on the fake clock: each step costs ``step_seconds``, each firing of probe
+    k costs ``costs[k]``; every ``check_every`` steps the controller sets the cadences."""
+    seconds = dict.fromkeys(costs, 0.0)
+    fired = dict.fromkeys(costs, 0)
+    phase = dict.fromkeys(costs, 0)
+    firings = {k: [] for k in costs}
+    history = []
+    controller.start(cadences, step=0)
+    cadences = dict(controller.cadences)
+    for step in range(steps):
+        clock.advance(step_seconds)
+        for k, cost in costs.items():
+            if (step - phase[k]) % cadences[k] == 0:
+                clock.advance(cost)
+                seconds[k] += cost
+                fired[k] += 1
+                firings[k].append(step)
+        if (step + 1) % check_every == 0:
+            new = controller.update(step + 1, seconds, fired)
+            for k, c in new.items():
+                if c != cadences[k]:
+                    cadences[k], phase[k] = c, step + 1
+            history.append(
+                (step + 1, dict(cadences), controller.window_overhead, controller.realized_overhead)
+            )
+    return {"history": history, "firings": firings, "cadences": cadences}
+
+
+def test_over_budget_cadence_rises_until_overhead_within_budget():
+    clock = FakeClock()
+    ctrl = CadenceController(budget=0.1, max_every=1000, clock=clock)
+    out = simulate(ctrl, clock, {"step": 1.0, "curv": 30.0}, {"step": 1, "curv": 1}, steps=3000)
+    history = out["history"]
+    # cadences only go up while the overhead is above budget
+    first = [c for _, c, _, _ in history[:5]]
+    assert all(a["curv"] <= b["curv"] and a["step"] <= b["step"] for a, b in zip(first, first[1:]))
+    # after settling, every window is within the budget, and so is the cumulative overhead
+    assert all(w <= 0.1 + 1e-9 for _, _, w, _ in history[len(history) // 2 :])
+    assert history[-1][3] <= 0.1
+    # equal shares: each probe uses about half of the budget, so the costlier runs rarer
+    final = out["cadences"]
+    assert final["curv"] > final["step"] > 1
+    assert 1.0 / final["step"] == pytest.approx(0.05, rel=0.25)
+    assert 30.0 / final["curv"] == pytest.approx(0.05, rel=0.25)
+
+
+def test_under_budget_cadence_falls_to_minimum():
+    clock = FakeClock()
+    ctrl = CadenceController(budget=0.5, min_every=1, max_every=1000, clock=clock)
+    out = simulate(ctrl, clock, {"step": 0.01, "noise": 0.02}, {"step": 200, "noise": 500}, 2000)
+    assert out["cadences"] == {"step": 1, "noise": 1}
+    steps = [c["step"] for _, c, _, _ in out["history"]]
+    assert all(a >= b for a, b in zip(steps, steps[1:]))  # monotone decrease
+    assert out["history"][-1][3] <= 0.5
+
+
+def test_spare_budget_goes_to_the_probe_that_needs_it():
+    """A cheap probe pinned at its minimum cadence leaves its unused share to the other."""
+    clock = FakeClock()
+    ctrl = CadenceController(budget=0.2, min_every={"step": 4}, max_every=1000, clock=clock)
+    out = simulate(ctrl, clock, {"step": 0.01, "curv": 10.0}, {"step": 4, "curv": 4}, 4000)
+    final = out["cadences"]
+    assert final["step"] == 4
+    # curvature gets 0.2 - 0.01/4 of the budget: cadence ~ 10 / 0.1975 ~ 51
+    assert 10.0 / final["curv"] == pytest.approx(0.2 - 0.0025, rel=0.1)
+
+
+def test_never_starves_a_probe():
+    clock = FakeClock()
+    ctrl = CadenceController(budget=0.01, max_every=50, clock=clock)
+    out = simulate(ctrl, clock, {"curv": 1000.0}, {"curv": 1}, steps=1000)
+    assert out["cadences"]["curv"] == 50
+    assert all(c["curv"] <= 50 for _, c, _, _ in out["history"])
+    gaps = [b - a for a, b in zip(out["firings"]["curv"], out["firings"]["curv"][1:])]
+    assert max(gaps) <= 50
+    assert out["history"][-1][3] > 0.01  # the budget cannot hold, and the overhead says so
+
+
+def test_controller_is_deterministic():
+    runs = []
+    for _ in range(2):
+        clock = FakeClock()
+        ctrl = CadenceController(budget=0.15, clock=clock)
+        runs.append(simulate(ctrl, clock, {"a": 3.0, "b": 0.5}, {"a": 2, "b": 1}, steps=500))
+    assert runs[0]["history"] == runs[1]["history"]
+
+
+def test_changes_are_damped():
+    clock = FakeClock()
+    ctrl = CadenceController(budget=0.01, max_every=10_000, max_change=4.0, clock=clock)
+    out = simulate(ctrl, clock, {"curv": 500.0}, {"curv": 1}, steps=200)
+    cadences = [1] + [c["curv"] for _, c, _, _ in out["history"]]
+    assert all(b <= 4 * a for a, b in zip(cadences, cadences[1:]))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"budget": 0.0},
+        {"budget": -1},
+        {"budget": math.inf},
+        {"budget": True},
+        {"budget": 0.1, "max_every": 0},
+        {"budget": 0.1, "min_every": 20, "max_every": 10},
+    ],
+)
+def test_bad_settings_are_refused(kwargs):
+    with pytest.raises(ValueError, match="probes.budget"):
+        CadenceController(**kwargs)
+
+
+def test_update_before_start_is_an_error():
+    with pytest.raises(RuntimeError, match="start"):
+        CadenceController(0.1).update(1, {}, {})
+
+
+def test_from_value_is_the_command_line_shorthand():
+    assert OverheadBudget.from_value(0.25).budget == 0.25
+    with pytest.raises(ValueError, match="probes.budget"):
+        OverheadBudget.from_value("lots")
+
+
+# --------------------------------------------------------------------------- the callback
+
+
+def _data(n: int = 64):
+    gen = torch.Generator().manual_seed(0)
+    return torch.randn(n, 6, generator=gen), torch.randint(0, 3, (n,), generator=gen)
+
+
+def _net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+
+
+def test_callback_raises_cadences_when_probes_dominate():
+    # every clock read advances 1 ns: training looks free, so probes are far over budget
+    inputs, targets = _data()
+    step, noise = StepProbe(every_n_steps=1), NoiseProbe(every_n_steps=1)
+    budget = OverheadBudget(budget=0.1, max_every_n_steps=8, check_every=2, clock=FakeClock(1e-9))
+    _, _, _, sink = fit(_net(), inputs, targets, [step, noise, budget], steps=30, batch_size=8)
+    assert step.every_n_steps == 8 and noise.every_n_steps == 8
+    for key in ("probe/budget", "probe/overhead_realized", "probe/step_every", "probe/noise_every"):
+        assert sink.series(key), key
+    assert set(sink.series("probe/budget").values()) == {0.1}
+    assert max(sink.series("probe/step_every").values()) == 8
+    assert budget.final_summary()["every_n_steps"] == {"step": 8, "noise": 8}
+
+
+def test_callback_lowers_cadences_when_probes_are_cheap():
+    # every clock read advances 1000 s: probes look free next to training
+    inputs, targets = _data()
+    step, noise = StepProbe(every_n_steps=6), NoiseProbe(every_n_steps=6)
+    budget = OverheadBudget(budget=0.1, check_every=3, clock=FakeClock(1000.0))
+    _, _, _, sink = fit(_net(), inputs, targets, [budget, step, noise], steps=40, batch_size=8)
+    assert step.every_n_steps == 1 and noise.every_n_steps == 1
+    assert min(sink.series("probe/noise_every").values()) == 1
+    assert all(v < 0.1 for v in sink.series("probe/overhead_realized").values())
+
+
+def test_step_probe_values_stay_exact_across_cadence_changes():
+    """The next-batch scheme carries a pending update across steps; a change of cadence must
+    not finish it on the wrong step. Every logged loss change is a true f_t(x_{t+1}) - f_t(x_t)."""
+    inputs, targets = _data()
+    step = StepProbe(every_n_steps=1, old_point_keys=False)  # next_batch scheme
+    assert step.scheme == "next_batch"
+    # cadences go up (tiny training time), by factors up to 8, over several checks
+    budget = OverheadBudget(budget=0.05, max_every_n_steps=5, check_every=3, clock=FakeClock(1e-9))
+    net = _net()
+    _, module, recorder, sink = fit(net, inputs, targets, [step, budget], steps=40, batch_size=8)
+    true_changes = []
+    for rec in recorder.steps:
+        x, y = rec.batches[0]
+        loss = functional_loss(module.net, x, y, module.loss_fn)
+        true_changes.append(float(loss(rec.next_params)) - float(loss(rec.params)))
+    logged = list(sink.series("step/loss_change").values())
+    assert step.every_n_steps == 5 and len(logged) >= 8
+    for value in logged:
+        assert min(abs(value - d) for d in true_changes) < 1e-6
+    cos_prev = list(sink.series("step/update_cos_prev").values())
+    deltas = [
+        torch.cat([(r.next_params[k] - r.params[k]).flatten() for k in r.params])
+        for r in recorder.steps
+    ]
+    true_cos = [
+        float(torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=0))
+        for a, b in zip(deltas[1:], deltas[:-1])
+    ]
+    for value in cos_prev:
+        assert min(abs(value - c) for c in true_cos) < 1e-6
+
+
+def test_callback_state_round_trip():
+    budget = OverheadBudget(budget=0.2)
+    step = StepProbe(every_n_steps=3)
+    budget.probes = {"step": step}
+    budget.fired = {"step": 4}
+    state = budget.state_dict()
+    fresh = OverheadBudget(budget=0.2)
+    fresh.load_state_dict(state)
+    assert fresh.fired == {"step": 4}
+    assert fresh._restored["schedules"] == {"step": (3, 0)}
