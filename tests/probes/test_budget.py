@@ -13,7 +13,7 @@ from optprobe.probes.budget import CadenceController, OverheadBudget
 from optprobe.probes.functional import functional_loss
 from optprobe.probes.noise import NoiseProbe
 from optprobe.probes.step import StepProbe
-from tests.probes.harness import fit
+from harness import fit
 
 
 class FakeClock:
