@@ -14,7 +14,7 @@ from pathlib import Path
 
 from optprobe.analysis.report import write_report
 from optprobe.analysis.runs import load_local_runs, load_wandb_api_runs, load_wandb_offline_runs
-from optprobe.analysis.sweep import SweepTables, build_tables, findings
+from optprobe.analysis.sweep import SweepTables, build_tables, findings, markdown_summary
 from optprobe.sweep_summary import format_table
 
 SOURCES = ("local", "wandb-offline", "wandb")
@@ -107,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         title=f"optprobe report: {args.sweep or args.group}",
         notes=findings(tables),
     )
+    command = "python -m optprobe.analyze " + " ".join(argv if argv is not None else sys.argv[1:])
+    (report.parent / "summary.md").write_text(markdown_summary(tables, command))
     print_summary(tables)
     print(f"\nreport: {report}")
     return 0

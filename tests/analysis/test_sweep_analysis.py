@@ -18,12 +18,12 @@ from optprobe.train import train
 
 pytestmark = pytest.mark.slow
 
-JOBS = [("sgdm", 0), ("sgdm", 1), ("adamw", 0), ("adamw", 1)]
+JOBS = [(opt, seed) for opt in ("sgdm", "adamw") for seed in (0, 1, 2)]
 
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory) -> Path:
-    """Four jobs (2 optimizers x 2 seeds) with step, reference and noise probes and W&B offline."""
+    """Six jobs (2 optimizers x 3 seeds) with step, reference and noise probes and W&B offline."""
     import wandb
 
     root = tmp_path_factory.mktemp("sweep")
@@ -96,10 +96,10 @@ def test_local_store_and_wandb_offline_give_the_same_table(sweep):
 def test_analyze_cli_writes_the_report(sweep, capsys):
     assert analyze_main([str(sweep)]) == 0
     out = capsys.readouterr().out
-    assert "collected 4 runs" in out and "Finding 2" in out
+    assert "collected 6 runs" in out and "Sanity check (convex logistic regression)" in out
     report = sweep / "report"
     html = (report / "report.html").read_text()
-    for run_id in ("0", "1", "2", "3"):
+    for run_id in map(str, range(len(JOBS))):
         assert f">{run_id}<" in html
     for name in ("runs.csv", "verdicts.csv", "correlations.csv", "comparison.csv"):
         assert (report / name).stat().st_size > 100, name
@@ -112,7 +112,11 @@ def test_analyze_cli_writes_the_report(sweep, capsys):
         assert (report / png).stat().st_size > 10_000, png
     correlations = pd.read_csv(report / "correlations.csv")
     assert {"L_lip_max", "sigma_sq"} <= set(correlations["constant"])
-    assert any("Finding 2" in line for line in findings(build_tables(load_local_runs(sweep))))
+    lines = findings(build_tables(load_local_runs(sweep)))
+    assert lines == [
+        "Sanity check (convex logistic regression): convexity along the step held on 100%, 100% of probed steps."
+    ]
+    assert "| sgdm | 3 |" in (report / "summary.md").read_text()
 
 
 def test_notebook_reproduces_the_report(sweep):
@@ -129,5 +133,5 @@ def test_notebook_reproduces_the_report(sweep):
     finally:
         os.environ.pop("OPTPROBE_SWEEP")
     text = json.dumps([c.get("outputs", []) for c in nb.cells])
-    assert "4 runs" in text and "Finding 1" in text and "image/png" in text
+    assert "6 runs" in text and "Sanity check" in text and "image/png" in text
     assert (sweep / "report" / "report.html").is_file()

@@ -22,6 +22,7 @@ COMPARED = {
     "convexity_old_holds": "inst_gap_old",
     "ref_convexity_holds": "ref_gap",
 }
+MIN_RUNS = 5  # fewer runs give no usable rank correlation or bootstrap interval
 FINAL_WINDOW = 10  # final training loss = mean of the last this many logged steps
 
 
@@ -118,7 +119,7 @@ def correlations(runs: pd.DataFrame, n_resamples: int = 2000, seed: int = 0) -> 
             for perf in PERFORMANCE:
                 x, y = group[const].to_numpy(float), group[perf].to_numpy(float)
                 keep = np.isfinite(x) & np.isfinite(y)
-                if keep.sum() < 3:
+                if keep.sum() < MIN_RUNS:
                     continue
                 res = spearman_with_ci(x[keep], y[keep], n_resamples=n_resamples, seed=seed)
                 rows.append(
@@ -178,22 +179,87 @@ def build_tables(
     )
 
 
+CONVEX_MODELS = ("logreg", "logisticregression")  # the convex sanity case, not a finding
+
+
 def findings(tables: SweepTables) -> list[str]:
-    """Whether this sweep supports the study's two headline findings, one sentence each."""
+    """Whether this sweep supports the study's two headline findings, judged on every
+    (setting, optimizer) pair except the convex sanity case (logistic regression)."""
     comp = tables.comparison
     if comp.empty:
         return []
-    smooth = float(comp["smoothness_predicts"].mean())
-    convex = float(comp["convexity_holds"].mean())
-    return [
+    models = comp["setting"].str.split("/").str[0]
+    deep = comp[~models.isin(CONVEX_MODELS)]
+    out = []
+    if len(deep) < len(comp):
+        sanity = comp[models.isin(CONVEX_MODELS)]
+        out.append(
+            "Sanity check (convex logistic regression): convexity along the step held on "
+            + ", ".join(f"{_pct(v)}" for v in sanity["convexity_holds"])
+            + " of probed steps."
+        )
+    if deep.empty:
+        return out
+    fails = deep[deep["smoothness_predicts"] < 0.5]
+    holds = deep[deep["convexity_holds"] > 0.5]
+    out.append(
         "Finding 1, smoothness analyses fail to predict the progress on most steps: "
-        + ("supported" if smooth < 0.5 else "not supported")
-        + f" by this sweep (L-smoothness predicted the progress on {_pct(smooth)} of probed "
-        "steps, averaged over settings and optimizers).",
+        f"{'supported' if len(fails) == len(deep) else 'partly supported' if len(fails) else 'not supported'}"
+        f" ({len(fails)} of {len(deep)} setting/optimizer pairs; L-smoothness predicted the "
+        "progress on "
+        + ", ".join(f"{_pct(r.smoothness_predicts)} ({r.optimizer})" for r in deep.itertuples())
+        + " of probed steps)."
+    )
+    out.append(
         "Finding 2, the convexity identity along the step holds on most steps: "
-        + ("supported" if convex > 0.5 else "not supported")
-        + f" by this sweep (it held on {_pct(convex)} of probed steps, averaged likewise).",
-    ]
+        f"{'supported' if len(holds) == len(deep) else 'partly supported' if len(holds) else 'not supported'}"
+        f" ({len(holds)} of {len(deep)} pairs; it held on "
+        + ", ".join(f"{_pct(r.convexity_holds)} ({r.optimizer})" for r in deep.itertuples())
+        + ")."
+    )
+    return out
+
+
+def markdown_summary(tables: SweepTables, command: str = "") -> str:
+    """The comparison, the strongest correlations and the findings as Markdown (report/summary.md)."""
+    lines = []
+    if command:
+        lines += [f"Produced by `{command}`.", ""]
+    comp = tables.comparison
+    if not comp.empty:
+        lines += [
+            "| setting: optimizer | runs | L-smoothness predicted the progress | convex along the step (from x_{t+1}) | convex along the step (from x_t) | convex towards x* |",
+            "|---|---|---|---|---|---|",
+        ]
+        for _, r in comp.iterrows():
+            cells = [
+                f"{_pct(r[c])} [{_pct(r[c + '_low'])}, {_pct(r[c + '_high'])}]" for c in COMPARED
+            ]
+            lines.append(f"| {r['optimizer']} | {r['n_runs']} | " + " | ".join(cells) + " |")
+        lines.append("")
+    corr = (
+        tables.correlations.dropna(subset=["rho"])
+        if not tables.correlations.empty
+        else tables.correlations
+    )
+    if not corr.empty:
+        top = corr.reindex(corr["rho"].abs().sort_values(ascending=False).index).head(10)
+        robust = int(((corr["ci_low"] > 0) | (corr["ci_high"] < 0)).sum())
+        lines += [
+            f"Constant vs performance, Spearman ρ with 95% bootstrap interval ({robust} of "
+            f"{len(corr)} intervals exclude 0; the 10 largest |ρ|):",
+            "",
+            "| setting | constant | performance | n | ρ | 95% interval |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in top.itertuples():
+            lines.append(
+                f"| {r.setting} | {r.constant} | {r.performance} | {r.n} | {r.rho:.2f} | "
+                f"[{r.ci_low:.2f}, {r.ci_high:.2f}] |"
+            )
+        lines.append("")
+    lines += [f"- {line}" for line in findings(tables)]
+    return "\n".join(lines) + "\n"
 
 
 def _pct(value: float) -> str:

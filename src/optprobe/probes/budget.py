@@ -99,6 +99,7 @@ class CadenceController:
         if not max_change > 1:
             raise ValueError(f"max_change must be > 1, got {max_change!r}")
         self.smoothing = float(smoothing)
+        self.hysteresis = 0.1
         self.max_change = float(max_change)
         self.clock = clock
         self.cadences: dict[str, int] = {}
@@ -209,6 +210,8 @@ class CadenceController:
                 active.remove(k)
         for k, c in fixed.items():
             old = cadences[k]
+            if abs(c - old) <= self.hysteresis * old:
+                continue  # too small a change to be worth a new phase
             c = min(c, math.floor(old * self.max_change)) if c > old else c
             c = max(c, math.ceil(old / self.max_change)) if c < old else c
             cadences[k] = self._clamp(k, int(c))
@@ -253,7 +256,8 @@ class OverheadBudget(Callback):
         min_every_n_steps: densest cadence allowed (int for all probes, or a mapping
             family -> int, e.g. ``{step: 1, curv: 10}``).
         max_every_n_steps: sparsest cadence: every probe still runs at least this often.
-        check_every: optimizer steps between two decisions.
+        check_every: optimizer steps between two decisions (the first ones come after 1, 2,
+            4, ... steps).
         smoothing: weight of the newest window in the moving cost averages.
         clock: a zero-argument function returning seconds (default ``time.perf_counter``);
             tests inject a fake one.
@@ -278,14 +282,13 @@ class OverheadBudget(Callback):
             smoothing=smoothing,
             clock=clock or time.perf_counter,
         )
-        self.check_every = check_every = check_positive_int(
-            "probes.budget.check_every", check_every
-        )
+        self.check_every = check_positive_int("probes.budget.check_every", check_every)
         self.probes: dict[str, ProbeCallback] = {}
         self.fired: dict[str, int] = {}
         self._pending: dict[str, int] = {}  # name -> cadence waiting for a safe step
         self._last_step: int | None = None  # the optimizer step that just finished
         self._steps_since_check = 0
+        self._steps_seen = 0
         self._restored: dict[str, Any] | None = None
         self.last_values: dict[str, float] = {}
 
@@ -352,8 +355,12 @@ class OverheadBudget(Callback):
         if self._last_step is None:
             return
         step, self._last_step = self._last_step, None
+        self._steps_seen += 1
         self._steps_since_check += 1
-        if self._steps_since_check >= self.check_every:
+        early = (
+            self._steps_seen < self.check_every and self._steps_seen & (self._steps_seen - 1) == 0
+        )
+        if early or self._steps_since_check >= self.check_every:
             self._steps_since_check = 0
             self._check(trainer, step)
         self._apply_pending(step)

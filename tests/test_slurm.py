@@ -1,0 +1,236 @@
+"""A real single-node SLURM cluster (slurm/start_cluster.sh): a Hydra sweep submitted as one
+array job through ``hydra/launcher=slurm``, and Lightning's SIGUSR1 checkpoint + requeue + resume.
+
+Needs root (the script installs the Debian packages and starts the daemons); skipped otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.timeout(1800)]
+
+START = ROOT / "slurm" / "start_cluster.sh"
+STOP = ROOT / "slurm" / "stop_cluster.sh"
+PACKAGES = ("munge", "slurm-client", "slurmctld", "slurmd", "slurmdbd", "mariadb-server")
+# exit codes of start_cluster.sh that mean "cannot run here" rather than "broken"
+SKIP_CODES = {2: "not root", 3: "packages missing and no apt-get", 4: "a foreign SLURM config"}
+
+
+def sh(*cmd: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+    )
+
+
+def packages_installed() -> bool:
+    if shutil.which("dpkg-query") is None:
+        return False
+    out = sh("dpkg-query", "-W", "-f=${Status}\\n", *PACKAGES)
+    return out.returncode == 0 and out.stdout.count("install ok installed") == len(PACKAGES)
+
+
+def cluster_up() -> bool:
+    """True when slurmctld answers and a node is idle/mixed/allocated."""
+    if shutil.which("sinfo") is None:
+        return False
+    try:
+        out = sh("sinfo", "-h", "-o", "%t", timeout=10)
+    except subprocess.TimeoutExpired:
+        return False
+    return out.returncode == 0 and any(
+        s.strip() in {"idle", "mix", "alloc"} for s in out.stdout.splitlines()
+    )
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster():
+    """Start the local cluster (stopped again afterwards only if this fixture started it)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: slurm/start_cluster.sh installs packages and starts daemons")
+    if not packages_installed() and shutil.which("apt-get") is None:
+        pytest.skip("the SLURM packages are not installed and apt-get is not available")
+    was_up = cluster_up()
+    t0 = time.monotonic()
+    out = subprocess.run(
+        ["bash", str(START)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        stdin=subprocess.DEVNULL,
+    )
+    if out.returncode in SKIP_CODES:
+        pytest.skip(f"slurm/start_cluster.sh: {SKIP_CODES[out.returncode]}: {out.stderr.strip()}")
+    assert out.returncode == 0, f"start_cluster.sh failed:\n{out.stdout}\n{out.stderr}"
+    print(f"\nstart_cluster.sh took {time.monotonic() - t0:.1f} s:\n{out.stdout}")
+    yield
+    if not was_up:
+        stop = subprocess.run(["bash", str(STOP)], capture_output=True, text=True, timeout=300)
+        print(stop.stdout, stop.stderr)
+        assert stop.returncode == 0, f"stop_cluster.sh failed:\n{stop.stdout}\n{stop.stderr}"
+
+
+def train_cmd(job_name: str, *overrides: str) -> list[str]:
+    return [
+        sys.executable,
+        "train.py",
+        "-m",
+        "hydra/launcher=slurm",
+        "hydra.launcher.partition=debug",
+        "hydra.launcher.cpus_per_task=1",
+        f"hydra.launcher.name={job_name}",
+        *overrides,
+    ]
+
+
+def train_env(log_dir: Path) -> dict[str, str]:
+    return {**os.environ, "OPTPROBE_LOG_DIR": str(log_dir), "WANDB_MODE": "disabled"}
+
+
+def sacct_states(job_id: str) -> list[str]:
+    """States of one job (by its raw id, also for array tasks), oldest first (-D: requeues too)."""
+    out = sh("sacct", "-j", job_id, "-n", "-X", "-D", "-P", "-o", "JobIDRaw,State")
+    assert out.returncode == 0, out.stderr
+    rows = [line.split("|") for line in out.stdout.splitlines() if line.strip()]
+    return [state.split()[0] for raw, state in rows if raw == job_id]
+
+
+def wait_for_states(job_id: str, final: str, timeout: float = 60) -> list[str]:
+    """sacct learns the end of a job from slurmctld a moment after the launcher does."""
+    deadline = time.monotonic() + timeout
+    states = sacct_states(job_id)
+    while (not states or states[-1] != final) and time.monotonic() < deadline:
+        time.sleep(1)
+        states = sacct_states(job_id)
+    return states
+
+
+def job_dirs(log_dir: Path) -> list[Path]:
+    sweeps = list((log_dir / "train" / "multiruns").iterdir())
+    assert len(sweeps) == 1, sweeps
+    return sorted(p for p in sweeps[0].iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def test_sweep_runs_as_slurm_array_job(slurm_cluster, tmp_path):
+    name = f"optprobe-test-{uuid.uuid4().hex[:8]}"
+    t0 = time.monotonic()
+    try:
+        out = subprocess.run(
+            train_cmd(name, "optimizer=adam,sgd", "debug=smoke", "probes=none"),
+            cwd=ROOT,
+            env=train_env(tmp_path),
+            capture_output=True,
+            text=True,
+            timeout=900,
+            stdin=subprocess.DEVNULL,
+        )
+    finally:
+        sh("scancel", f"--name={name}")  # nothing left queued if the launcher failed
+    print(f"\nsweep through SLURM took {time.monotonic() - t0:.1f} s")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "Submitit 'slurm' sweep output dir" in out.stdout + out.stderr
+
+    jobs = job_dirs(tmp_path)
+    assert [p.name for p in jobs] == ["0", "1"]
+    ids = []
+    for job in jobs:
+        summary = json.loads((job / "summary.json").read_text())
+        assert summary["status"] == "completed", summary.get("error")
+        assert summary["metrics"], summary
+        assert "train/loss" in summary["metrics"]
+        job_id = summary["slurm_job_id"]
+        assert job_id, f"{job}: no slurm_job_id in summary.json (not run by SLURM?)"
+        ids.append(job_id)
+        assert wait_for_states(job_id, "COMPLETED")[-1:] == ["COMPLETED"], sacct_states(job_id)
+    assert len(set(ids)) == 2, ids
+    # both jobs were tasks of one array job
+    arrays = {
+        sh("sacct", "-j", i, "-n", "-X", "-P", "-o", "JobID").stdout.split("_")[0] for i in ids
+    }
+    assert len(arrays) == 1, arrays
+
+
+def test_usr1_checkpoints_requeues_and_resumes(slurm_cluster, tmp_path):
+    """SIGUSR1 (what --signal sends before the time limit) -> Lightning saves hpc_ckpt_1.ckpt and
+    requeues the array task; the task runs again in the same folder, resumes and completes."""
+    name = f"optprobe-test-{uuid.uuid4().hex[:8]}"
+    max_steps = 2000
+    overrides = [
+        "optimizer=adam",
+        "debug=smoke",
+        "probes=none",
+        "callbacks=none",
+        f"trainer.max_steps={max_steps}",
+        "trainer.max_epochs=-1",
+        "trainer.limit_val_batches=0",
+    ]
+    t0 = time.monotonic()
+    launcher = subprocess.Popen(
+        train_cmd(name, *overrides),
+        cwd=ROOT,
+        env=train_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        # wait until the job trains (Lightning's signal handlers are set when fit starts)
+        deadline = time.monotonic() + 300
+        job = summary = None
+        while time.monotonic() < deadline:
+            assert launcher.poll() is None, launcher.stdout.read()
+            found = list((tmp_path / "train" / "multiruns").glob("*/0/metrics.csv"))
+            if found and len(found[0].read_text().splitlines()) > 10:
+                job = found[0].parent
+                summary = json.loads((job / "summary.json").read_text())
+                break
+            time.sleep(0.5)
+        assert job is not None, "the job did not start training within 300 s"
+        job_id = summary["slurm_job_id"]
+        assert sh("scancel", "--signal=USR1", job_id).returncode == 0
+        print(f"\nSIGUSR1 sent to job {job_id} after {time.monotonic() - t0:.1f} s")
+
+        # requeued: the task waits ~2 min for its BeginTime (SLURM's requeue delay); skip it
+        deadline = time.monotonic() + 120
+        while not (job / "hpc_ckpt_1.ckpt").exists() or "REQUEUED" not in sacct_states(job_id):
+            assert time.monotonic() < deadline, (
+                f"no checkpoint + requeue after SIGUSR1: {sacct_states(job_id)}, "
+                f"{sorted(p.name for p in job.iterdir())} (did training end first?)"
+            )
+            time.sleep(0.5)
+        for _ in range(60):
+            reason = sh("squeue", "-h", "-j", job_id, "-o", "%T %r").stdout.split()
+            if reason == ["PENDING", "BeginTime"]:
+                sh("scontrol", "update", f"JobId={job_id}", "StartTime=now")
+                print(f"requeued; start time reset after {time.monotonic() - t0:.1f} s")
+                break
+            if reason and reason[0] == "RUNNING":
+                break
+            time.sleep(1)
+        output, _ = launcher.communicate(timeout=600)
+        print(f"launcher done after {time.monotonic() - t0:.1f} s")
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
+        sh("scancel", f"--name={name}")
+    assert launcher.returncode == 0, output[-4000:]
+    summary = json.loads((job / "summary.json").read_text())
+    assert summary["status"] == "completed", summary.get("error")
+    assert summary["global_step"] == max_steps
+    assert summary["slurm_job_id"] == job_id  # the same job, requeued
+    assert wait_for_states(job_id, "COMPLETED") == ["REQUEUED", "COMPLETED"]
+    logs = "".join(p.read_text() for p in job.parent.glob(".submitit/*/*_log.err"))
+    assert "Handling auto-requeue signal" in logs
+    assert "Restored all states from the checkpoint" in logs
