@@ -71,13 +71,20 @@ def slurm_cluster():
     )
     if out.returncode in SKIP_CODES:
         pytest.skip(f"slurm/start_cluster.sh: {SKIP_CODES[out.returncode]}: {out.stderr.strip()}")
+    if out.returncode != 0 and not was_up:
+        stop_cluster()  # do not leave a half-started cluster behind
     assert out.returncode == 0, f"start_cluster.sh failed:\n{out.stdout}\n{out.stderr}"
     print(f"\nstart_cluster.sh took {time.monotonic() - t0:.1f} s:\n{out.stdout}")
     yield
     if not was_up:
-        stop = subprocess.run(["bash", str(STOP)], capture_output=True, text=True, timeout=300)
-        print(stop.stdout, stop.stderr)
+        stop = stop_cluster()
         assert stop.returncode == 0, f"stop_cluster.sh failed:\n{stop.stdout}\n{stop.stderr}"
+
+
+def stop_cluster() -> subprocess.CompletedProcess:
+    out = subprocess.run(["bash", str(STOP)], capture_output=True, text=True, timeout=300)
+    print(out.stdout, out.stderr)
+    return out
 
 
 def train_cmd(job_name: str, *overrides: str) -> list[str]:
@@ -103,6 +110,15 @@ def sacct_states(job_id: str) -> list[str]:
     assert out.returncode == 0, out.stderr
     rows = [line.split("|") for line in out.stdout.splitlines() if line.strip()]
     return [state.split()[0] for raw, state in rows if raw == job_id]
+
+
+def sacct_field(job_id: str, field: str) -> str:
+    """One sacct field of the job whose raw id is ``job_id``."""
+    out = sh("sacct", "-j", job_id, "-n", "-X", "-P", "-o", f"JobIDRaw,{field}")
+    rows = [line.split("|", 1) for line in out.stdout.splitlines() if line.strip()]
+    values = [value for raw, value in rows if raw == job_id]
+    assert values, f"sacct knows no job {job_id}: {out.stdout}{out.stderr}"
+    return values[-1]
 
 
 def wait_for_states(job_id: str, final: str, timeout: float = 60) -> list[str]:
@@ -134,9 +150,12 @@ def test_sweep_runs_as_slurm_array_job(slurm_cluster, tmp_path):
             timeout=900,
             stdin=subprocess.DEVNULL,
         )
-    finally:
-        sh("scancel", f"--name={name}")  # nothing left queued if the launcher failed
+    except BaseException:
+        sh("scancel", f"--name={name}")  # nothing left queued when the launcher failed
+        raise
     print(f"\nsweep through SLURM took {time.monotonic() - t0:.1f} s")
+    if out.returncode != 0:
+        sh("scancel", f"--name={name}")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "Submitit 'slurm' sweep output dir" in out.stdout + out.stderr
 
@@ -153,23 +172,23 @@ def test_sweep_runs_as_slurm_array_job(slurm_cluster, tmp_path):
         ids.append(job_id)
         assert wait_for_states(job_id, "COMPLETED")[-1:] == ["COMPLETED"], sacct_states(job_id)
     assert len(set(ids)) == 2, ids
-    # both jobs were tasks of one array job
-    arrays = {
-        sh("sacct", "-j", i, "-n", "-X", "-P", "-o", "JobID").stdout.split("_")[0] for i in ids
-    }
-    assert len(arrays) == 1, arrays
+    # both jobs were tasks of one array job: JobID is <array id>_<task> for each
+    names = [sacct_field(i, "JobID") for i in ids]
+    assert all("_" in n for n in names), names
+    assert len({n.split("_")[0] for n in names}) == 1, names
 
 
 def test_usr1_checkpoints_requeues_and_resumes(slurm_cluster, tmp_path):
     """SIGUSR1 (what --signal sends before the time limit) -> Lightning saves hpc_ckpt_1.ckpt and
     requeues the array task; the task runs again in the same folder, resumes and completes."""
     name = f"optprobe-test-{uuid.uuid4().hex[:8]}"
-    max_steps = 2000
+    max_steps = 400  # ~30 s on a loaded 2-core box; the signal comes after 10 of them
     overrides = [
         "optimizer=adam",
         "debug=smoke",
         "probes=none",
         "callbacks=none",
+        "data.max_train_samples=null",
         f"trainer.max_steps={max_steps}",
         "trainer.max_epochs=-1",
         "trainer.limit_val_batches=0",
@@ -220,11 +239,12 @@ def test_usr1_checkpoints_requeues_and_resumes(slurm_cluster, tmp_path):
             time.sleep(1)
         output, _ = launcher.communicate(timeout=600)
         print(f"launcher done after {time.monotonic() - t0:.1f} s")
-    finally:
+    except BaseException:
         if launcher.poll() is None:
             launcher.kill()
             launcher.wait()
-        sh("scancel", f"--name={name}")
+        sh("scancel", f"--name={name}")  # nothing left queued when the test failed
+        raise
     assert launcher.returncode == 0, output[-4000:]
     summary = json.loads((job / "summary.json").read_text())
     assert summary["status"] == "completed", summary.get("error")

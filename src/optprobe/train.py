@@ -133,6 +133,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         "overrides": overrides,
         "git_commit": git_commit(),
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "slurm_array_job_id": os.environ.get("SLURM_ARRAY_JOB_ID"),
+        "slurm_array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID"),
+        "slurm_restart_count": os.environ.get("SLURM_RESTART_COUNT"),
         "seed": cfg.seed,
         "command": " ".join(sys.argv),
     }
