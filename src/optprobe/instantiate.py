@@ -8,7 +8,7 @@ import hydra
 from omegaconf import DictConfig
 
 
-def instantiate_named(group: DictConfig | None, kind: str) -> list[Any]:
+def instantiate_named(group: DictConfig | dict | None, kind: str) -> list[Any]:
     """Instantiate every non-null entry of a ``name: {_target_: ...}`` mapping.
 
     A null entry (``probes.curvature=null`` on the command line) is skipped, so each item is
@@ -20,7 +20,7 @@ def instantiate_named(group: DictConfig | None, kind: str) -> list[Any]:
     for name, entry in group.items():
         if entry is None:
             continue
-        if not isinstance(entry, DictConfig) or "_target_" not in entry:
+        if not isinstance(entry, (DictConfig, dict)) or "_target_" not in entry:
             raise ValueError(
                 f"{kind}.{name} must be a mapping with a _target_ (or null to turn it off), "
                 f"got {entry!r}"

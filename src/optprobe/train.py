@@ -114,7 +114,15 @@ def build(cfg: DictConfig) -> dict[str, Any]:
         task=datamodule.task,
     )
     callbacks = instantiate_named(cfg.get("callbacks"), "callbacks")
-    callbacks += instantiate_named(cfg.get("probes"), "probes")
+    probes_cfg = cfg.get("probes")
+    budget = probes_cfg.get("budget") if probes_cfg else None
+    if isinstance(budget, (int, float)) and not isinstance(budget, bool):
+        # `probes.budget=0.1`: the overhead budget with its defaults
+        from optprobe.probes.budget import OverheadBudget
+
+        callbacks.append(OverheadBudget(budget=float(budget)))
+        probes_cfg = {k: v for k, v in probes_cfg.items() if k != "budget"}
+    callbacks += instantiate_named(probes_cfg, "probes")
     loggers = instantiate_named(cfg.get("logger"), "logger")
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     return {"datamodule": datamodule, "module": module, "trainer": trainer, "loggers": loggers}

