@@ -239,8 +239,10 @@ def markdown(results: dict[str, Any]) -> str:
             continue
         line = (
             f"- **{m}**: {r.get('description')}; data: {r.get('data')}; "
-            f"{r.get('num_params'):,} parameters; {r.get('optimizer')}; {r.get('precision', '')}"
+            f"{r.get('num_params'):,} parameters; {r.get('optimizer')}"
         )
+        if r.get("precision"):
+            line += f"; {r['precision']}"
         if r.get("precision_note"):
             line += f" ({r['precision_note']})"
         lines.append(line)
