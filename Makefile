@@ -53,12 +53,12 @@ test-slow: setup
 	$(PY) -m pytest -m slow
 
 lint: setup
-	$(VENV)/bin/ruff format --check src tests train.py
-	$(VENV)/bin/ruff check src tests train.py
+	$(VENV)/bin/ruff format --check src tests train.py benchmarks
+	$(VENV)/bin/ruff check src tests train.py benchmarks
 
 format: setup
-	$(VENV)/bin/ruff format src tests train.py
-	$(VENV)/bin/ruff check --fix src tests train.py
+	$(VENV)/bin/ruff format src tests train.py benchmarks
+	$(VENV)/bin/ruff check --fix src tests train.py benchmarks
 
 clean:
 	rm -rf $(VENV) logs .pytest_cache
