@@ -27,6 +27,7 @@ from typing import Any
 import common
 import numpy as np
 import torch
+from costs import settle
 from torch import nn
 from torch.nn import functional as F
 
@@ -105,16 +106,6 @@ def reference_lambda(costs: dict[str, Any] | None) -> float | None:
     return costs.get("lambda_max", {}).get("reference")
 
 
-def settle(values: list[float], ref: float) -> int | None:
-    ok = [abs(v - ref) <= TOL * abs(ref) for v in values]
-    if not ok or not ok[-1]:
-        return None
-    k = len(ok)
-    while k > 0 and ok[k - 1]:
-        k -= 1
-    return k + 1
-
-
 def pyhessian_rule(values: list[float]) -> int | None:
     """Where PyHessian's power iteration stops: relative change < tol (its own formula)."""
     for i in range(1, len(values)):
@@ -149,7 +140,7 @@ def run_pyhessian(setup, device, costs, cap: int, trace_samples: int) -> dict[st
         if state.get("record"):
             seq.append(float(sum((a * b).sum() for a, b in zip(hv, v))))
             rule = pyhessian_rule(seq)
-            oracle = settle(seq, ref) if ref is not None else None
+            oracle = settle(seq, ref, TOL) if ref is not None else None
             if rule is not None and (
                 ref is None or (oracle is not None and len(seq) >= oracle + 3)
             ):
@@ -175,7 +166,7 @@ def run_pyhessian(setup, device, costs, cap: int, trace_samples: int) -> dict[st
             "hvps_rule": rule,
             "value_at_rule": seq[rule - 1] if rule else None,
             "error_at_rule": abs(seq[rule - 1] - ref) / abs(ref) if (rule and ref) else None,
-            "hvps_to_1e-3": settle(seq, ref) if ref is not None else None,
+            "hvps_to_1e-3": settle(seq, ref, TOL) if ref is not None else None,
             "hvps_run": len(seq),
             "cap": cap,
             "ms_per_hvp": per_hvp * 1e3,

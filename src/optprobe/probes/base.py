@@ -28,10 +28,13 @@ from optprobe.probes.functional import ParamDict, trainable_params
 Batch = tuple[Tensor, Tensor]
 
 
-def check_positive_int(name: str, value: Any) -> int:
-    """``value`` as int, or a ValueError that names the config key and the fix."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}; e.g. {name}=10")
+def check_positive_int(name: str, value: Any, minimum: int = 1, why: str = "") -> int:
+    """``value`` as int >= ``minimum``, or a ValueError that names the config key and the fix."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        reason = f" {why}" if why else ""
+        raise ValueError(
+            f"{name} must be an integer >= {minimum}{reason}, got {value!r}; e.g. {name}=10"
+        )
     return value
 
 
@@ -143,6 +146,7 @@ class ProbeCallback(Callback):
         self.num_probed = 0
         self.num_skipped = 0
         self.last_skip_reason = ""
+        self._resumed_seconds = 0.0  # training seconds before a resume (from the state)
         self._fit_start: float | None = None
         self.window: list[Batch] = []
         self.window_losses: list[Tensor] = []
@@ -263,14 +267,10 @@ class ProbeCallback(Callback):
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._fit_start = time.perf_counter() - self._train_seconds_before
+        self._fit_start = time.perf_counter() - self._resumed_seconds
         if self.batch_mode == "fixed" and self.fixed_batch is None:
             with isolated(pl_module.net):
                 self.fixed_batch = self.draw_fixed_batch(trainer)
-
-    @property
-    def _train_seconds_before(self) -> float:
-        return getattr(self, "_resumed_seconds", 0.0)
 
     @contextlib.contextmanager
     def timed(self, net: nn.Module) -> Iterator[None]:

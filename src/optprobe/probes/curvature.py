@@ -686,13 +686,8 @@ class CurvatureProbe(ProbeCallback):
             )
         self.tol = float(tol)
         self.hutchinson_samples = check_positive_int(
-            f"{self.config_key}.hutchinson_samples", hutchinson_samples
+            f"{self.config_key}.hutchinson_samples", hutchinson_samples, 2, "for a standard error"
         )
-        if self.hutchinson_samples < 2:
-            raise ValueError(
-                f"{self.config_key}.hutchinson_samples must be >= 2 for a standard error, got "
-                f"{hutchinson_samples!r}; e.g. {self.config_key}.hutchinson_samples=10"
-            )
         if not isinstance(esd, bool):
             raise ValueError(f"{self.config_key}.esd must be true or false, got {esd!r}")
         self.esd = esd

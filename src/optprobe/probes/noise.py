@@ -342,13 +342,8 @@ class NoiseProbe(ProbeCallback):
             )
         self.method = method
         self.num_microbatches = check_positive_int(
-            f"{self.config_key}.num_microbatches", num_microbatches
+            f"{self.config_key}.num_microbatches", num_microbatches, 2, "for a covariance"
         )
-        if self.num_microbatches < 2:
-            raise ValueError(
-                f"{self.config_key}.num_microbatches must be >= 2 for a covariance, got "
-                f"{num_microbatches!r}; e.g. {self.config_key}.num_microbatches=4"
-            )
         self.chunk_size = (
             None
             if chunk_size is None

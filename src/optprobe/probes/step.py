@@ -173,12 +173,20 @@ class StepProbe(ProbeCallback):
     def before_step(self, trainer, pl_module, optimizer, step: int) -> None:
         params = self.params(pl_module)
         self._x_old = flatten(p.detach() for p in params.values())
-        loss_now = self.window_loss()
-        grad_now = flatten(
-            torch.zeros_like(p) if p.grad is None else p.grad.detach() for p in params.values()
-        )
-        self._at_step = {"loss": loss_now, "grad": grad_now, "lr": optimizer.param_groups[0]["lr"]}
-        if self.scheme == "next_batch" and self._pending is not None:
+        finishing = self.scheme == "next_batch" and self._pending is not None
+        # g_t is needed for a probed update (same_batch) or to finish the pending one
+        # (next_batch); neighbouring steps only record x_t for Δ.
+        grad_now = None
+        if self.is_probe_step(step) or finishing:
+            grad_now = flatten(
+                torch.zeros_like(p) if p.grad is None else p.grad.detach() for p in params.values()
+            )
+        self._at_step = {
+            "loss": self.window_loss(),
+            "grad": grad_now,
+            "lr": optimizer.param_groups[0]["lr"],
+        }
+        if finishing:
             self._finish_next_batch(trainer, pl_module, params)
         if self.curv_dir and self.is_probe_step(step):
             self._at_step["x_old_params"] = {k: p.detach().clone() for k, p in params.items()}
