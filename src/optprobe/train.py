@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
 import os
 import subprocess
@@ -14,9 +16,11 @@ from typing import Any
 import hydra
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.plugins.environments import LightningEnvironment
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from optprobe.analysis.verdicts import verdict_table
+from optprobe.distributed import WORKER_FLAG, DDPWorkers, ddp_process_count, is_primary
 from optprobe.guards import (
     NonFiniteLossGuard,
     check_config,
@@ -102,8 +106,12 @@ def probe_name(cfg: DictConfig, probe: ProbeCallback) -> str:
     return probe.family
 
 
-def build(cfg: DictConfig) -> dict[str, Any]:
-    """Instantiate every object of a run from its config (nothing is trained)."""
+def build(cfg: DictConfig, own_ranks: bool = False) -> dict[str, Any]:
+    """Instantiate every object of a run from its config (nothing is trained).
+
+    Loggers exist on rank 0 only. ``own_ranks``: optprobe starts the DDP ranks itself, so the
+    trainer reads them from the environment (even inside a SLURM job).
+    """
     datamodule = hydra.utils.instantiate(cfg.data)
     net = hydra.utils.instantiate(cfg.model)
     module = TrainingModule(
@@ -123,17 +131,26 @@ def build(cfg: DictConfig) -> dict[str, Any]:
         callbacks.append(OverheadBudget(budget=float(budget)))
         probes_cfg = {k: v for k, v in probes_cfg.items() if k != "budget"}
     callbacks += instantiate_named(probes_cfg, "probes")
-    loggers = instantiate_named(cfg.get("logger"), "logger")
-    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    loggers = instantiate_named(cfg.get("logger"), "logger") if is_primary() else []
+    extra = {"plugins": [LightningEnvironment()]} if own_ranks else {}
+    trainer = hydra.utils.instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, **extra
+    )
     return {"datamodule": datamodule, "module": module, "trainer": trainer, "loggers": loggers}
 
 
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
-    """Train one job; returns (final metrics, objects). Always writes ``summary.json``."""
+    """Train one job; returns (final metrics, objects). Rank 0 always writes ``summary.json``.
+
+    Under ``trainer=ddp`` rank 0 starts the other ranks (``optprobe.distributed``) once the
+    config is checked; they train on the same resolved config and write nothing.
+    """
     from optprobe.wandb_setup import hydra_identity
 
+    primary = is_primary()
+    worker = os.environ.get(WORKER_FLAG) == "1"
+    processes = 1 if worker else ddp_process_count(cfg.trainer)
     output_dir = cfg.paths.output_dir
-    os.makedirs(output_dir, exist_ok=True)
     _, overrides = hydra_identity()
     summary: dict[str, Any] = {
         "status": "running",
@@ -145,34 +162,51 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         "slurm_array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID"),
         "slurm_restart_count": os.environ.get("SLURM_RESTART_COUNT"),
         "seed": cfg.seed,
+        "processes": processes,
         "command": " ".join(sys.argv),
     }
-    write_summary(output_dir, summary)
+    if primary:
+        make_output_dir(output_dir)
+        write_summary(output_dir, summary)
     start = time.perf_counter()
     objects: dict[str, Any] = {}
     try:
         if cfg.get("probes") and cfg.probes.get("reference") and not cfg.probes.reference.ckpt:
+            if not primary:
+                raise ValueError(
+                    "probes.reference.ckpt is null in a rank started by another launcher "
+                    "(torchrun, srun -n N): run the reference first and pass "
+                    "probes.reference.ckpt=<its checkpoints/last.ckpt>"
+                )
             ckpt = obtain_reference(cfg)
             with open_dict(cfg):
                 cfg.probes.reference.ckpt = ckpt
         check_config(cfg)
-        pl.seed_everything(cfg.seed, workers=True)
-        objects = build(cfg)
-        datamodule, module, trainer = objects["datamodule"], objects["module"], objects["trainer"]
-        datamodule.setup("fit")
-        check_model_fits_data(module.net, datamodule, cfg)
-        resolved = OmegaConf.to_container(cfg, resolve=True)
-        resolved["choices"] = hydra_choices()
-        module.run_config = config_fingerprint(resolved)
-        if cfg.get("ckpt_path"):
-            check_resume_compatible(cfg.ckpt_path, resolved)
-        for probe in probes_of(trainer):  # record what each probe resolved to (e.g. scheme)
-            resolved["probes"][probe_name(cfg, probe)].update(probe.resolved_settings())
-        OmegaConf.save(OmegaConf.create(resolved), Path(output_dir) / "config.yaml")
-        for logger in objects["loggers"]:
-            logger.log_hyperparams(resolved)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        workers = DDPWorkers(processes) if processes > 1 else contextlib.nullcontext()
+        with workers:
+            pl.seed_everything(cfg.seed, workers=True)
+            objects = build(cfg, own_ranks=processes > 1 or worker)
+            datamodule, module, trainer = (objects[k] for k in ("datamodule", "module", "trainer"))
+            datamodule.setup("fit")
+            check_model_fits_data(module.net, datamodule, cfg)
+            resolved = OmegaConf.to_container(cfg, resolve=True)
+            worker_config = copy.deepcopy(resolved)
+            resolved["choices"] = hydra_choices()
+            module.run_config = config_fingerprint(resolved)
+            if primary:
+                if cfg.get("ckpt_path"):
+                    check_resume_compatible(cfg.ckpt_path, resolved)
+                for probe in probes_of(trainer):  # what each probe resolved to (e.g. scheme)
+                    resolved["probes"][probe_name(cfg, probe)].update(probe.resolved_settings())
+                OmegaConf.save(OmegaConf.create(resolved), Path(output_dir) / "config.yaml")
+                for logger in objects["loggers"]:
+                    logger.log_hyperparams(resolved)
+            if isinstance(workers, DDPWorkers):
+                workers.start(worker_config)
+            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         metrics = to_float_dict(trainer.callback_metrics)
+        if not primary:
+            return metrics, objects
         summary.update(status="completed", metrics=metrics, global_step=trainer.global_step)
         summary["probes"] = {probe_name(cfg, p): p.final_summary() for p in probes_of(trainer)}
         for guard in (c for c in trainer.callbacks if isinstance(c, NonFiniteLossGuard)):
@@ -190,7 +224,24 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         raise
     finally:
         summary["wall_time_s"] = round(time.perf_counter() - start, 3)
-        write_summary(output_dir, summary)
+        if primary:
+            write_summary(output_dir, summary)
+
+
+def make_output_dir(output_dir: str) -> None:
+    """Create the job folder and check that it is writable, before anything runs."""
+    path = Path(output_dir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe_file = path / ".write-test"
+        probe_file.write_text("")
+        probe_file.unlink()
+    except OSError as err:
+        raise PermissionError(
+            f"output folder {path} is not writable ({err.strerror or err}); point runs at a "
+            "folder you can write, e.g. paths.log_dir=$HOME/optprobe-logs (or set "
+            "OPTPROBE_LOG_DIR), or fix the folder's permissions"
+        ) from err
 
 
 def main(cfg: DictConfig) -> float | None:
@@ -203,7 +254,8 @@ def main(cfg: DictConfig) -> float | None:
 
     try:
         metrics, _ = train(cfg)
-        print_job_summary(cfg.paths.output_dir)
+        if is_primary():
+            print_job_summary(cfg.paths.output_dir)
         return metrics.get(cfg.get("optimized_metric") or "train/loss")
     except Exception:
         if not in_multirun():

@@ -30,7 +30,8 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
 
 TASKS = ("classification", "lm")
 
@@ -54,27 +55,40 @@ def seeded_generator(seed: int, purpose: str) -> torch.Generator:
     return generator
 
 
-class EpochShuffleSampler(Sampler[int]):
-    """A random permutation per epoch, determined by (seed, epoch) only.
+class EpochShuffleSampler(DistributedSampler):
+    """A random permutation per epoch, determined by (seed, epoch) only, sharded over DDP ranks.
 
     Unlike ``shuffle=True`` with a generator, the order of an epoch does not depend on how
     many epochs this sampler already produced, so resuming from a checkpoint reproduces it.
+    Under DDP (a process group is up when the loader is made) rank ``r`` of ``W`` takes the
+    positions ``r, r + W, ...`` of the permutation (padded with its first entries to a
+    multiple of ``W``), so the ranks' batches of a step together are exactly the batch a
+    single process with ``W`` times the batch size would see. Being a ``DistributedSampler``,
+    Lightning does not wrap it in another one.
     """
 
     def __init__(self, num_examples: int, seed: int) -> None:
-        self.num_examples, self.seed, self.epoch = num_examples, seed, 0
-        self.skip_examples = 0  # set by ResumableDataLoader for one iteration
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        distributed = dist.is_available() and dist.is_initialized()
+        super().__init__(
+            range(num_examples),
+            num_replicas=dist.get_world_size() if distributed else 1,
+            rank=dist.get_rank() if distributed else 0,
+            shuffle=False,
+        )
+        self.num_examples, self.seed = num_examples, seed
+        self.skip_examples = 0  # set by ResumableDataLoader for one iteration (all ranks')
 
     def __iter__(self):
         gen = seeded_generator(self.seed, f"shuffle:epoch{self.epoch}")
+        order = torch.randperm(self.num_examples, generator=gen)
+        pad = self.total_size - self.num_examples
+        if pad:
+            order = torch.cat([order, order[:pad]])
         skip, self.skip_examples = self.skip_examples, 0
-        return iter(torch.randperm(self.num_examples, generator=gen)[skip:].tolist())
+        return iter(order[skip:][self.rank :: self.num_replicas].tolist())
 
     def __len__(self) -> int:
-        return self.num_examples
+        return self.num_samples
 
 
 class ResumableDataLoader(DataLoader):
@@ -93,7 +107,7 @@ class ResumableDataLoader(DataLoader):
     def __iter__(self):
         skip, self._resume_at = self._resume_at, 0
         if skip and isinstance(self.sampler, EpochShuffleSampler):
-            self.sampler.skip_examples = skip * self.batch_size
+            self.sampler.skip_examples = skip * self.batch_size * self.sampler.num_replicas
         self._yielded = skip
         for batch in super().__iter__():
             self._yielded += 1

@@ -23,6 +23,7 @@ from pytorch_lightning.callbacks import Callback
 from torch import Tensor, nn
 from typing_extensions import override
 
+from optprobe.distributed import from_rank_zero, rank_mean
 from optprobe.probes.functional import ParamDict, trainable_params
 
 Batch = tuple[Tensor, Tensor]
@@ -215,8 +216,15 @@ class ProbeCallback(Callback):
         self.window_losses.append(loss.detach().to(torch.float64))
 
     def window_loss(self) -> float:
-        """f_t(x_t): the training loss of the current step (mean over its micro-batches)."""
-        return float(sum(self.window_losses))
+        """f_t(x_t): the training loss of the current step on the global batch (nats; the mean
+        over the micro-batches, and over the DDP ranks)."""
+        return float(rank_mean(torch.stack(self.window_losses).sum()))
+
+    def global_mean(self, value: Tensor) -> Tensor:
+        """A probe pass on this rank's part of the step's batch, averaged over the DDP ranks so
+        it is the value on the global batch. A fixed probe batch is the same on every rank and
+        is returned as is."""
+        return rank_mean(value) if self.batch_mode == "current" else value
 
     def resolved_settings(self) -> dict[str, Any]:
         """Settings decided at run time, written into the job's config (override)."""
@@ -269,8 +277,8 @@ class ProbeCallback(Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._fit_start = time.perf_counter() - self._resumed_seconds
         if self.batch_mode == "fixed" and self.fixed_batch is None:
-            with isolated(pl_module.net):
-                self.fixed_batch = self.draw_fixed_batch(trainer)
+            with isolated(pl_module.net):  # the same batch on every DDP rank: rank 0's
+                self.fixed_batch = from_rank_zero(self.draw_fixed_batch(trainer))
 
     @contextlib.contextmanager
     def timed(self, net: nn.Module) -> Iterator[None]:

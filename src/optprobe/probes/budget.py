@@ -30,6 +30,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
 from typing_extensions import override
 
+from optprobe.distributed import from_rank_zero
 from optprobe.probes.base import ProbeCallback, check_positive_int
 
 Clock = Callable[[], float]
@@ -373,6 +374,9 @@ class OverheadBudget(Callback):
             seconds,
             {k: v for k, v in self.fired.items() if k in adaptive},
         )
+        # Timings differ between DDP ranks; every rank must probe the same steps (the probes'
+        # all-reduces pair up), so rank 0's cadences rule.
+        cadences = from_rank_zero(cadences)
         # the controller keeps no cost for log-spaced probes; their seconds still count
         for name, cadence in cadences.items():
             if cadence != adaptive[name].every_n_steps:

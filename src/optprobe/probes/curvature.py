@@ -721,12 +721,15 @@ class CurvatureProbe(ProbeCallback):
 
     # ----------------------------------------------------------------- measurement
     def matvec(self, net: nn.Module, loss_fn: Any, inputs: Tensor, targets: Tensor) -> MatVec:
-        """``v -> H v`` of the loss at the live parameters of ``net`` (flat float64 vectors)."""
+        """``v -> H v`` of the loss at the live parameters of ``net`` (flat float64 vectors),
+        on the global batch under DDP (every rank draws the same vectors from its generator)."""
         loss_of_params = functional_loss(net, inputs, targets, loss_fn)
         params = {k: p.detach() for k, p in trainable_params(net).items()}
         if self.hvp_mode == "forward_over_reverse":
-            return hvp_forward_over_reverse(loss_of_params, params)
-        return hvp_double_backward(loss_of_params, params)
+            local = hvp_forward_over_reverse(loss_of_params, params)
+        else:
+            local = hvp_double_backward(loss_of_params, params)
+        return lambda v: self.global_mean(local(v))
 
     def measure(
         self,

@@ -20,11 +20,14 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.utilities import rank_zero_info
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.func import functional_call, grad, vmap
+from torch.nn.parallel import DistributedDataParallel
 from typing_extensions import override
 
+from optprobe.distributed import rank_mean, rank_sum, world_size
 from optprobe.probes.base import ProbeCallback, all_finite, check_positive_int
 from optprobe.probes.functional import (
     LossOfParams,
@@ -250,7 +253,8 @@ class ProbeNotApplicable(ValueError):
 
 
 class _Merged:
-    """Streaming mean and sum of squared deviations of gradient rows (Chan et al. merge)."""
+    """Streaming mean and sum of squared deviations of gradient rows (Chan et al. merge),
+    optionally merged over the DDP ranks."""
 
     def __init__(self) -> None:
         self.n = 0
@@ -270,17 +274,38 @@ class _Merged:
         self.mean = self.mean + delta * (count / total)
         self.n = total
 
-    def stats(self) -> NoiseStats:
-        trace_cov = self.m2 / (self.n - 1)
+    def reduce_over_ranks(self) -> None:
+        """Merge the rows of every DDP rank: one all-reduce of (Σ rows, Σ‖row‖², n)."""
+        if world_size() == 1:
+            return
+        sq_sum = self.m2 + self.n * float(self.mean @ self.mean)
+        packed = rank_sum(torch.cat([self.mean * self.n, self.mean.new_tensor([sq_sum, self.n])]))
+        self.n = round(float(packed[-1]))
+        self.mean = packed[:-2] / self.n
+        self.m2 = float(packed[-2]) - self.n * float(self.mean @ self.mean)
+
+    def stats(self, examples_per_sample: int = 1) -> NoiseStats:
+        """``noise_stats`` of all rows added (each a mean of ``examples_per_sample`` examples)."""
+        trace_cov = examples_per_sample * self.m2 / (self.n - 1)
         grad_sq_norm = float(self.mean @ self.mean)
+        batch = self.n * examples_per_sample
         return NoiseStats(
             trace_cov=trace_cov,
             grad_sq_norm=grad_sq_norm,
             gns=_ratio(trace_cov, grad_sq_norm),
-            snr=_ratio(grad_sq_norm, trace_cov / self.n),
-            batch_size=self.n,
+            snr=_ratio(grad_sq_norm, trace_cov / batch),
+            batch_size=batch,
             num_samples=self.n,
         )
+
+
+def _capture_rank_gradient(probe, bucket):  # no annotations: DDP checks them as objects
+    """DDP communication hook: add ‖this rank's gradient‖² over the ``dist.GradBucket`` (before
+    DDP averages it) to ``probe.rank_sq_norm`` on probed steps, then all-reduce as DDP does by
+    default (returns its future)."""
+    if probe.capture_rank_gradient:
+        probe.rank_sq_norm = probe.rank_sq_norm + bucket.buffer().detach().double().pow(2).sum()
+    return default_hooks.allreduce_hook(None, bucket)
 
 
 class NoiseProbe(ProbeCallback):
@@ -314,6 +339,17 @@ class NoiseProbe(ProbeCallback):
     - ``noise/batch_size``: ``B``, the examples used (the probe batch, less dropped rows).
     - ``noise/skipped``: running count of skipped probe steps, logged instead of the values
       when a value is non-finite or the batch has fewer than two examples.
+
+    Under DDP the rows of all ranks are merged (one all-reduce), so the keys above describe
+    the global batch. The per-rank gradients of the training step itself, captured by a DDP
+    communication hook before they are averaged, add the unbiased two-batch-size estimates
+    (McCandlish et al. 2018, A.1; small batch = one rank's ``b`` examples, big batch = the
+    ``k * b`` of all ranks), at no extra pass:
+
+    - ``noise/trace_cov_two_batch``: ``(S - |G_big|^2) / (1/b - 1/(k b))`` with ``S`` the mean
+      over ranks of ``|G_rank|^2`` (squared gradient units; unbiased, noisy with few ranks).
+    - ``noise/grad_sq_norm_two_batch``: ``(k b |G_big|^2 - b S) / (k b - b)``, unbiased ``|G|^2``.
+    - ``noise/gns_two_batch``: their ratio (examples).
 
     Cost per probed step: one forward + backward per example (vectorized) or per micro-batch.
 
@@ -352,6 +388,10 @@ class NoiseProbe(ProbeCallback):
         #: the method in use (``per_example`` or ``microbatch``); ``auto`` is decided in setup
         self.method_used = "microbatch" if method == "microbatch" else "per_example"
         self._resolved = method != "auto"
+        #: DDP: ‖this rank's gradient‖² of the step, captured by the communication hook
+        self.rank_sq_norm: Tensor | float = 0.0
+        self.capture_rank_gradient = False
+        self._rank_hook = False
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -387,30 +427,76 @@ class NoiseProbe(ProbeCallback):
             if not ok and self.method != "auto":
                 raise ProbeNotApplicable(f"per_example gradients cannot run: {reason}")
             method = "per_example" if ok else "microbatch"
+        merged, per_sample = _Merged(), 1
         if method == "microbatch":
             k = min(self.num_microbatches, batch)
-            size = batch // k
+            per_sample = batch // k
             factory = functools.partial(functional_loss, net, loss_fn=loss_fn)
             rows = microbatch_grads(
-                factory, params, inputs[: k * size], targets[: k * size], num_microbatches=k
+                factory,
+                params,
+                inputs[: k * per_sample],
+                targets[: k * per_sample],
+                num_microbatches=k,
             )
-            return noise_stats(rows, examples_per_sample=size)
-        chunk = self.chunk_size or batch
-        if chunk >= batch:
-            return noise_stats(per_example_grads(net, params, inputs, targets, loss_fn))
-        merged = _Merged()
-        for start in range(0, batch, chunk):
-            end = start + chunk
-            merged.add(
-                per_example_grads(net, params, inputs[start:end], targets[start:end], loss_fn)
-            )
-        return merged.stats()
+            merged.add(rows)
+        else:
+            chunk = self.chunk_size or batch
+            for start in range(0, batch, chunk):
+                end = start + chunk
+                merged.add(
+                    per_example_grads(net, params, inputs[start:end], targets[start:end], loss_fn)
+                )
+        if self.batch_mode == "current":  # a fixed batch is the same on every rank
+            merged.reduce_over_ranks()
+        return merged.stats(per_sample)
+
+    # ----------------------------------------------------------------- DDP two-batch estimate
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        model = trainer.strategy.model
+        if world_size() < 2 or not isinstance(model, DistributedDataParallel):
+            return
+        try:
+            model.register_comm_hook(state=self, hook=_capture_rank_gradient)
+            self._rank_hook = True
+        except RuntimeError as err:  # another communication hook is registered
+            rank_zero_warn(f"{self.config_key}: no two-batch noise estimate under DDP ({err})")
+
+    @override
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._window_closed:
+            self.rank_sq_norm = 0.0
+            self.capture_rank_gradient = self._rank_hook and self.is_probe_step(trainer.global_step)
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
+
+    def two_batch_values(self, pl_module: pl.LightningModule) -> dict[str, float]:
+        """The ``*_two_batch`` keys from the per-rank and the averaged gradient of the step."""
+        if not self.capture_rank_gradient:
+            return {}
+        ranks = world_size()
+        shard = sum(inputs.shape[0] for inputs, _ in self.window)
+        device = pl_module.device
+        small_sq = float(rank_mean(torch.as_tensor(self.rank_sq_norm, device=device)))
+        big_sq = sum(
+            float(p.grad.double().pow(2).sum())
+            for p in trainable_params(pl_module.net).values()
+            if p.grad is not None
+        )
+        grad_sq, trace_cov, gns = two_batch_estimates(small_sq, shard, big_sq, ranks * shard)
+        return {
+            "noise/trace_cov_two_batch": trace_cov,
+            "noise/grad_sq_norm_two_batch": grad_sq,
+            "noise/gns_two_batch": gns,
+        }
 
     @override
     def before_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any, step: int
     ) -> None:
         inputs, targets = self.probe_batch(pl_module)
+        two_batch = self.two_batch_values(pl_module)
         try:
             st = self.measure(pl_module.net, pl_module.loss_fn, inputs, targets)
         except (ProbeNotApplicable, FloatingPointError) as err:
@@ -423,6 +509,7 @@ class NoiseProbe(ProbeCallback):
             "noise/gns": st.gns,
             "noise/snr": st.snr,
             "noise/batch_size": float(st.batch_size),
+            **two_batch,
         }
         if not all_finite(values):
             bad = sorted(k for k, v in values.items() if not math.isfinite(v))

@@ -114,19 +114,30 @@ class ReferenceProbe(ProbeCallback):
                 "probes.reference.ckpt is null: run through `python train.py` (which runs or "
                 "reuses the reference run) or pass probes.reference.ckpt=<checkpoint>"
             )
-        like = self.params(pl_module)
-        self.ref_params = {
-            k: v.to(pl_module.device) for k, v in load_reference_params(self.ckpt, like).items()
-        }
+        # checked here, before training; device and dtype are matched in on_train_start
+        self.ref_params = load_reference_params(self.ckpt, self.params(pl_module))
+        self.x_ref = flatten(self.ref_params.values())
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        # after Lightning moved the network and set its precision (e.g. 64-true)
+        live = self.params(pl_module)
+        self.ref_params = {k: v.to(live[k]) for k, v in self.ref_params.items()}
         self.x_ref = flatten(self.ref_params.values())
 
     def before_step(self, trainer, pl_module, optimizer, step: int) -> None:
         params = self.params(pl_module)
         with torch.no_grad():
-            loss_ref = sum(
-                float(functional_loss(pl_module.net, x, y, pl_module.loss_fn)(self.ref_params))
-                for x, y in self.window
-            ) / len(self.window)
+            local = torch.stack(
+                [
+                    functional_loss(pl_module.net, x, y, pl_module.loss_fn)(
+                        self.ref_params
+                    ).double()
+                    for x, y in self.window
+                ]
+            ).mean()
+        loss_ref = float(self.global_mean(local))
         grad = flatten(
             torch.zeros_like(p) if p.grad is None else p.grad.detach() for p in params.values()
         )

@@ -206,21 +206,26 @@ class StepProbe(ProbeCallback):
 
     # --------------------------------------------------------------------------- schemes
     def _mean_loss_and_grad(self, pl_module, params: ParamDict) -> tuple[float, Tensor]:
-        """Mean loss and gradient over the step's micro-batches at ``params``."""
+        """Mean loss and gradient over the step's micro-batches (and DDP ranks) at ``params``."""
         losses, grads = [], []
         for inputs, targets in self.window:
             fn = functional_loss(pl_module.net, inputs, targets, pl_module.loss_fn)
             loss, grad = loss_and_grad(fn, params)
-            losses.append(float(loss))
+            losses.append(loss.reshape(1))
             grads.append(grad)
-        return sum(losses) / len(losses), torch.stack(grads).mean(0)
+        local = torch.cat([torch.stack(grads).mean(0), torch.cat(losses).mean().reshape(1)])
+        packed = self.global_mean(local)  # one all-reduce for both
+        return float(packed[-1]), packed[:-1]
 
     def _mean_loss(self, pl_module, params: ParamDict) -> float:
         with torch.no_grad():
-            return sum(
-                float(functional_loss(pl_module.net, x, y, pl_module.loss_fn)(params))
-                for x, y in self.window
-            ) / len(self.window)
+            local = torch.stack(
+                [
+                    functional_loss(pl_module.net, x, y, pl_module.loss_fn)(params).double()
+                    for x, y in self.window
+                ]
+            ).mean()
+        return float(self.global_mean(local))
 
     def _probe_same_batch(self, trainer, pl_module, params: ParamDict, info: dict) -> None:
         if self._skip_tiny(trainer, pl_module, info):
@@ -272,7 +277,7 @@ class StepProbe(ProbeCallback):
         for inputs, targets in self.window:
             fn = functional_loss(pl_module.net, inputs, targets, pl_module.loss_fn)
             matvecs.append(hvp_double_backward(fn, x_old)(info["delta"]))
-        hv = torch.stack(matvecs).mean(0)
+        hv = self.global_mean(torch.stack(matvecs).mean(0))
         return float(info["delta"] @ hv) / float(info["delta"] @ info["delta"])
 
     def _finish(self, trainer, pl_module, values: dict[str, float], info: dict) -> None:

@@ -1,0 +1,171 @@
+"""DDP with 2 real CPU processes (gloo): probes see the global batch; files come from rank 0.
+
+Slow tier. Each test starts ``train.py`` (Hydra, then optprobe's own rank launcher).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from optprobe.probes.functional import functional_loss, loss_and_grad, trainable_params
+from optprobe.probes.noise import per_example_grads, two_batch_from_shards
+from optprobe.train import build
+from tests.test_cli import run_train
+
+pytestmark = pytest.mark.slow
+
+SHARD = 16  # examples per rank and step
+COMMON = [
+    "debug=smoke",
+    "probes=full",
+    "probes.noise.every_n_steps=1",
+    "probes.curvature.every_n_steps=5",
+    "probes.curvature.lanczos_iters=6",
+    "probes.curvature.hutchinson_samples=3",
+    "probes.curvature.esd=false",
+    "trainer.precision=64-true",
+    "data.max_train_samples=128",
+    "trainer.max_epochs=-1",
+    "trainer.max_steps=24",
+    "trainer.val_check_interval=null",
+]
+DDP = ["trainer=ddp", f"data.batch_size={SHARD}"]
+SINGLE = [f"data.batch_size={2 * SHARD}"]
+# Families computed on the global batch; the two-batch keys exist under DDP only, and the
+# timing keys differ between any two runs.
+COMPARED = ("step/", "ref/", "noise/", "curv/")
+NOT_COMPARED = ("_two_batch", "curv/esd_saved")
+
+
+def job_folder(log_dir: Path) -> Path:
+    runs = list((log_dir / "train" / "runs").iterdir())
+    assert len(runs) == 1, runs  # one output folder per job, not one per rank
+    return runs[0]
+
+
+def metric_rows(folder: Path) -> dict[int, dict[str, float]]:
+    with open(folder / "metrics.csv") as f:
+        return {
+            int(r["step"]): {k: float(v) for k, v in r.items() if v != "" and k != "step"}
+            for r in csv.DictReader(f)
+        }
+
+
+@pytest.fixture(scope="module")
+def ddp_and_single(tmp_path_factory) -> tuple[Path, Path, str]:
+    ddp_logs = tmp_path_factory.mktemp("ddp")
+    single_logs = tmp_path_factory.mktemp("single")
+    out = run_train([*COMMON, *DDP], ddp_logs)
+    assert out.returncode == 0, out.stderr[-4000:]
+    single = run_train([*COMMON, *SINGLE], single_logs)
+    assert single.returncode == 0, single.stderr[-4000:]
+    return job_folder(ddp_logs), job_folder(single_logs), out.stdout
+
+
+def test_ddp_probes_equal_a_single_process_run_on_the_global_batch(ddp_and_single):
+    ddp, single, _ = ddp_and_single
+    a, b = metric_rows(ddp), metric_rows(single)
+    assert sorted(a) == sorted(b) == list(range(24))
+    compared = set()
+    for step in range(24):
+        for key, value in b[step].items():
+            if not key.startswith(COMPARED) or any(s in key for s in NOT_COMPARED):
+                continue
+            if key in ("noise/batch_size",):
+                assert a[step][key] == value == 2 * SHARD
+            assert key in a[step], (step, key)
+            if math.isnan(value):
+                assert math.isnan(a[step][key]), (step, key)
+                continue
+            assert a[step][key] == pytest.approx(value, rel=1e-6, abs=1e-12), (step, key)
+            compared.add(key)
+    for key in ("step/inst_gap", "step/smooth_eff", "step/curv_dir", "ref/gap", "ref/pl"):
+        assert key in compared
+    for key in ("noise/trace_cov", "noise/gns", "curv/lambda_max", "curv/trace"):
+        assert key in compared
+
+
+def test_ddp_writes_one_job_folder_from_rank_zero(ddp_and_single):
+    ddp, _, stdout = ddp_and_single
+    summary = json.loads((ddp / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    assert summary["processes"] == 2
+    assert summary["global_step"] == 24
+    assert summary["probes"]["reference"]["replay"]["matches"]
+    names = {p.name for p in ddp.iterdir()}
+    assert {"config.yaml", "metrics.csv", "summary.json", "verdicts.json"} <= names
+    assert not [n for n in names if "ddp_process" in n]  # no per-rank logs or folders
+    assert stdout.count("Verdicts (") == 1  # the job summary is printed once
+
+
+def shard_gradients_at_init(ddp: Path) -> torch.Tensor:
+    """The two ranks' gradients of step 0, recomputed from the config in one process."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(ddp / "config.yaml")
+    cfg.pop("choices")
+    pl.seed_everything(cfg.seed, workers=True)
+    objects = build(cfg)
+    datamodule, module = objects["datamodule"], objects["module"]
+    datamodule.setup("fit")
+    loader = datamodule.train_dataloader()
+    order = list(loader.sampler)[: 2 * SHARD]  # the global batch of step 0
+    net = module.net.double()
+    params = trainable_params(net)
+    rows = []
+    for rank in (0, 1):
+        inputs, targets = loader.dataset[order[rank::2]]  # DistributedSampler: every 2nd index
+        fn = functional_loss(net, inputs.double(), targets, module.loss_fn)
+        rows.append(loss_and_grad(fn, params)[1])
+    return torch.stack(rows), (net, params, loader.dataset[order], module.loss_fn)
+
+
+def test_two_batch_noise_uses_the_per_rank_gradients(ddp_and_single):
+    ddp, _, _ = ddp_and_single
+    rows = metric_rows(ddp)
+    shards, (net, params, (inputs, targets), loss_fn) = shard_gradients_at_init(ddp)
+    grad_sq, trace_cov, gns = two_batch_from_shards(shards, SHARD)
+    logged = rows[0]
+    assert logged["noise/trace_cov_two_batch"] == pytest.approx(trace_cov, rel=1e-6)
+    assert logged["noise/grad_sq_norm_two_batch"] == pytest.approx(grad_sq, rel=1e-6)
+    assert logged["noise/gns_two_batch"] == pytest.approx(gns, rel=1e-6)
+    # and the per-example estimate on the same global batch, brute force
+    per_ex = per_example_grads(net, params, inputs.double(), targets, loss_fn)
+    brute = float(((per_ex - per_ex.mean(0)) ** 2).sum()) / (per_ex.shape[0] - 1)
+    assert logged["noise/trace_cov"] == pytest.approx(brute, rel=1e-6)
+
+
+def test_two_batch_estimate_agrees_with_per_example_on_average(ddp_and_single):
+    ddp, _, _ = ddp_and_single
+    rows = [r for r in metric_rows(ddp).values() if "noise/trace_cov_two_batch" in r]
+    assert len(rows) == 24
+    diff = torch.tensor([r["noise/trace_cov_two_batch"] - r["noise/trace_cov"] for r in rows])
+    per_example = torch.tensor([r["noise/trace_cov"] for r in rows])
+    stderr = float(diff.std()) / math.sqrt(len(rows))
+    # unbiased for the same tr Σ: the mean difference is within 4 standard errors of zero
+    assert abs(float(diff.mean())) <= 4 * stderr, (float(diff.mean()), stderr)
+    assert stderr < 0.5 * float(per_example.mean())  # and the test has power
+
+
+def test_multirun_with_ddp_runs_each_job_once_with_one_wandb_run(tmp_path):
+    out = run_train(
+        ["-m", "optimizer=sgd,adam", "trainer=ddp", "debug=smoke", "logger=wandb"],
+        tmp_path,
+        env_extra={"WANDB_MODE": "offline", "WANDB_SILENT": "true"},
+    )
+    assert out.returncode == 0, out.stderr[-4000:]
+    sweeps = list((tmp_path / "train" / "multiruns").iterdir())
+    assert len(sweeps) == 1  # no rank started the sweep again
+    jobs = sorted(p for p in sweeps[0].iterdir() if p.is_dir() and p.name.isdigit())
+    assert [p.name for p in jobs] == ["0", "1"]
+    for job in jobs:
+        summary = json.loads((job / "summary.json").read_text())
+        assert summary["status"] == "completed" and summary["processes"] == 2
+        assert len(list((job / "wandb").glob("offline-run-*"))) == 1
