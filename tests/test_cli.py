@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,10 +18,16 @@ from optprobe.analysis.wandb_offline import offline_run_dirs, read_wandb_run
 pytestmark = pytest.mark.slow
 
 
-def run_train(args: list[str], log_dir: Path, env_extra: dict | None = None, timeout=600):
+def run_train(
+    args: list[str],
+    log_dir: Path,
+    env_extra: dict | None = None,
+    timeout=600,
+    prefix: tuple[str, ...] = (),
+):
     env = {**os.environ, "OPTPROBE_LOG_DIR": str(log_dir), **(env_extra or {})}
     return subprocess.run(
-        [sys.executable, "train.py", *args],
+        [*prefix, sys.executable, "train.py", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -124,6 +131,8 @@ def test_submitit_local_launcher_runs_the_sweep(tmp_path):
         ("optimizer=bogus", "Available options in 'optimizer'"),
         ("probes=bogus", "Available options in 'probes'"),
         ("optimizer.bogus_key=1", "Could not override 'optimizer.bogus_key'"),
+        ("probes=[step,hessian]", "Could not load 'probes/hessian'"),  # unknown probe name
+        ("probes.curvatur.every_n_steps=5", "Key 'curvatur' is not in struct"),
     ],
 )
 def test_unknown_option_group_or_key_is_a_clear_error(tmp_path, override, expected):
@@ -131,3 +140,41 @@ def test_unknown_option_group_or_key_is_a_clear_error(tmp_path, override, expect
     assert out.returncode != 0
     assert expected in out.stderr
     assert not (tmp_path / "train").exists()  # failed before any job folder was made
+
+
+def without_permission_override() -> tuple[str, ...]:
+    """Command prefix under which root obeys file modes (drops CAP_DAC_OVERRIDE), as users do."""
+    if os.geteuid() != 0:
+        return ()
+    if shutil.which("setpriv") is None:
+        pytest.skip("root ignores file modes and setpriv (util-linux) is missing")
+    caps = "-dac_override,-dac_read_search"
+    return ("setpriv", f"--bounding-set={caps}", f"--inh-caps={caps}")
+
+
+@pytest.mark.parametrize("multirun", [False, True])
+def test_unwritable_output_folder_stops_before_any_job(tmp_path, multirun):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "earlier_run.txt").write_text("kept")
+    logs.chmod(0o555)
+    try:
+        args = ["-m", "optimizer=sgd,adam", "debug=smoke"] if multirun else ["debug=smoke"]
+        out = run_train(args, logs, prefix=without_permission_override(), timeout=120)
+    finally:
+        logs.chmod(0o755)
+    assert out.returncode == 1
+    assert f"output folder {logs}/train" in out.stderr and "is not writable" in out.stderr
+    assert "paths.log_dir=" in out.stderr  # names the fix
+    assert "Traceback" not in out.stderr
+    assert sorted(p.name for p in logs.iterdir()) == ["earlier_run.txt"]  # nothing lost or made
+    assert (logs / "earlier_run.txt").read_text() == "kept"
+
+
+def test_file_in_the_output_path_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "results"
+    blocker.write_text("not a folder")
+    out = run_train(["debug=smoke"], blocker / "logs", timeout=120)
+    assert out.returncode == 1
+    assert "is not writable (Not a directory)" in out.stderr
+    assert blocker.read_text() == "not a folder"

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import Callback
 from typing_extensions import override
@@ -28,6 +29,43 @@ def check_config(cfg: DictConfig) -> None:
         raise FileNotFoundError(
             f"ckpt_path={ckpt} does not exist; resume with ckpt_path=<job folder>/checkpoints/last.ckpt"
         )
+
+
+def make_writable_dir(path: str | Path) -> None:
+    """Create the folder ``path`` (and parents) and check a file can be written in it, or raise
+    a PermissionError that names the folder and the fix."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".optprobe-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise PermissionError(
+            f"output folder {path} is not writable ({err.strerror or err}); point runs at a "
+            "folder you can write, e.g. paths.log_dir=$HOME/optprobe-logs (or set "
+            "OPTPROBE_LOG_DIR), or fix the folder's permissions"
+        ) from err
+
+
+class OutputDirCheck(HydraCallback):
+    """Hydra callback: stop before any job starts when the run or sweep folder is not writable.
+
+    Exits (SystemExit) with the message: Hydra turns exceptions of callbacks into warnings.
+    """
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config.hydra.run.dir)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config.hydra.sweep.dir)
+
+    @staticmethod
+    def _check(folder: str) -> None:
+        try:
+            make_writable_dir(folder)
+        except PermissionError as err:
+            raise SystemExit(f"Error: {err}") from err
 
 
 def config_fingerprint(resolved: dict[str, Any]) -> dict[str, Any]:

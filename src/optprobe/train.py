@@ -26,6 +26,7 @@ from optprobe.guards import (
     check_config,
     check_resume_compatible,
     config_fingerprint,
+    make_writable_dir,
 )
 from optprobe.instantiate import instantiate_named
 from optprobe.job_verdict import write_job_verdict
@@ -166,7 +167,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         "command": " ".join(sys.argv),
     }
     if primary:
-        make_output_dir(output_dir)
+        make_writable_dir(output_dir)
         write_summary(output_dir, summary)
     start = time.perf_counter()
     objects: dict[str, Any] = {}
@@ -226,22 +227,6 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         summary["wall_time_s"] = round(time.perf_counter() - start, 3)
         if primary:
             write_summary(output_dir, summary)
-
-
-def make_output_dir(output_dir: str) -> None:
-    """Create the job folder and check that it is writable, before anything runs."""
-    path = Path(output_dir)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe_file = path / ".write-test"
-        probe_file.write_text("")
-        probe_file.unlink()
-    except OSError as err:
-        raise PermissionError(
-            f"output folder {path} is not writable ({err.strerror or err}); point runs at a "
-            "folder you can write, e.g. paths.log_dir=$HOME/optprobe-logs (or set "
-            "OPTPROBE_LOG_DIR), or fix the folder's permissions"
-        ) from err
 
 
 def main(cfg: DictConfig) -> float | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import netrc
 import os
+import socket
 import warnings
 from collections.abc import Sequence
 from urllib.parse import urlparse
@@ -11,39 +12,63 @@ from urllib.parse import urlparse
 from pytorch_lightning.loggers import WandbLogger
 
 MODES = ("auto", "online", "offline", "disabled")
+DEFAULT_BASE_URL = "https://api.wandb.ai"
+REACH_TIMEOUT_S = 5.0  # seconds to wait for a TCP connection to the W&B server
 
 
 def has_wandb_credentials() -> bool:
     """True when an API key is in ``WANDB_API_KEY`` or in ~/.netrc for the W&B host."""
     if os.environ.get("WANDB_API_KEY"):
         return True
-    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    host = urlparse(os.environ.get("WANDB_BASE_URL", DEFAULT_BASE_URL)).hostname
     try:
         return netrc.netrc().authenticators(host or "api.wandb.ai") is not None
     except (FileNotFoundError, netrc.NetrcParseError):
         return False
 
 
+def server_reachable(base_url: str, timeout: float = REACH_TIMEOUT_S) -> bool:
+    """True when a TCP connection to the W&B server of ``base_url`` opens within ``timeout``
+    seconds (a closed port, no route or no DNS answer is False)."""
+    url = urlparse(base_url)
+    port = url.port or (80 if url.scheme == "http" else 443)
+    try:
+        with socket.create_connection((url.hostname or "api.wandb.ai", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def resolve_mode(mode: str) -> str:
     """The W&B mode to use: ``auto`` honours ``WANDB_MODE``, else online only with credentials.
 
-    Without credentials an online run would prompt for a key (or hang without a terminal), so
-    ``auto`` falls back to offline with a warning; ``wandb sync`` uploads the run later.
+    An online run without credentials would prompt for a key (or hang without a terminal), and
+    one whose server does not answer retries for minutes, so both fall back to offline with a
+    warning (also for an explicit ``online``); ``wandb sync`` uploads the run later.
     """
     if mode not in MODES:
         raise ValueError(f"logger.wandb.mode={mode!r} is unknown; use one of {MODES}")
-    if mode != "auto":
+    if mode == "auto":
+        mode = os.environ.get("WANDB_MODE") or "online"
+    if mode != "online":
         return mode
-    if os.environ.get("WANDB_MODE"):
-        return os.environ["WANDB_MODE"]
-    if has_wandb_credentials():
-        return "online"
-    warnings.warn(
-        "W&B: no credentials found (WANDB_API_KEY or `wandb login`); logging offline. "
-        "Upload later with `wandb sync <job folder>/wandb/offline-run-*`.",
-        stacklevel=2,
-    )
-    return "offline"
+    sync_hint = "Upload later with `wandb sync <job folder>/wandb/offline-run-*`."
+    if not has_wandb_credentials():
+        warnings.warn(
+            "W&B: no credentials found (WANDB_API_KEY or `wandb login`); logging offline. "
+            + sync_hint,
+            stacklevel=2,
+        )
+        return "offline"
+    base_url = os.environ.get("WANDB_BASE_URL", DEFAULT_BASE_URL)
+    if not server_reachable(base_url):
+        warnings.warn(
+            f"W&B: the server {base_url} is unreachable (no connection within "
+            f"{REACH_TIMEOUT_S:g} s); logging offline. " + sync_hint,
+            stacklevel=2,
+        )
+        return "offline"
+    return "online"
 
 
 def run_name(overrides: Sequence[str]) -> str:
