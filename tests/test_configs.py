@@ -103,11 +103,11 @@ def test_submitit_local_launcher_composes(make_cfg):
 
 
 @pytest.mark.parametrize("launcher", ["slurm", "slurm_gpu"])
-def test_slurm_launchers_compose_with_lightning_requeueing(make_cfg, launcher):
+def test_slurm_launchers_compose_with_optprobe_requeueing(make_cfg, launcher):
     cfg = make_cfg([f"hydra/launcher={launcher}"])
     assert "SlurmLauncher" in cfg.hydra.launcher._target_
     assert cfg.hydra.launcher.additional_parameters.signal == "USR1@120"
-    assert cfg.hydra.launcher.max_num_timeout == 0  # Lightning, not submitit, requeues
+    assert cfg.hydra.launcher.max_num_timeout == 0  # optprobe, not submitit, requeues
     assert (cfg.hydra.launcher.gpus_per_node or 0) == (1 if launcher == "slurm_gpu" else 0)
 
 

@@ -40,7 +40,7 @@ DDP = ["trainer=ddp", f"data.batch_size={SHARD}"]
 SINGLE = [f"data.batch_size={2 * SHARD}"]
 # Families computed on the global batch; the two-batch keys exist under DDP only, and the
 # timing keys differ between any two runs.
-COMPARED = ("step/", "ref/", "noise/", "curv/")
+COMPARED = ("step/", "ref/", "noise/", "curv/", "train/loss")
 NOT_COMPARED = ("_two_batch", "curv/esd_saved")
 
 

@@ -16,10 +16,11 @@ from typing import Any
 import hydra
 import pytorch_lightning as pl
 import torch
-from lightning_fabric.plugins.environments import LightningEnvironment
+from lightning_fabric.plugins.environments import LightningEnvironment, SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from optprobe.analysis.verdicts import verdict_table
+from optprobe.checkpointing import PreemptionCheckpoint
 from optprobe.distributed import WORKER_FLAG, DDPWorkers, ddp_process_count, is_primary
 from optprobe.guards import (
     NonFiniteLossGuard,
@@ -93,6 +94,11 @@ def write_summary(output_dir: str, payload: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def is_preempted(callback: Any) -> bool:
+    """True for a PreemptionCheckpoint that stopped this run at a checkpoint."""
+    return isinstance(callback, PreemptionCheckpoint) and callback.preempted_at_step is not None
+
+
 def probes_of(trainer: pl.Trainer) -> list[ProbeCallback]:
     """The probe callbacks of a trainer, in order."""
     return [c for c in trainer.callbacks if isinstance(c, ProbeCallback)]
@@ -133,7 +139,12 @@ def build(cfg: DictConfig, own_ranks: bool = False) -> dict[str, Any]:
         probes_cfg = {k: v for k, v in probes_cfg.items() if k != "budget"}
     callbacks += instantiate_named(probes_cfg, "probes")
     loggers = instantiate_named(cfg.get("logger"), "logger") if is_primary() else []
-    extra = {"plugins": [LightningEnvironment()]} if own_ranks else {}
+    if own_ranks:
+        extra = {"plugins": [LightningEnvironment()]}
+    elif SLURMEnvironment.detect():  # PreemptionCheckpoint requeues, at a step boundary
+        extra = {"plugins": [SLURMEnvironment(auto_requeue=False)]}
+    else:
+        extra = {}
     trainer = hydra.utils.instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, **extra
     )
@@ -215,6 +226,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
                 summary["non_finite_loss"] = guard.summary()
                 if guard.action == "stop":
                     summary["status"] = "stopped: non-finite loss"
+        preempted = [c.preempted_at_step for c in trainer.callbacks if is_preempted(c)]
+        if preempted:  # stopped at a checkpoint; the resumed run writes the verdicts
+            summary["status"] = f"preempted at step {preempted[0]}"
+            return metrics, objects
         verdict = write_job_verdict(output_dir, objects["loggers"])
         if verdict is not None:
             summary["verdicts"] = verdict.to_dict()

@@ -57,7 +57,8 @@ class TrainingModule(pl.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         loss, logits, targets = self._shared_step(batch)
         self.train_acc(logits.reshape(-1, logits.shape[-1]).detach(), targets.reshape(-1))
-        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+        # sync_dist: under DDP the loss of the global batch (a mean over ranks), as probes see it
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, sync_dist=True)
         self.log("train/acc", self.train_acc, on_step=True, on_epoch=False)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True)
         return loss
@@ -65,7 +66,7 @@ class TrainingModule(pl.LightningModule):
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         loss, logits, targets = self._shared_step(batch)
         self.val_acc(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
-        self.log("val/loss", loss, on_epoch=True, prog_bar=True)
+        self.log("val/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True)
         self.log("val/acc", self.val_acc, on_epoch=True, prog_bar=True)
 
     def on_validation_epoch_end(self) -> None:
