@@ -24,8 +24,11 @@ def run_train(
     env_extra: dict | None = None,
     timeout=600,
     prefix: tuple[str, ...] = (),
+    without_wandb_env: bool = False,
 ):
-    env = {**os.environ, "OPTPROBE_LOG_DIR": str(log_dir), **(env_extra or {})}
+    """``train.py`` in a subprocess; ``without_wandb_env``: no WANDB_* variables inherited."""
+    base = {k: v for k, v in os.environ.items() if not (without_wandb_env and k[:6] == "WANDB_")}
+    env = {**base, "OPTPROBE_LOG_DIR": str(log_dir), **(env_extra or {})}
     return subprocess.run(
         [*prefix, sys.executable, "train.py", *args],
         cwd=ROOT,
@@ -80,19 +83,13 @@ def test_failing_job_in_sweep_is_listed(tmp_path):
 def test_wandb_offline_without_credentials_round_trip(tmp_path):
     home = tmp_path / "home"
     home.mkdir()
-    env = {"HOME": str(home), "WANDB_MODE": "", "WANDB_API_KEY": ""}
-    env_clean = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env_clean.update(HOME=str(home), OPTPROBE_LOG_DIR=str(tmp_path))
-    out = subprocess.run(
-        [sys.executable, "train.py", "logger=wandb", "debug=smoke", "tags=[roundtrip]"],
-        cwd=ROOT,
-        env=env_clean,
-        capture_output=True,
-        text=True,
+    out = run_train(
+        ["logger=wandb", "debug=smoke", "tags=[roundtrip]"],
+        tmp_path,
+        env_extra={"HOME": str(home)},
         timeout=300,
-        stdin=subprocess.DEVNULL,
+        without_wandb_env=True,
     )
-    del env
     assert out.returncode == 0, out.stderr[-3000:]
     assert "logging offline" in out.stderr
     runs = offline_run_dirs(tmp_path)

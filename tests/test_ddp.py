@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
+from test_cli import run_train
 
 from optprobe.probes.functional import functional_loss, loss_and_grad, trainable_params
 from optprobe.probes.noise import per_example_grads, two_batch_from_shards
 from optprobe.train import build
-from tests.test_cli import run_train
 
 pytestmark = pytest.mark.slow
 
@@ -169,3 +169,37 @@ def test_multirun_with_ddp_runs_each_job_once_with_one_wandb_run(tmp_path):
         summary = json.loads((job / "summary.json").read_text())
         assert summary["status"] == "completed" and summary["processes"] == 2
         assert len(list((job / "wandb").glob("offline-run-*"))) == 1
+
+
+def test_ddp_resume_mid_epoch_equals_the_uninterrupted_run(tmp_path):
+    common = [
+        "trainer=ddp",
+        "debug=smoke",
+        "probes=[step,noise]",
+        "probes.noise.every_n_steps=2",
+        f"data.batch_size={SHARD}",
+        "trainer.max_epochs=-1",
+        "trainer.val_check_interval=null",
+    ]
+    full = run_train([*common, "trainer.max_steps=10"], tmp_path / "full")
+    assert full.returncode == 0, full.stderr[-4000:]
+    first = run_train([*common, "trainer.max_steps=6"], tmp_path / "split")
+    assert first.returncode == 0, first.stderr[-4000:]
+    job = job_folder(tmp_path / "split")
+    resumed = run_train(
+        [
+            *common,
+            "trainer.max_steps=10",
+            f"ckpt_path={job}/checkpoints/last.ckpt",
+            f"hydra.run.dir={job}",
+        ],
+        tmp_path / "split",
+    )
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    a, b = metric_rows(job_folder(tmp_path / "full")), metric_rows(job)
+    assert sorted(a) == sorted(b) == list(range(10))  # step 6 is mid-epoch (4 steps each)
+    for step in range(10):
+        keys = [k for k in a[step] if k.startswith(("step/", "noise/", "train/loss"))]
+        assert len(keys) > 10
+        for key in keys:
+            assert b[step][key] == pytest.approx(a[step][key], rel=1e-9), (step, key)

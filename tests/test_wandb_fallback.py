@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
 
 import pytest
-from conftest import ROOT
+from test_cli import run_train
 
 from optprobe.analysis.wandb_offline import offline_run_dirs, read_wandb_run
 from optprobe.wandb_setup import resolve_mode, server_reachable
@@ -74,21 +72,12 @@ def test_explicit_offline_and_disabled_are_kept(wandb_env):
 
 
 def test_run_with_unreachable_server_completes_offline(tmp_path, closed_url):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env.update(
-        HOME=str(tmp_path),
-        OPTPROBE_LOG_DIR=str(tmp_path),
-        WANDB_API_KEY="x" * 40,
-        WANDB_BASE_URL=closed_url,
-    )
-    out = subprocess.run(
-        [sys.executable, "train.py", "logger=wandb", "debug=smoke", "probes=none"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
+    out = run_train(
+        ["logger=wandb", "debug=smoke", "probes=none"],
+        tmp_path,
+        env_extra={"HOME": str(tmp_path), "WANDB_API_KEY": "x" * 40, "WANDB_BASE_URL": closed_url},
         timeout=110,
-        stdin=subprocess.DEVNULL,
+        without_wandb_env=True,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "unreachable" in out.stderr and "logging offline" in out.stderr
