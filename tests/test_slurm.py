@@ -78,6 +78,9 @@ def slurm_cluster():
     print(f"\nstart_cluster.sh took {time.monotonic() - t0:.1f} s:\n{out.stdout}")
     yield
     if not was_up:
+        # jobs a failed test left queued or running would outlive the daemons
+        sh("scancel", "--user=root")  # the fixture runs as root
+        time.sleep(2)
         stop = stop_cluster()
         assert stop.returncode == 0, f"stop_cluster.sh failed:\n{stop.stdout}\n{stop.stderr}"
 
