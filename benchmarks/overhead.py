@@ -152,30 +152,6 @@ def step_timer_class():
     return StepTimer
 
 
-def null_logger():
-    from pytorch_lightning.loggers import Logger
-
-    class NullLogger(Logger):
-        """Receives every logged value (as a real logger would) and keeps nothing."""
-
-        @property
-        def name(self):
-            return "null"
-
-        @property
-        def version(self):
-            return 0
-
-        def log_hyperparams(self, params, *args, **kwargs):
-            pass
-
-        def log_metrics(self, metrics, step=None):
-            for value in metrics.values():
-                float(value)
-
-    return NullLogger()
-
-
 def make_module(setup: common.Setup, kind: str, cadence: int, start: int, device):
     from optprobe.models.lit_module import TrainingModule
 
@@ -193,6 +169,8 @@ def run_block(setup, kind: str, cadence: int, steps: int, args, device, memory) 
     """Train a fresh copy for WARMUP_STEPS + ``steps`` steps; time the last ``steps``."""
     import pytorch_lightning as pl
 
+    from optprobe.run_store import MemoryLogger
+
     callbacks = make_callbacks(kind, cadence, WARMUP_STEPS)
     module = make_module(setup, kind, cadence, WARMUP_STEPS, device)
     timer = step_timer_class()(device)
@@ -201,7 +179,7 @@ def run_block(setup, kind: str, cadence: int, steps: int, args, device, memory) 
         devices=1,
         max_steps=WARMUP_STEPS + steps,
         max_epochs=-1,
-        logger=null_logger(),
+        logger=MemoryLogger(),
         log_every_n_steps=1,
         callbacks=[*callbacks, timer],
         enable_checkpointing=False,

@@ -137,8 +137,7 @@ class DDPWorkers:
     as started externally and does not re-run the command line); ``start`` launches the other
     ranks on a config file once the config is checked; ``__exit__`` waits for them, stops any
     left after rank 0 failed, ends the process group, restores the environment and removes
-    the config file. A worker
-    that exits non-zero is reported at once and makes the job fail.
+    the config file. A worker that exits non-zero is reported at once and fails the job.
     """
 
     def __init__(self, processes: int) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import os
 
-from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.loggers import CSVLogger, Logger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.utilities import rank_zero_only
 
@@ -64,3 +64,30 @@ class RunStoreLogger(CSVLogger):
         path = os.path.join(self.log_dir, ExperimentWriter.NAME_METRICS_FILE)
         if os.path.isfile(path):
             merge_rows_by_step(path)
+
+
+class MemoryLogger(Logger):
+    """An in-memory logger: ``rows[step] = {key: value}`` (floats) for everything logged, e.g.
+    for tests, benchmarks and notebooks that read probe values without files."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: dict[int, dict[str, float]] = {}
+
+    @property
+    def name(self) -> str:
+        return "memory"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.rows.setdefault(step, {}).update({k: float(v) for k, v in metrics.items()})
+
+    def series(self, key: str) -> dict[int, float]:
+        """step -> value of ``key``, for the steps that logged it."""
+        return {s: r[key] for s, r in sorted(self.rows.items()) if key in r}

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from optprobe.models.lit_module import TrainingModule
+from optprobe.run_store import MemoryLogger
 
 
 class ArrayData(pl.LightningDataModule):
@@ -70,31 +71,6 @@ class Recorder(Callback):
             self.steps[-1].next_params = {n: p.detach().clone() for n, p in named}
 
 
-class MetricsSink(pl.loggers.Logger):
-    """An in-memory logger: ``rows[step] = {key: value}`` for everything logged."""
-
-    def __init__(self):
-        super().__init__()
-        self.rows: dict[int, dict[str, float]] = {}
-
-    @property
-    def name(self):
-        return "sink"
-
-    @property
-    def version(self):
-        return 0
-
-    def log_hyperparams(self, params, *args, **kwargs):
-        pass
-
-    def log_metrics(self, metrics, step=None):
-        self.rows.setdefault(step, {}).update({k: float(v) for k, v in metrics.items()})
-
-    def series(self, key: str) -> dict[int, float]:
-        return {s: r[key] for s, r in sorted(self.rows.items()) if key in r}
-
-
 def fit(
     net: nn.Module,
     inputs: Tensor,
@@ -113,7 +89,7 @@ def fit(
     ``optimizer`` is a factory ``params -> Optimizer`` (default SGD lr 0.1).
     """
     pl.seed_everything(seed, workers=True)
-    recorder, sink = Recorder(), MetricsSink()
+    recorder, sink = Recorder(), MemoryLogger()
     module = TrainingModule(
         net=net,
         optimizer=optimizer or (lambda params: torch.optim.SGD(params, lr=0.1)),

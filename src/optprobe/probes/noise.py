@@ -181,9 +181,18 @@ def noise_stats(
         raise ValueError(f"examples_per_sample={examples_per_sample} must be >= 1")
     rows = sample_grads.detach().to(torch.float64)
     mean = rows.mean(dim=0)
-    trace_cov = examples_per_sample * float(((rows - mean) ** 2).sum()) / (n - 1)
-    grad_sq_norm = float(mean @ mean)
     batch = n * examples_per_sample if batch_size is None else int(batch_size)
+    return _stats_from_moments(
+        mean, float(((rows - mean) ** 2).sum()), n, examples_per_sample, batch
+    )
+
+
+def _stats_from_moments(
+    mean: Tensor, sq_dev_sum: float, n: int, examples_per_sample: int, batch: int
+) -> NoiseStats:
+    """NoiseStats from the mean of ``n`` rows and their summed squared deviations from it."""
+    trace_cov = examples_per_sample * sq_dev_sum / (n - 1)
+    grad_sq_norm = float(mean @ mean)
     return NoiseStats(
         trace_cov=trace_cov,
         grad_sq_norm=grad_sq_norm,
@@ -286,17 +295,8 @@ class _Merged:
 
     def stats(self, examples_per_sample: int = 1) -> NoiseStats:
         """``noise_stats`` of all rows added (each a mean of ``examples_per_sample`` examples)."""
-        trace_cov = examples_per_sample * self.m2 / (self.n - 1)
-        grad_sq_norm = float(self.mean @ self.mean)
         batch = self.n * examples_per_sample
-        return NoiseStats(
-            trace_cov=trace_cov,
-            grad_sq_norm=grad_sq_norm,
-            gns=_ratio(trace_cov, grad_sq_norm),
-            snr=_ratio(grad_sq_norm, trace_cov / batch),
-            batch_size=batch,
-            num_samples=self.n,
-        )
+        return _stats_from_moments(self.mean, self.m2, self.n, examples_per_sample, batch)
 
 
 def _capture_rank_gradient(probe, bucket):  # no annotations: DDP checks them as objects
