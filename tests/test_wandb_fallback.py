@@ -1,4 +1,5 @@
-"""W&B never blocks a run: no credentials or an unreachable server -> offline, with a warning."""
+"""W&B never blocks a run: no credentials or an unreachable server -> offline, with a warning;
+a job keeps one W&B run across resumes."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 from test_cli import run_train
 
 from optprobe.analysis.wandb_offline import offline_run_dirs, read_wandb_run
-from optprobe.wandb_setup import resolve_mode, server_reachable
+from optprobe.wandb_setup import job_run_id, resolve_mode, server_reachable, wandb_logger
 
 pytestmark = pytest.mark.timeout(120)  # a hang fails the test instead of stalling the tier
 
@@ -84,3 +85,14 @@ def test_run_with_unreachable_server_completes_offline(tmp_path, closed_url):
     runs = offline_run_dirs(tmp_path)
     assert len(runs) == 1
     assert len([h for h in read_wandb_run(runs[0]).history if "train/loss" in h]) == 6
+
+
+def test_run_id_follows_the_job_folder(wandb_env, tmp_path):
+    wandb_env.setenv("WANDB_MODE", "offline")
+    first = wandb_logger(save_dir=str(tmp_path / "job"))
+    again = wandb_logger(save_dir=str(tmp_path / "job"))  # the job resumed in its folder
+    other = wandb_logger(save_dir=str(tmp_path / "other"))
+    assert first.version == again.version == job_run_id(str(tmp_path / "job"))
+    assert other.version != first.version
+    wandb_env.setenv("WANDB_RUN_ID", "chosen-by-hand")
+    assert wandb_logger(save_dir=str(tmp_path / "job")).version == "chosen-by-hand"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import netrc
 import os
 import socket
@@ -97,6 +98,11 @@ def hydra_identity() -> tuple[str | None, list[str]]:
     return group, list(hc.overrides.task)
 
 
+def job_run_id(job_dir: str) -> str:
+    """A W&B run id (16 lowercase hex digits) determined by the absolute job folder."""
+    return hashlib.sha256(os.path.abspath(job_dir).encode()).hexdigest()[:16]
+
+
 def wandb_logger(
     save_dir: str,
     project: str = "optprobe",
@@ -106,10 +112,15 @@ def wandb_logger(
     tags: Sequence[str] = (),
     mode: str = "auto",
 ) -> WandbLogger:
-    """A Lightning ``WandbLogger`` whose group is the Hydra sweep and whose name is the overrides."""
+    """A Lightning ``WandbLogger`` whose group is the Hydra sweep and whose name is the overrides.
+
+    The run id comes from the job folder (or ``WANDB_RUN_ID``), so a job that resumes in its
+    folder (a SLURM requeue, ``ckpt_path=``) continues its W&B run instead of starting another.
+    """
     sweep_group, overrides = hydra_identity()
     return WandbLogger(
         save_dir=save_dir,
+        id=os.environ.get("WANDB_RUN_ID") or job_run_id(save_dir),
         project=project,
         entity=entity,
         group=group or sweep_group,

@@ -93,6 +93,28 @@ def test_local_store_and_wandb_offline_give_the_same_table(sweep):
     )
 
 
+def test_resumed_job_keeps_one_wandb_run(tmp_path, monkeypatch):
+    """Stop after 3 steps, resume in the same folder: two W&B starts of one run, read as one."""
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    job = tmp_path / "job"
+    common = ["debug=smoke", "probes=[step]", "logger=wandb", "trainer.val_check_interval=null"]
+    train(compose_config([*common, "trainer.max_steps=3"], job))
+    wandb.finish()
+    ckpt = job / "checkpoints" / "last.ckpt"
+    train(compose_config([*common, "trainer.max_steps=4", f"ckpt_path={ckpt}"], job))
+    wandb.finish()
+    starts = sorted((job / "wandb").glob("offline-run-*"))
+    assert len(starts) == 2 and starts[0].name[-16:] == starts[1].name[-16:]  # one run id
+    (offline,) = load_wandb_offline_runs(tmp_path)
+    (local,) = load_local_runs(tmp_path)
+    assert offline.extra["starts"] == 2
+    assert list(offline.history["step"]) == list(local.history["step"]) == [0, 1, 2, 3]
+    for key in ("train/loss", "step/inst_gap"):
+        np.testing.assert_allclose(offline.history[key], local.history[key], rtol=1e-6)
+
+
 def test_analyze_cli_writes_the_report(sweep, capsys):
     assert analyze_main([str(sweep)]) == 0
     out = capsys.readouterr().out

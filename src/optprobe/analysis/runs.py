@@ -95,22 +95,27 @@ def history_from_rows(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
 
 def load_wandb_offline_runs(root: str | Path) -> list[RunRecord]:
     """Every W&B run folder (``wandb/offline-run-*``) under ``root``, read back locally. The
-    run id is the job folder holding it, so it matches ``load_local_runs``."""
+    run id is the job folder holding it, so it matches ``load_local_runs``. A job that resumed
+    (requeue, ``ckpt_path=``) has one folder per start, all of the same W&B run: their
+    histories are joined in order (later values win at a step) into one record."""
     root = Path(root).resolve()
-    records = []
-    for run_dir in offline_run_dirs(root):
-        rec = read_wandb_run(run_dir)
+    parts: dict[Path, list[tuple[Path, Any]]] = {}
+    for run_dir in offline_run_dirs(root):  # sorted: offline-run-<start time>-<id>
         job_folder = run_dir.parent.parent  # <job>/wandb/offline-run-*
         if "reference_runs" in job_folder.relative_to(root).parts:
             continue
+        parts.setdefault(job_folder, []).append((run_dir, read_wandb_run(run_dir)))
+    records = []
+    for job_folder, starts in parts.items():
+        last_dir, last = starts[-1]
         records.append(
             RunRecord(
                 run_id=_job_id(job_folder, root),
                 source="wandb-offline",
-                location=str(run_dir),
-                config=flatten({k: v for k, v in rec.config.items() if not k.startswith("_")}),
-                history=history_from_rows(rec.history),
-                extra={"name": rec.name, "summary": rec.summary},
+                location=str(last_dir),
+                config=flatten({k: v for k, v in last.config.items() if not k.startswith("_")}),
+                history=history_from_rows(row for _, rec in starts for row in rec.history),
+                extra={"name": last.name, "summary": last.summary, "starts": len(starts)},
             )
         )
     return records
