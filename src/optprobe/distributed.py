@@ -21,7 +21,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
 import torch.distributed as dist
 from torch import Tensor
 
@@ -49,35 +48,24 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def rank_mean(value: Tensor) -> Tensor:
-    """Mean of ``value`` over the data-parallel ranks (``value`` itself with one rank).
-
-    An explicit all-reduce of the sum, then a division. Ranks hold equal batches (Lightning's
-    DistributedSampler pads the data to a multiple of the world size), so the mean of per-rank
-    batch means is the mean over the global batch, and it is what DDP averages gradients to.
-    """
-    size = world_size()
-    if size == 1:
-        return value
-    total = value.detach().clone()
-    dist.all_reduce(total, op=dist.ReduceOp.SUM)
-    return total / size
-
-
-def rank_mean_float(value: float, device: torch.device) -> float:
-    """``rank_mean`` of a Python float (float64 on ``device``, as NCCL needs CUDA tensors)."""
-    if world_size() == 1:
-        return float(value)
-    return float(rank_mean(torch.tensor(float(value), dtype=torch.float64, device=device)))
-
-
 def rank_sum(value: Tensor) -> Tensor:
-    """Sum of ``value`` over the data-parallel ranks (an explicit all-reduce)."""
+    """Sum of ``value`` over the data-parallel ranks (an explicit all-reduce; ``value`` itself
+    with one rank)."""
     if world_size() == 1:
         return value
     total = value.detach().clone()
     dist.all_reduce(total, op=dist.ReduceOp.SUM)
     return total
+
+
+def rank_mean(value: Tensor) -> Tensor:
+    """Mean of ``value`` over the data-parallel ranks: ``rank_sum`` divided by their number.
+
+    Ranks hold equal batches (``EpochShuffleSampler`` pads each epoch to a multiple of the
+    world size), so the mean of per-rank batch means is the mean over the global batch, and
+    it is what DDP averages gradients to.
+    """
+    return rank_sum(value) / world_size()
 
 
 def from_rank_zero(value: Any) -> Any:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import os
 import subprocess
@@ -202,7 +201,6 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             datamodule.setup("fit")
             check_model_fits_data(module.net, datamodule, cfg)
             resolved = OmegaConf.to_container(cfg, resolve=True)
-            worker_config = copy.deepcopy(resolved)
             resolved["choices"] = hydra_choices()
             module.run_config = config_fingerprint(resolved)
             if primary:
@@ -214,7 +212,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
                 for logger in objects["loggers"]:
                     logger.log_hyperparams(resolved)
             if isinstance(workers, DDPWorkers):
-                workers.start(worker_config)
+                workers.start(OmegaConf.to_container(cfg, resolve=True))
             trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         metrics = to_float_dict(trainer.callback_metrics)
         if not primary:

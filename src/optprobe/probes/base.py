@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from optprobe.distributed import from_rank_zero, rank_mean
-from optprobe.probes.functional import ParamDict, trainable_params
+from optprobe.probes.functional import ParamDict, functional_loss, trainable_params
 
 Batch = tuple[Tensor, Tensor]
 
@@ -219,6 +219,18 @@ class ProbeCallback(Callback):
         """f_t(x_t): the training loss of the current step on the global batch (nats; the mean
         over the micro-batches, and over the DDP ranks)."""
         return float(rank_mean(torch.stack(self.window_losses).sum()))
+
+    def window_mean_loss(self, pl_module: pl.LightningModule, params: ParamDict) -> float:
+        """f_t at ``params`` on the step's batch (nats; mean over its micro-batches and the DDP
+        ranks), one forward per micro-batch through the functional view of the network."""
+        with torch.no_grad():
+            local = torch.stack(
+                [
+                    functional_loss(pl_module.net, x, y, pl_module.loss_fn)(params).double()
+                    for x, y in self.window
+                ]
+            ).mean()
+        return float(self.global_mean(local))
 
     def global_mean(self, value: Tensor) -> Tensor:
         """A probe pass on this rank's part of the step's batch, averaged over the DDP ranks so

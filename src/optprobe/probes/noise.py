@@ -479,10 +479,12 @@ class NoiseProbe(ProbeCallback):
         shard = sum(inputs.shape[0] for inputs, _ in self.window)
         device = pl_module.device
         small_sq = float(rank_mean(torch.as_tensor(self.rank_sq_norm, device=device)))
-        big_sq = sum(
-            float(p.grad.double().pow(2).sum())
-            for p in trainable_params(pl_module.net).values()
-            if p.grad is not None
+        big_sq = float(
+            sum(
+                p.grad.double().pow(2).sum()
+                for p in trainable_params(pl_module.net).values()
+                if p.grad is not None
+            )
         )
         grad_sq, trace_cov, gns = two_batch_estimates(small_sq, shard, big_sq, ranks * shard)
         return {

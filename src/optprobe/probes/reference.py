@@ -26,7 +26,7 @@ from typing_extensions import override
 
 from optprobe.probes.aggregates import RunningAggregates
 from optprobe.probes.base import ProbeCallback, all_finite
-from optprobe.probes.functional import ParamDict, flatten, functional_loss
+from optprobe.probes.functional import ParamDict, flatten
 from optprobe.probes.step import float_tolerance
 
 
@@ -116,7 +116,6 @@ class ReferenceProbe(ProbeCallback):
             )
         # checked here, before training; device and dtype are matched in on_train_start
         self.ref_params = load_reference_params(self.ckpt, self.params(pl_module))
-        self.x_ref = flatten(self.ref_params.values())
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -128,21 +127,13 @@ class ReferenceProbe(ProbeCallback):
 
     def before_step(self, trainer, pl_module, optimizer, step: int) -> None:
         params = self.params(pl_module)
-        with torch.no_grad():
-            local = torch.stack(
-                [
-                    functional_loss(pl_module.net, x, y, pl_module.loss_fn)(
-                        self.ref_params
-                    ).double()
-                    for x, y in self.window
-                ]
-            ).mean()
-        loss_ref = float(self.global_mean(local))
+        loss_ref = self.window_mean_loss(pl_module, self.ref_params)
         grad = flatten(
             torch.zeros_like(p) if p.grad is None else p.grad.detach() for p in params.values()
         )
         x = flatten(p.detach() for p in params.values())
-        values = reference_quantities(self.window_loss(), loss_ref, grad, x, self.x_ref)
+        loss_x = self.window_loss()
+        values = reference_quantities(loss_x, loss_ref, grad, x, self.x_ref)
         finite = {k: v for k, v in values.items() if k not in ("pl", "weak_cvx")}
         if not all_finite(finite):
             self.log_values(trainer, pl_module, self.skip("non-finite value"))
@@ -152,7 +143,7 @@ class ReferenceProbe(ProbeCallback):
         cum_lin = self.agg.add("lin", values["lin"])
         cum_excess = self.agg.add("excess", values["excess"])
         out["ratio"] = cum_lin / cum_excess if cum_excess != 0 else math.nan
-        out["float_tol"] = float_tolerance(pl_module, max(abs(self.window_loss()), abs(loss_ref)))
+        out["float_tol"] = float_tolerance(pl_module, max(abs(loss_x), abs(loss_ref)))
         out["frac_gap_held"] = self.agg.record_held("gap", values["gap"] <= out["float_tol"])
         out["skipped"] = float(self.num_skipped)
         self.log_values(trainer, pl_module, {f"ref/{k}": v for k, v in out.items()})

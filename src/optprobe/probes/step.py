@@ -176,16 +176,13 @@ class StepProbe(ProbeCallback):
         finishing = self.scheme == "next_batch" and self._pending is not None
         # g_t is needed for a probed update (same_batch) or to finish the pending one
         # (next_batch); neighbouring steps only record x_t for Δ.
-        grad_now = None
+        loss_now = grad_now = None
         if self.is_probe_step(step) or finishing:
+            loss_now = self.window_loss()
             grad_now = flatten(
                 torch.zeros_like(p) if p.grad is None else p.grad.detach() for p in params.values()
             )
-        self._at_step = {
-            "loss": self.window_loss(),
-            "grad": grad_now,
-            "lr": optimizer.param_groups[0]["lr"],
-        }
+        self._at_step = {"loss": loss_now, "grad": grad_now, "lr": optimizer.param_groups[0]["lr"]}
         if finishing:
             self._finish_next_batch(trainer, pl_module, params)
         if self.curv_dir and self.is_probe_step(step):
@@ -217,16 +214,6 @@ class StepProbe(ProbeCallback):
         packed = self.global_mean(local)  # one all-reduce for both
         return float(packed[-1]), packed[:-1]
 
-    def _mean_loss(self, pl_module, params: ParamDict) -> float:
-        with torch.no_grad():
-            local = torch.stack(
-                [
-                    functional_loss(pl_module.net, x, y, pl_module.loss_fn)(params).double()
-                    for x, y in self.window
-                ]
-            ).mean()
-        return float(self.global_mean(local))
-
     def _probe_same_batch(self, trainer, pl_module, params: ParamDict, info: dict) -> None:
         if self._skip_tiny(trainer, pl_module, info):
             return
@@ -247,7 +234,7 @@ class StepProbe(ProbeCallback):
         if self.old_point_keys:
             loss_old, grad_old = self._mean_loss_and_grad(pl_module, old_params)
         else:
-            loss_old, grad_old = self._mean_loss(pl_module, old_params), None
+            loss_old, grad_old = self.window_mean_loss(pl_module, old_params), None
         now = self._at_step
         values = step_quantities(
             loss_old, now["loss"], now["grad"], info["delta"], grad_old, info["delta_prev"]
