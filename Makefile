@@ -29,7 +29,7 @@ reproduce: setup
 	$(PY) train.py -m experiment=study_logreg optimizer=sgdm,adamw seed=$(SEEDS) hydra.sweep.dir=$(REPRO_DIR)/logreg
 	$(PY) train.py -m experiment=study_cnn optimizer=sgdm,adamw seed=$(SEEDS) hydra.sweep.dir=$(REPRO_DIR)/cnn
 	$(PY) train.py -m experiment=study_gpt optimizer=sgdm,adamw seed=$(SEEDS) hydra.sweep.dir=$(REPRO_DIR)/gpt
-	$(PY) -m optprobe.analyze $(REPRO_DIR)
+	$(PY) -m optprobe.cli.analyze $(REPRO_DIR)
 
 ## probe overhead, cost per estimate and peers (Cockpit, PyHessian, curvlinops, BackPACK):
 ## writes benchmarks/results/<device>-<mode>.{json,md}

@@ -180,7 +180,7 @@ def trace_study(matvec, dim: int, device, samples: int, rel_se: float) -> dict[s
 
 def measure_costs(setup, args, device) -> dict[str, Any]:
     from optprobe.probes.curvature import forward_mode_blocker
-    from optprobe.probes.functional import (
+    from optprobe.estimators.functional import (
         functional_loss,
         hvp_double_backward,
         hvp_forward_over_reverse,

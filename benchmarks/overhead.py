@@ -169,7 +169,7 @@ def run_block(setup, kind: str, cadence: int, steps: int, args, device, memory) 
     """Train a fresh copy for WARMUP_STEPS + ``steps`` steps; time the last ``steps``."""
     import pytorch_lightning as pl
 
-    from optprobe.run_store import MemoryLogger
+    from optprobe.run.run_store import MemoryLogger
 
     callbacks = make_callbacks(kind, cadence, WARMUP_STEPS)
     module = make_module(setup, kind, cadence, WARMUP_STEPS, device)

@@ -10,7 +10,7 @@ import torch
 from conftest import CONF_DIR
 from hydra.utils import instantiate
 
-from optprobe.train import build
+from optprobe.run.build import build, expand_shorthands
 
 
 def options(group: str) -> list[str]:
@@ -89,6 +89,7 @@ def test_other_groups_build_a_trainer(make_cfg, cifar_dir, group, option):
     if option == "gpu" and not torch.cuda.is_available():
         assert cfg.trainer.accelerator == "gpu"
         pytest.skip("trainer=gpu composes; instantiating it needs a CUDA device")
+    expand_shorthands(cfg)
     objects = build(cfg)
     assert isinstance(objects["trainer"], pl.Trainer)
     if group == "logger" and option == "none":
@@ -117,7 +118,7 @@ def test_hydra_dirs_have_microseconds():
 
 
 def test_model_that_cannot_read_data_fails_before_training(make_cfg):
-    from optprobe.train import train
+    from optprobe.run.job import train
 
     cfg = make_cfg(["model=gpt", "data=digits", "debug=smoke"])
     with pytest.raises(Exception, match="data"):

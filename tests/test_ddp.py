@@ -15,9 +15,9 @@ import pytorch_lightning as pl
 import torch
 from test_cli import run_train
 
-from optprobe.probes.functional import functional_loss, loss_and_grad, trainable_params
+from optprobe.estimators.functional import functional_loss, loss_and_grad, trainable_params
 from optprobe.probes.noise import per_example_grads, two_batch_from_shards
-from optprobe.train import build
+from optprobe.run.build import build
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from optprobe.train import train
+from optprobe.run.job import train
 
 FAMILIES = {
     "logreg": ["model=logreg", "data=synthetic"],
@@ -115,7 +115,7 @@ def test_reference_run_is_reused(make_cfg, capsys):
 
 
 def test_probes_budget_fraction_on_the_command_line(make_cfg):
-    from optprobe.probes.budget import OverheadBudget
+    from optprobe.callbacks.budget import OverheadBudget
 
     cfg = make_cfg(["debug=smoke", "probes.budget=0.2", "trainer.max_steps=12"])
     _, objects = train(cfg)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 
-from optprobe.train import train
+from optprobe.run.job import train
 
 COMMON = [
     "debug=smoke",
@@ -96,7 +96,7 @@ def fake_slurm_job(tmp_path, monkeypatch) -> Path:
 
 
 def test_preemption_signal_checkpoints_the_step_requeues_and_resumes_exactly(
-    make_cfg, fake_slurm_job
+    make_cfg, fake_slurm_job, capsys
 ):
     full = make_cfg([*COMMON, "trainer.max_steps=10"], name="full")
     train(full)
@@ -104,8 +104,8 @@ def test_preemption_signal_checkpoints_the_step_requeues_and_resumes_exactly(
     first = make_cfg(
         [*COMMON, "trainer.max_steps=10", signal_cb, "+callbacks.signal.step=5"], name="job"
     )
-    with pytest.warns(UserWarning, match="requeue 4242` failed"):
-        train(first)
+    train(first)
+    assert "requeue 4242` failed" in capsys.readouterr().out
     job = Path(first.paths.output_dir)
     summary = json.loads((job / "summary.json").read_text())
     assert summary["status"] == "preempted at step 6"  # step 5 finished, then checkpointed

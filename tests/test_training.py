@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from optprobe.train import train
+from optprobe.run.job import train
 
 FAMILIES = {
     "logreg": ["model=logreg", "data=synthetic", "optimizer=sgd", "optimizer.lr=0.5"],

@@ -13,8 +13,8 @@ from conftest import ROOT, compose_config
 
 from optprobe.analysis.runs import load_local_runs, load_wandb_offline_runs
 from optprobe.analysis.sweep import build_tables, findings
-from optprobe.analyze import main as analyze_main
-from optprobe.train import train
+from optprobe.cli.analyze import main as analyze_main
+from optprobe.run.job import train
 
 pytestmark = pytest.mark.slow
 

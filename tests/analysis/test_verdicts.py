@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from optprobe.analysis.stats import quantile_regression_line
+from optprobe.assumptions import ASSUMPTIONS
 from optprobe.analysis.verdicts import (
-    ASSUMPTIONS,
     AssumptionVerdict,
     RunVerdict,
     read_metrics_csv,
@@ -37,21 +37,6 @@ def frame(n: int, **columns) -> pd.DataFrame:
     return pd.DataFrame(data)
 
 
-def test_assumptions_registry():
-    assert list(ASSUMPTIONS) == [
-        "inst_gap",
-        "inst_gap_old",
-        "descent_bound",
-        "ref_gap",
-        "l0l1_smooth",
-        "bounded_variance",
-        "affine_variance",
-    ]
-    assert ASSUMPTIONS["inst_gap"][0] == "convex along the step, from x_{t+1}"
-    assert ASSUMPTIONS["descent_bound"][0] == "L-smoothness predicts the progress"
-    assert all(isinstance(d, str) and d for _, d in ASSUMPTIONS.values())
-
-
 # --------------------------------------------------------------------------- sign checks
 
 
@@ -64,7 +49,7 @@ def test_inst_gap_73_of_100():
     assert v.fraction == pytest.approx(0.73)
     assert (v.ci_low, v.ci_high) == pytest.approx(hand_wilson(73, 100), abs=1e-12)
     assert (v.ci_low, v.ci_high) == pytest.approx((0.6356788, 0.8073042), abs=1e-6)
-    assert v.label == ASSUMPTIONS["inst_gap"][0]
+    assert v.label == ASSUMPTIONS["inst_gap"].label
 
 
 def test_sign_checks_and_nan_rows_ignored():

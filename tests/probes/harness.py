@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from optprobe.models.lit_module import TrainingModule
-from optprobe.run_store import MemoryLogger
+from optprobe.run.run_store import MemoryLogger
 
 
 class ArrayData(pl.LightningDataModule):

@@ -10,8 +10,8 @@ import torch
 from harness import fit
 from torch import nn
 
-from optprobe.probes.budget import CadenceController, OverheadBudget
-from optprobe.probes.functional import functional_loss
+from optprobe.callbacks.budget import CadenceController, OverheadBudget
+from optprobe.estimators.functional import functional_loss
 from optprobe.probes.noise import NoiseProbe
 from optprobe.probes.step import StepProbe
 
@@ -257,10 +257,12 @@ def test_callback_state_round_trip():
 
 
 def test_budget_config_composes_with_the_probes(make_cfg):
-    from optprobe.instantiate import instantiate_named
+    from optprobe.run.build import expand_shorthands, instantiate_named
 
     cfg = make_cfg(["probes=[standard,budget]", "probes.budget.budget=0.2"])
-    objects = instantiate_named(cfg.probes, "probes")
+    expand_shorthands(cfg)
+    assert "budget" not in cfg.probes  # a callback, not a probe
+    objects = instantiate_named(cfg.callbacks, "callbacks")
     budgets = [o for o in objects if isinstance(o, OverheadBudget)]
     assert len(budgets) == 1 and budgets[0].budget == 0.2
     assert budgets[0].controller.max_every == 1000

@@ -11,7 +11,7 @@ import torch
 from scipy.integrate import trapezoid
 from torch import Tensor, nn
 
-from optprobe.probes import functional as F
+from optprobe.estimators import functional as F
 from optprobe.probes.curvature import (
     EigenEstimate,
     extreme_eigenvalues,

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from optprobe.probes.functional import functional_loss, trainable_params
+from optprobe.estimators.functional import functional_loss, trainable_params
 from optprobe.probes.noise import (
     NoiseStats,
     microbatch_grads,

@@ -18,7 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from optprobe.analysis.verdicts import SIGN_CHECKS
+from optprobe.assumptions import ASSUMPTIONS, Assumption
 
 __all__ = [
     "ASSUMPTION_ORDER",
@@ -35,15 +35,7 @@ __all__ = [
 DPI = 110
 
 #: Canonical display order of the assumption ids; unknown ids follow in sorted order.
-ASSUMPTION_ORDER: tuple[str, ...] = (
-    "descent_bound",
-    "l0l1_smooth",
-    "inst_gap",
-    "inst_gap_old",
-    "ref_gap",
-    "bounded_variance",
-    "affine_variance",
-)
+ASSUMPTION_ORDER: tuple[str, ...] = tuple(ASSUMPTIONS)
 
 #: Comparison-table measures (column stem, human label), in plotting order.
 COMPARISON_MEASURES: tuple[tuple[str, str], ...] = (
@@ -76,8 +68,17 @@ _TRAJECTORY_TITLES = {
 
 
 #: Per-step "held" condition for each history key that has one: (columns needed, condition).
+def _held_on_rows(assumption: Assumption) -> Callable[[pd.DataFrame], pd.Series]:
+    def held(df: pd.DataFrame) -> pd.Series:
+        tol_key = assumption.tolerance_key
+        tol = df[tol_key].fillna(0.0) if tol_key in df.columns else 0.0
+        return assumption.holds({k: df[k] for k in assumption.keys}, tol)
+
+    return held
+
+
 HELD_CONDITIONS: dict[str, tuple[tuple[str, ...], Callable[[pd.DataFrame], pd.Series]]] = {
-    key: (columns, held) for key, columns, held in SIGN_CHECKS.values()
+    a.keys[0]: (a.keys, _held_on_rows(a)) for a in ASSUMPTIONS.values() if a.kind == "sign"
 }
 
 _HELD_COLOR = "#1a9850"

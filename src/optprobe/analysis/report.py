@@ -43,6 +43,7 @@ from optprobe.analysis.plots import (
     plot_optimizer_comparison,
     plot_trajectories,
 )
+from optprobe.assumptions import ASSUMPTIONS
 
 __all__ = [
     "ASSUMPTION_CONDITIONS",
@@ -84,13 +85,7 @@ FIGURES: dict[str, tuple[str, str]] = {
 
 #: What "held" means for each assumption id.
 ASSUMPTION_CONDITIONS: dict[str, str] = {
-    "descent_bound": "L-smooth descent bound predicts the progress: bound ≥ loss change and bound < 0",
-    "l0l1_smooth": "(L0,L1)-smoothness: local smoothness ≤ L0 + L1‖g‖ with the fitted L0, L1",
-    "inst_gap": "convexity along the step, seen from x_{t+1}: loss change − ⟨g⁺, Δ⟩ ≤ 0",
-    "inst_gap_old": "convexity along the step, seen from x_t: loss change − ⟨g, Δ⟩ ≥ 0",
-    "ref_gap": "convexity with respect to the reference point x*: ref/gap ≤ 0",
-    "bounded_variance": "bounded gradient variance: tr Σ ≤ σ0²",
-    "affine_variance": "affine gradient variance: tr Σ ≤ σ0² + σ1²‖G‖²",
+    a.id: f"{a.label}: {a.symbols}" for a in ASSUMPTIONS.values()
 }
 
 _OPTIMIZER_NAMES = {

@@ -22,9 +22,9 @@ import numpy as np
 import pandas as pd
 
 from optprobe.analysis.stats import quantile_regression_line, wilson_interval
+from optprobe.assumptions import ASSUMPTIONS, Assumption
 
 __all__ = [
-    "ASSUMPTIONS",
     "CONFIDENCE",
     "AssumptionVerdict",
     "RunVerdict",
@@ -35,45 +35,6 @@ __all__ = [
 
 CONFIDENCE = 0.95
 """Confidence level of the Wilson interval reported with every fraction."""
-
-ASSUMPTIONS: Mapping[str, tuple[str, str]] = MappingProxyType(
-    {
-        "inst_gap": (
-            "convex along the step, from x_{t+1}",
-            "step/inst_gap <= 0: f_t(x_{t+1}) - f_t(x_t) <= <grad f_t(x_{t+1}), x_{t+1} - x_t>",
-        ),
-        "inst_gap_old": (
-            "convex along the step, from x_t",
-            "step/inst_gap_old >= 0: f_t(x_{t+1}) - f_t(x_t) >= <grad f_t(x_t), x_{t+1} - x_t>",
-        ),
-        "descent_bound": (
-            "L-smoothness predicts the progress",
-            "step/descent_bound >= step/loss_change and step/descent_bound < 0: the descent "
-            "lemma with a global L bounds the loss change and predicts a decrease",
-        ),
-        "ref_gap": (
-            "convex towards x*",
-            "ref/gap <= 0: f_t(x_t) - f_t(x*) <= <grad f_t(x_t), x_t - x*>",
-        ),
-        "l0l1_smooth": (
-            "(L0,L1)-smoothness",
-            "step/smooth_lip <= L0 + L1 * step/grad_norm, with L0, L1 fitted at quantile q on "
-            "the first half of the probed steps, checked on the second half",
-        ),
-        "bounded_variance": (
-            "bounded variance",
-            "noise/trace_cov <= sigma^2, with sigma^2 fitted at quantile q on the first half "
-            "of the probed steps, checked on the second half",
-        ),
-        "affine_variance": (
-            "affine variance",
-            "noise/trace_cov <= sigma0^2 + sigma1^2 * noise/grad_sq_norm, with sigma0^2, "
-            "sigma1^2 fitted at quantile q on the first half of the probed steps, checked on "
-            "the second half",
-        ),
-    }
-)
-"""Assumption id -> (human label, description), in reporting order."""
 
 FAMILY_MAIN_KEYS: Mapping[str, str] = MappingProxyType(
     {
@@ -216,12 +177,12 @@ def _covered(values: np.ndarray, bound: np.ndarray | float) -> np.ndarray:
     return values <= bound + _FIT_RTOL * np.abs(bound)
 
 
-def _verdict(assumption: str, held: np.ndarray) -> AssumptionVerdict:
+def _verdict(assumption: Assumption, held: np.ndarray) -> AssumptionVerdict:
     n_held, n = int(np.count_nonzero(held)), int(held.size)
     low, high = wilson_interval(n_held, n, CONFIDENCE)
     return AssumptionVerdict(
-        assumption=assumption,
-        label=ASSUMPTIONS[assumption][0],
+        assumption=assumption.id,
+        label=assumption.label,
         held=n_held,
         checked=n,
         fraction=n_held / n if n else float("nan"),
@@ -235,7 +196,7 @@ _Fit = Callable[[np.ndarray, np.ndarray], Callable[[np.ndarray], np.ndarray] | N
 
 
 def _out_of_sample(
-    assumption: str, x: np.ndarray, y: np.ndarray, fit: _Fit
+    assumption: Assumption, x: np.ndarray, y: np.ndarray, fit: _Fit
 ) -> AssumptionVerdict | None:
     """Fit on the first half of the (step-ordered) pairs, count the second half on or under."""
     n_fit = x.size // 2
@@ -273,55 +234,38 @@ def _constant_fit(q: float) -> _Fit:
 # --------------------------------------------------------------------------- verdicts
 
 
-def _float_tol(df: pd.DataFrame, family: str) -> pd.Series | float:
-    """The float rounding of the losses (``<family>/float_tol``, nats) within which a sign
-    check counts as held; 0 for runs logged without it."""
-    key = f"{family}/float_tol"
-    return df[key].fillna(0.0) if key in df.columns else 0.0
+def _sign_check(df: pd.DataFrame, assumption: Assumption) -> AssumptionVerdict:
+    """Held on each probed step (rows where every key was logged), within the losses'
+    rounding (the family's ``float_tol``; 0 for runs logged without it)."""
+    rows = df[df[list(assumption.keys)].notna().all(axis=1)]
+    values = {k: rows[k] for k in assumption.keys}
+    tol_key = assumption.tolerance_key
+    values[tol_key] = rows[tol_key].fillna(0.0) if tol_key in rows.columns else 0.0
+    return _verdict(assumption, np.asarray(assumption.held(values), dtype=bool))
 
 
-#: Per-step sign checks: assumption id -> (plotted key, columns needed, df -> held per row).
-SIGN_CHECKS: dict[str, tuple[str, tuple[str, ...], Callable[[pd.DataFrame], pd.Series]]] = {
-    "inst_gap": (
-        "step/inst_gap",
-        ("step/inst_gap",),
-        lambda df: df["step/inst_gap"] <= _float_tol(df, "step"),
-    ),
-    "inst_gap_old": (
-        "step/inst_gap_old",
-        ("step/inst_gap_old",),
-        lambda df: df["step/inst_gap_old"] >= -_float_tol(df, "step"),
-    ),
-    "descent_bound": (
-        "step/descent_bound",
-        ("step/descent_bound", "step/loss_change"),
-        lambda df: (
-            (df["step/descent_bound"] >= df["step/loss_change"] - _float_tol(df, "step"))
-            & (df["step/descent_bound"] < 0)
-        ),
-    ),
-    "ref_gap": ("ref/gap", ("ref/gap",), lambda df: df["ref/gap"] <= _float_tol(df, "ref")),
-}
+def _fitted_form(df: pd.DataFrame, assumption: Assumption, q: float) -> AssumptionVerdict | None:
+    """Constants fitted at quantile q on the first half of the probed steps, checked on the
+    second: ``y <= c`` without an x key, else ``y <= c0 + c1 x``."""
+    x_key, y_key, _ = assumption.fit
+    if x_key is None:
+        (y,) = _rows(df, y_key)
+        return _out_of_sample(assumption, y, y, _constant_fit(q))
+    x, y = _rows(df, x_key, y_key)
+    return _out_of_sample(assumption, x, y, _line_fit(q))
 
 
 def _assumption_verdicts(df: pd.DataFrame, q: float) -> list[AssumptionVerdict]:
+    """One verdict per registry assumption whose keys the run logged, in registry order."""
     out: list[AssumptionVerdict | None] = []
-    for assumption, (_, columns, held) in SIGN_CHECKS.items():
-        if _present(df, *columns):
-            rows = df[df[list(columns)].notna().all(axis=1)]
-            out.append(_verdict(assumption, held(rows).to_numpy()))
-    if _present(df, "step/grad_norm", "step/smooth_lip"):
-        x, y = _rows(df, "step/grad_norm", "step/smooth_lip")
-        out.append(_out_of_sample("l0l1_smooth", x, y, _line_fit(q)))
-    if _present(df, "noise/trace_cov"):
-        (y,) = _rows(df, "noise/trace_cov")
-        out.append(_out_of_sample("bounded_variance", y, y, _constant_fit(q)))
-    if _present(df, "noise/grad_sq_norm", "noise/trace_cov"):
-        x, y = _rows(df, "noise/grad_sq_norm", "noise/trace_cov")
-        out.append(_out_of_sample("affine_variance", x, y, _line_fit(q)))
-    verdicts = [v for v in out if v is not None]
-    order = list(ASSUMPTIONS)
-    return sorted(verdicts, key=lambda v: order.index(v.assumption))
+    for assumption in ASSUMPTIONS.values():
+        if not _present(df, *assumption.keys):
+            continue
+        if assumption.kind == "sign":
+            out.append(_sign_check(df, assumption))
+        else:
+            out.append(_fitted_form(df, assumption, q))
+    return [v for v in out if v is not None]
 
 
 def _finite_values(df: pd.DataFrame, key: str) -> np.ndarray | None:

@@ -11,39 +11,22 @@ from __future__ import annotations
 
 import contextlib
 import math
-import random
 import time
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
 from torch import Tensor, nn
 from typing_extensions import override
 
-from optprobe.distributed import from_rank_zero, rank_mean
-from optprobe.probes.functional import ParamDict, functional_loss, trainable_params
+from optprobe.dist import from_rank_zero, rank_mean
+from optprobe.estimators.functional import ParamDict, functional_loss, trainable_params
+from optprobe.isolation import isolated
+from optprobe.validate import check_choice, check_int, check_optional_int
 
 Batch = tuple[Tensor, Tensor]
-
-
-def check_positive_int(name: str, value: Any, minimum: int = 1, why: str = "") -> int:
-    """``value`` as int >= ``minimum``, or a ValueError that names the config key and the fix."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        reason = f" {why}" if why else ""
-        raise ValueError(
-            f"{name} must be an integer >= {minimum}{reason}, got {value!r}; e.g. {name}=10"
-        )
-    return value
-
-
-def check_nonnegative(name: str, value: Any) -> float:
-    """``value`` as float >= 0, or a ValueError naming the config key."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ValueError(f"{name} must be a number >= 0, got {value!r}")
-    return float(value)
 
 
 def is_log_spaced_step(step: int, per_decade: int) -> bool:
@@ -61,35 +44,6 @@ def has_active_dropout(net: nn.Module) -> bool:
     )
 
 
-@contextlib.contextmanager
-def isolated(net: nn.Module, dropout_off: bool = True) -> Iterator[None]:
-    """Run a probe pass without side effects on RNG streams, modes and buffers.
-
-    Restores the torch (CPU and CUDA), numpy and Python RNG states and every module's
-    train/eval mode; dropout layers are put in eval mode inside (``dropout_off``), so probe
-    passes are deterministic. Buffers are protected separately by functional calls with
-    cloned buffers (see ``optprobe.probes.functional``).
-    """
-    cpu_state = torch.get_rng_state()
-    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-    np_state, py_state = np.random.get_state(), random.getstate()
-    modes = [(m, m.training) for m in net.modules()]
-    try:
-        if dropout_off:
-            for m in net.modules():
-                if isinstance(m, nn.modules.dropout._DropoutNd):
-                    m.eval()
-        yield
-    finally:
-        for m, mode in modes:
-            m.training = mode
-        torch.set_rng_state(cpu_state)
-        if cuda_states is not None:
-            torch.cuda.set_rng_state_all(cuda_states)
-        np.random.set_state(np_state)
-        random.setstate(py_state)
-
-
 class ProbeCallback(Callback):
     """Base of every probe: cadence, which batch, isolation, its own cost, logging, state.
 
@@ -104,8 +58,8 @@ class ProbeCallback(Callback):
         fixed_batch_size: examples in the fixed batch (null: the training batch size).
     """
 
-    family = "probe"
-    config_key = "probes.probe"  # where the probe's settings live in the config
+    family = "probe"  # the key prefix of its metrics (``<family>/<key>``)
+    default_name = "probe"  # its entry name in conf/probes (``probes.<name>``)
     # Probes that compare the training step's own loss with extra passes need the extra
     # passes to see the same function: active dropout would draw another mask.
     refuses_dropout = False
@@ -120,27 +74,28 @@ class ProbeCallback(Callback):
         start_step: int = 0,
         batch: str = "current",
         fixed_batch_size: int | None = None,
+        name: str | None = None,
     ) -> None:
         super().__init__()
+        # The config entry name is the probe's identity: its checkpoint state key, and its key
+        # prefix when it is not the family's default entry (two instances of one probe class).
+        self.name = name or self.default_name
+        self.config_key = f"probes.{self.name}"
+        self.prefix = self.family if self.name == self.default_name else self.name
         prefix = self.config_key
-        self.every_n_steps = check_positive_int(f"{prefix}.every_n_steps", every_n_steps)
-        self.per_decade = check_positive_int(f"{prefix}.per_decade", per_decade)
+        self.every_n_steps = check_int(f"{prefix}.every_n_steps", every_n_steps, 1)
+        self.per_decade = check_int(f"{prefix}.per_decade", per_decade, 1)
         self.log_spaced = bool(log_spaced)
-        if isinstance(start_step, bool) or not isinstance(start_step, int) or start_step < 0:
-            raise ValueError(f"{prefix}.start_step must be an integer >= 0, got {start_step!r}")
-        self.start_step = start_step
-        if batch not in ("current", "fixed"):
-            raise ValueError(f"{prefix}.batch must be 'current' or 'fixed', got {batch!r}")
+        self.start_step = check_int(f"{prefix}.start_step", start_step, 0)
+        check_choice(f"{prefix}.batch", batch, ("current", "fixed"))
         if batch == "fixed" and not self.fixed_batch_allowed:
             raise ValueError(
                 f"{prefix}.batch must be 'current': this probe compares the training step's own "
                 "loss and gradient with extra passes on the same batch"
             )
         self.batch_mode = batch
-        self.fixed_batch_size = (
-            None
-            if fixed_batch_size is None
-            else check_positive_int(f"{prefix}.fixed_batch_size", fixed_batch_size)
+        self.fixed_batch_size = check_optional_int(
+            f"{prefix}.fixed_batch_size", fixed_batch_size, 1
         )
         self.fixed_batch: Batch | None = None
         self.probe_seconds = 0.0
@@ -328,6 +283,8 @@ class ProbeCallback(Callback):
         ``self.log`` rounds Python floats to float32. The step is the one Lightning logs
         ``train/loss`` at, so the run store merges both into one row.
         """
+        if self.prefix != self.family:
+            values = {self._renamed(k): v for k, v in values.items()}
         values = {**values, **self.overhead_keys(trainer)}
         if trainer.sanity_checking or not values or not trainer.is_global_zero:
             return
@@ -335,16 +292,45 @@ class ProbeCallback(Callback):
         for logger in trainer.loggers:
             logger.log_metrics({k: float(v) for k, v in values.items()}, step=step)
 
+    def _renamed(self, key: str) -> str:
+        family, sep, rest = key.partition("/")
+        return f"{self.prefix}/{rest}" if sep and family == self.family else key
+
     def skip(self, reason: str) -> dict[str, float]:
         """Count a skipped probe step; returns the counter keys to log."""
         self.num_skipped += 1
         self.last_skip_reason = reason
         return {f"{self.family}/skipped": float(self.num_skipped)}
 
+    def finite_or_skip(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        values: dict[str, float],
+        step: int,
+        may_be_nan: tuple[str, ...] = (),
+    ) -> bool:
+        """True when every value (except the keys ``may_be_nan``) is finite; otherwise count
+        the step as skipped, log the counter and return False. The one non-finite path of
+        every probe: a NaN/inf probe value is never logged and never a crash."""
+        bad = sorted(k for k, v in values.items() if k not in may_be_nan and not math.isfinite(v))
+        if not bad:
+            return True
+        self.log_values(trainer, pl_module, self.skip(f"step {step}: non-finite {', '.join(bad)}"))
+        return False
+
     # ----------------------------------------------------------------- state
     @property
     def state_key(self) -> str:
-        return f"optprobe.{type(self).__name__}"
+        return f"optprobe.probe.{self.name}"
+
+    @override
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        # Checkpoints written before probes were named keep the state under the class name.
+        states = checkpoint.get("callbacks", {})
+        legacy = f"optprobe.{type(self).__name__}"
+        if self.state_key not in states and legacy in states:
+            self.load_state_dict(states[legacy])
 
     def extra_state(self) -> dict[str, Any]:
         """Running quantities of the subclass (override)."""
@@ -371,8 +357,3 @@ class ProbeCallback(Callback):
         self.num_skipped = state_dict["num_skipped"]
         self.fixed_batch = state_dict["fixed_batch"]
         self.load_extra_state(state_dict["extra"])
-
-
-def all_finite(values: dict[str, float]) -> bool:
-    """True when every value is a finite number."""
-    return all(math.isfinite(v) for v in values.values())

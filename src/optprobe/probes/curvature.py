@@ -29,8 +29,7 @@ import torch
 from torch import Tensor, nn
 from typing_extensions import override
 
-from optprobe.probes.base import ProbeCallback, all_finite, check_positive_int
-from optprobe.probes.functional import (
+from optprobe.estimators.functional import (
     MatVec,
     ParamDict,
     functional_loss,
@@ -38,6 +37,8 @@ from optprobe.probes.functional import (
     hvp_forward_over_reverse,
     trainable_params,
 )
+from optprobe.probes.base import ProbeCallback
+from optprobe.validate import check_int
 
 Device = torch.device | str | None
 
@@ -661,7 +662,7 @@ class CurvatureProbe(ProbeCallback):
     """
 
     family = "curv"
-    config_key = "probes.curvature"
+    default_name = "curvature"
 
     def __init__(
         self,
@@ -679,20 +680,20 @@ class CurvatureProbe(ProbeCallback):
         super().__init__(every_n_steps, **schedule)
         self.last_lambda_max: float | None = None  # read by the step probe (lambda_max source)
         self.max_lambda_max = -math.inf
-        self.lanczos_iters = check_positive_int(f"{self.config_key}.lanczos_iters", lanczos_iters)
+        self.lanczos_iters = check_int(f"{self.config_key}.lanczos_iters", lanczos_iters, 1)
         if isinstance(tol, bool) or not isinstance(tol, int | float) or not 0 < tol < math.inf:
             raise ValueError(
                 f"{self.config_key}.tol must be a finite number > 0, got {tol!r}; e.g. 1e-3"
             )
         self.tol = float(tol)
-        self.hutchinson_samples = check_positive_int(
-            f"{self.config_key}.hutchinson_samples", hutchinson_samples, 2, "for a standard error"
+        self.hutchinson_samples = check_int(
+            f"{self.config_key}.hutchinson_samples", hutchinson_samples, 2
         )
         if not isinstance(esd, bool):
             raise ValueError(f"{self.config_key}.esd must be true or false, got {esd!r}")
         self.esd = esd
-        self.esd_iters = check_positive_int(f"{self.config_key}.esd_iters", esd_iters)
-        self.esd_probes = check_positive_int(f"{self.config_key}.esd_probes", esd_probes)
+        self.esd_iters = check_int(f"{self.config_key}.esd_iters", esd_iters, 1)
+        self.esd_probes = check_int(f"{self.config_key}.esd_probes", esd_probes, 1)
         if hvp not in HVP_MODES:
             raise ValueError(
                 f"{self.config_key}.hvp must be one of {', '.join(HVP_MODES)}, got {hvp!r}; "
@@ -828,7 +829,7 @@ class CurvatureProbe(ProbeCallback):
                 f"{self.config_key}.hvp=forward_over_reverse failed on this network ({err}); "
                 f"use {self.config_key}.hvp=double_backward"
             ) from err
-        if not all_finite(values):
+        if not all(math.isfinite(v) for v in values.values()):
             bad = sorted(k for k, v in values.items() if not math.isfinite(v))
             values, esd = self.skip(f"step {step}: non-finite {', '.join(bad)}"), None
         if "curv/lambda_max" in values:

@@ -20,22 +20,23 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.func import functional_call, grad, vmap
 from torch.nn.parallel import DistributedDataParallel
 from typing_extensions import override
 
-from optprobe.distributed import rank_mean, rank_sum, world_size
-from optprobe.probes.base import ProbeCallback, all_finite, check_positive_int
-from optprobe.probes.functional import (
+from optprobe.dist import rank_mean, rank_sum, world_size
+from optprobe.estimators.functional import (
     LossOfParams,
     ParamDict,
     functional_loss,
     loss_and_grad,
     trainable_params,
 )
+from optprobe.log import say, warn
+from optprobe.probes.base import ProbeCallback
+from optprobe.validate import check_int
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 LossFactory = Callable[[Tensor, Tensor], LossOfParams]
@@ -360,7 +361,7 @@ class NoiseProbe(ProbeCallback):
     """
 
     family = "noise"
-    config_key = "probes.noise"
+    default_name = "noise"
 
     def __init__(
         self,
@@ -377,13 +378,13 @@ class NoiseProbe(ProbeCallback):
                 f"e.g. {self.config_key}.method=auto"
             )
         self.method = method
-        self.num_microbatches = check_positive_int(
-            f"{self.config_key}.num_microbatches", num_microbatches, 2, "for a covariance"
+        self.num_microbatches = check_int(
+            f"{self.config_key}.num_microbatches", num_microbatches, 2
         )
         self.chunk_size = (
             None
             if chunk_size is None
-            else check_positive_int(f"{self.config_key}.chunk_size", chunk_size)
+            else check_int(f"{self.config_key}.chunk_size", chunk_size, 1)
         )
         #: the method in use (``per_example`` or ``microbatch``); ``auto`` is decided in setup
         self.method_used = "microbatch" if method == "microbatch" else "per_example"
@@ -408,7 +409,7 @@ class NoiseProbe(ProbeCallback):
             self.method_used = "per_example" if ok else "microbatch"
             self._resolved = True
             why = "" if ok else f" ({reason})"
-            rank_zero_info(f"{self.config_key}: method=auto uses {self.method_used}{why}")
+            say(f"{self.config_key}: method=auto uses {self.method_used}{why}")
 
     def measure(self, net: nn.Module, loss_fn: Any, inputs: Tensor, targets: Tensor) -> NoiseStats:
         """Noise statistics of the loss at the live parameters of ``net`` on this batch.
@@ -462,7 +463,7 @@ class NoiseProbe(ProbeCallback):
             model.register_comm_hook(state=self, hook=_capture_rank_gradient)
             self._rank_hook = True
         except RuntimeError as err:  # another communication hook is registered
-            rank_zero_warn(f"{self.config_key}: no two-batch noise estimate under DDP ({err})")
+            warn(f"{self.config_key}: no two-batch noise estimate under DDP ({err})")
 
     @override
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
@@ -513,7 +514,7 @@ class NoiseProbe(ProbeCallback):
             "noise/batch_size": float(st.batch_size),
             **two_batch,
         }
-        if not all_finite(values):
+        if not all(math.isfinite(v) for v in values.values()):
             bad = sorted(k for k, v in values.items() if not math.isfinite(v))
             values = self.skip(f"step {step}: non-finite {', '.join(bad)}")
         else:

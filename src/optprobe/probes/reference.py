@@ -16,7 +16,6 @@ probe checks that the replay ended at x* and says so in the job summary when it 
 from __future__ import annotations
 
 import math
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +23,11 @@ import pytorch_lightning as pl
 import torch
 from typing_extensions import override
 
+from optprobe.assumptions import ASSUMPTIONS
+from optprobe.estimators.functional import ParamDict, flatten
+from optprobe.log import warn
 from optprobe.probes.aggregates import RunningAggregates
-from optprobe.probes.base import ProbeCallback, all_finite
-from optprobe.probes.functional import ParamDict, flatten
+from optprobe.probes.base import ProbeCallback
 from optprobe.probes.step import float_tolerance
 
 
@@ -79,7 +80,7 @@ class ReferenceProbe(ProbeCallback):
 
     Per probed step: ``gap``, ``excess`` (f_t(x_t) - f_t(x*)), ``lin`` (<g_t, x_t - x*>),
     ``pl``, ``weak_cvx``, ``dist``; aggregates ``ratio`` (cumulative Σlin/Σexcess),
-    ``frac_gap_held`` (fraction of probed steps with gap ≤ 0), ``skipped``.
+    ``frac_ref_gap_held`` (fraction of probed steps with gap ≤ 0), ``skipped``.
 
     Args (also the base's cadence arguments: log_spaced, per_decade, start_step):
         ckpt: Lightning checkpoint holding x* (``optprobe.train`` sets it when null).
@@ -87,7 +88,7 @@ class ReferenceProbe(ProbeCallback):
     """
 
     family = "ref"
-    config_key = "probes.reference"
+    default_name = "reference"
     refuses_dropout = True
     fixed_batch_allowed = False
 
@@ -134,9 +135,7 @@ class ReferenceProbe(ProbeCallback):
         x = flatten(p.detach() for p in params.values())
         loss_x = self.window_loss()
         values = reference_quantities(loss_x, loss_ref, grad, x, self.x_ref)
-        finite = {k: v for k, v in values.items() if k not in ("pl", "weak_cvx")}
-        if not all_finite(finite):
-            self.log_values(trainer, pl_module, self.skip("non-finite value"))
+        if not self.finite_or_skip(trainer, pl_module, values, step, ("pl", "weak_cvx")):
             return
         self.num_probed += 1
         out = dict(values)
@@ -144,7 +143,9 @@ class ReferenceProbe(ProbeCallback):
         cum_excess = self.agg.add("excess", values["excess"])
         out["ratio"] = cum_lin / cum_excess if cum_excess != 0 else math.nan
         out["float_tol"] = float_tolerance(pl_module, max(abs(loss_x), abs(loss_ref)))
-        out["frac_gap_held"] = self.agg.record_held("gap", values["gap"] <= out["float_tol"])
+        gap = ASSUMPTIONS["ref_gap"]
+        held = bool(gap.held({f"ref/{k}": v for k, v in out.items()}))
+        out[gap.running_key.removeprefix("ref/")] = self.agg.record_held(gap.id, held)
         out["skipped"] = float(self.num_skipped)
         self.log_values(trainer, pl_module, {f"ref/{k}": v for k, v in out.items()})
 
@@ -154,12 +155,11 @@ class ReferenceProbe(ProbeCallback):
         rel = float((x_final - self.x_ref).norm() / self.x_ref.norm().clamp_min(1e-30))
         self.replay = {"final_rel_dist": rel, "matches": rel <= self.replay_rtol}
         if not self.replay["matches"]:
-            warnings.warn(
+            warn(
                 f"reference probe: the run ended {rel:.3g} (relative) away from x* in "
                 f"{self.ckpt}; it did not replay the reference trajectory (different config, "
                 "seed, data order or non-deterministic kernels), so ref/* compare against a "
-                "point of another trajectory",
-                stacklevel=2,
+                "point of another trajectory"
             )
 
     def final_summary(self) -> dict[str, Any]:

@@ -22,9 +22,8 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from optprobe.probes.aggregates import RunningAggregates
-from optprobe.probes.base import ProbeCallback, all_finite, check_nonnegative
-from optprobe.probes.functional import (
+from optprobe.assumptions import of_family
+from optprobe.estimators.functional import (
     ParamDict,
     flatten,
     functional_loss,
@@ -32,6 +31,9 @@ from optprobe.probes.functional import (
     loss_and_grad,
     unflatten_like,
 )
+from optprobe.probes.aggregates import RunningAggregates
+from optprobe.probes.base import ProbeCallback
+from optprobe.validate import check_choice, check_number
 
 SCHEMES = ("auto", "same_batch", "next_batch")
 L_SOURCES = ("running_max_lip", "lambda_max")
@@ -123,7 +125,7 @@ class StepProbe(ProbeCallback):
     """
 
     family = "step"
-    config_key = "probes.step"
+    default_name = "step"
     refuses_dropout = True
     fixed_batch_allowed = False
 
@@ -141,23 +143,19 @@ class StepProbe(ProbeCallback):
         **schedule: Any,
     ) -> None:
         super().__init__(every_n_steps, **schedule)
-        if scheme not in SCHEMES:
-            raise ValueError(f"probes.step.scheme={scheme!r} is unknown; use one of {SCHEMES}")
-        if smoothness_source not in L_SOURCES:
-            raise ValueError(
-                f"probes.step.smoothness_source={smoothness_source!r} is unknown; use one of "
-                f"{L_SOURCES}"
-            )
-        if not all(0 < b < 1 for b in ema_betas):
-            raise ValueError(f"probes.step.ema_betas must lie in (0, 1), got {list(ema_betas)}")
+        key = self.config_key
+        check_choice(f"{key}.scheme", scheme, SCHEMES)
+        check_choice(f"{key}.smoothness_source", smoothness_source, L_SOURCES)
+        for beta in ema_betas:
+            check_number(f"{key}.ema_betas", beta, low=0, high=1, low_open=True, high_open=True)
         self.old_point_keys = bool(old_point_keys)
         if scheme == "auto":
             scheme = "same_batch" if self.old_point_keys else "next_batch"
         self.scheme = scheme
         self.smoothness_source = smoothness_source
         self.curv_dir = bool(curv_dir)
-        self.min_update_norm = check_nonnegative("probes.step.min_update_norm", min_update_norm)
-        self.min_lr = check_nonnegative("probes.step.min_lr", min_lr)
+        self.min_update_norm = check_number(f"{key}.min_update_norm", min_update_norm, low=0)
+        self.min_lr = check_number(f"{key}.min_lr", min_lr, low=0)
         self.agg = RunningAggregates(tuple(ema_betas), window)
         self.max_lip = 0.0
         self.prev_delta: Tensor | None = None
@@ -271,36 +269,49 @@ class StepProbe(ProbeCallback):
         values["float_tol"] = float_tolerance(pl_module, info["loss_abs"])
         if self.curv_dir and "x_old_params" in info:
             values["curv_dir"] = self._curvature_along_update(pl_module, info)
-        if not all_finite({k: v for k, v in values.items() if k != "update_cos_prev"}):
-            self.log_values(trainer, pl_module, self.skip("non-finite value"))
+        if not self.finite_or_skip(
+            trainer, pl_module, values, info["step"], may_be_nan=("update_cos_prev",)
+        ):
             return
         self.num_probed += 1
-        agg = self.agg
         out = dict(values)
-        tol = values["float_tol"]
         if "smooth_lip" in values:
             self.max_lip = max(self.max_lip, values["smooth_lip"])
             out["L"] = self.smoothness_estimate(trainer)
             out["descent_bound"] = descent_bound(values["lin_old"], values["update_norm"], out["L"])
-            out["frac_descent_bound_held"] = agg.record_held(
-                "descent_bound", values["loss_change"] - tol <= out["descent_bound"] < 0
-            )
-            out["frac_inst_gap_old_held"] = agg.record_held(
-                "inst_gap_old", values["inst_gap_old"] >= -tol
-            )
-            out["cum_lin_old"] = agg.add("lin_old", values["lin_old"])
-        out["frac_inst_gap_held"] = agg.record_held("inst_gap", values["inst_gap"] <= tol)
+            out["cum_lin_old"] = self.agg.add("lin_old", values["lin_old"])
+        out.update(self._held_fractions(out))
         for key in EMA_KEYS:
             if key in values:
-                out.update(agg.update_ema(key, values[key]))
-        cum_d = agg.add("loss_change", values["loss_change"])
-        cum_lin = agg.add("lin_new", values["lin_new"])
-        out["cum_loss_change"], out["cum_lin_new"] = cum_d, cum_lin
-        out["convexity_ratio"] = cum_lin / cum_d if cum_d != 0 else math.nan
-        win_d = agg.window_sum("loss_change")
-        out["convexity_ratio_window"] = agg.window_sum("lin_new") / win_d if win_d else math.nan
+                out.update(self.agg.update_ema(key, values[key]))
+        out.update(self._cumulative(values))
         out["skipped"] = float(self.num_skipped)
         self.log_values(trainer, pl_module, {f"step/{k}": v for k, v in out.items()})
+
+    def _held_fractions(self, out: dict[str, float]) -> dict[str, float]:
+        """Count each registry sign check of this family whose keys this step has; returns the
+        running fractions (``frac_<id>_held``)."""
+        values = {f"step/{k}": v for k, v in out.items()}
+        fractions = {}
+        for assumption in of_family("step", kind="sign"):
+            if all(k in values for k in assumption.keys):
+                held = bool(assumption.held(values))
+                key = assumption.running_key.removeprefix("step/")
+                fractions[key] = self.agg.record_held(assumption.id, held)
+        return fractions
+
+    def _cumulative(self, values: dict[str, float]) -> dict[str, float]:
+        """Cumulative sums of D and <g⁺, Δ> and the convexity ratios (cumulative, window)."""
+        agg = self.agg
+        cum_d = agg.add("loss_change", values["loss_change"])
+        cum_lin = agg.add("lin_new", values["lin_new"])
+        win_d = agg.window_sum("loss_change")
+        return {
+            "cum_loss_change": cum_d,
+            "cum_lin_new": cum_lin,
+            "convexity_ratio": cum_lin / cum_d if cum_d != 0 else math.nan,
+            "convexity_ratio_window": agg.window_sum("lin_new") / win_d if win_d else math.nan,
+        }
 
     def resolved_settings(self) -> dict[str, Any]:
         return {"scheme": self.scheme}

@@ -5,9 +5,14 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
+
+from optprobe.log import say
+from optprobe.run.folder import REFERENCE_RUNS_DIR, JobFolder
 
 # Config parts that determine the training trajectory (and so x*).
 TRAJECTORY_KEYS = ("data", "model", "optimizer", "scheduler", "seed")
@@ -40,12 +45,15 @@ def reference_config(cfg: DictConfig, output_dir: Path) -> DictConfig:
         ref.probes = {}
         ref.paths.output_dir = str(output_dir)
         ref.logger = {
-            "csv": {"_target_": "optprobe.run_store.RunStoreLogger", "save_dir": str(output_dir)}
+            "csv": {
+                "_target_": "optprobe.run.run_store.RunStoreLogger",
+                "save_dir": str(output_dir),
+            }
         }
         ref.callbacks = {
             "checkpoint": {
                 "_target_": "pytorch_lightning.callbacks.ModelCheckpoint",
-                "dirpath": str(output_dir / "checkpoints"),
+                "dirpath": str(JobFolder(output_dir).checkpoints),
                 "save_last": True,
                 "save_top_k": 0,
             }
@@ -54,20 +62,17 @@ def reference_config(cfg: DictConfig, output_dir: Path) -> DictConfig:
     return ref
 
 
-def obtain_reference(cfg: DictConfig) -> str:
+def obtain_reference(cfg: DictConfig, train: Callable[[DictConfig], Any]) -> str:
     """Path of x* for ``cfg``: reuse a completed reference run with the same trajectory
-    fingerprint under ``<log_dir>/reference_runs/``, or run it now (same seed, same data
-    order, no probes). Returns the checkpoint path."""
-    from optprobe.train import train
-
-    root = Path(cfg.paths.log_dir).resolve() / "reference_runs" / trajectory_fingerprint(cfg)
-    ckpt = root / "checkpoints" / "last.ckpt"
-    summary = root / "summary.json"
-    if ckpt.is_file() and summary.is_file():
-        if json.loads(summary.read_text()).get("status") == "completed":
-            print(f"reference probe: reusing x* from {ckpt}")
-            return str(ckpt)
-    print(f"reference probe: running the reference run (same config, no probes) in {root}")
+    fingerprint under ``<log_dir>/reference_runs/``, or run it now with ``train`` (same seed,
+    same data order, no probes). Returns the checkpoint path."""
+    root = Path(cfg.paths.log_dir).resolve() / REFERENCE_RUNS_DIR / trajectory_fingerprint(cfg)
+    folder = JobFolder(root)
+    summary = folder.read_summary() if folder.last_checkpoint.is_file() else None
+    if summary is not None and summary.get("status") == "completed":
+        say(f"reference probe: reusing x* from {folder.last_checkpoint}")
+        return str(folder.last_checkpoint)
+    say(f"reference probe: running the reference run (same config, no probes) in {root}")
     root.mkdir(parents=True, exist_ok=True)
     train(reference_config(cfg, root))
-    return str(ckpt)
+    return str(folder.last_checkpoint)

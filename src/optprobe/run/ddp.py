@@ -1,11 +1,10 @@
-"""Data-parallel jobs: this process's rank, the worker processes of ``trainer=ddp``, and the
-explicit all-reduces probes use to evaluate on the global batch.
+"""The worker processes of a single-node ``trainer=ddp`` job.
 
-``optprobe.train`` starts the extra ranks of a single-node DDP job itself (``python -m
-optprobe.distributed <config>``, the config rank 0 resolved), instead of Lightning's launcher
-that re-runs the command line: under ``-m`` that would start the whole sweep again in every
-rank. Only rank 0 writes files and logs; every rank computes the same probe values, because
-each probe pass on the step's batch is reduced over the ranks.
+The job starts the extra ranks itself (``python -m optprobe.cli.ddp_worker <config>``, on the
+config rank 0 resolved), instead of Lightning's launcher that re-runs the command line: under
+``-m`` that would start the whole sweep again in every rank. Only rank 0 writes files and logs;
+every rank computes the same probe values, because each probe pass on the step's batch is
+reduced over the ranks (``optprobe.dist``).
 """
 
 from __future__ import annotations
@@ -21,65 +20,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch.distributed as dist
-from torch import Tensor
+from optprobe.dist import end_process_group
+from optprobe.log import warn
 
-RANK_VARIABLES = ("RANK", "LOCAL_RANK", "SLURM_PROCID")
 WORKER_FLAG = "OPTPROBE_DDP_WORKER"
 # Set by launchers that start one process per rank themselves (torchrun, srun with ntasks > 1).
 EXTERNAL_LAUNCH_VARIABLES = ("LOCAL_RANK", "TORCHELASTIC_RUN_ID")
-
-
-def launch_rank() -> int:
-    """Global rank of this process from its environment (0 outside data-parallel jobs)."""
-    for name in RANK_VARIABLES:
-        if name in os.environ:
-            return int(os.environ[name])
-    return 0
-
-
-def is_primary() -> bool:
-    """True in the process that writes the job's files (rank 0)."""
-    return launch_rank() == 0
-
-
-def world_size() -> int:
-    """Number of data-parallel ranks (1 when no process group is up)."""
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def rank_sum(value: Tensor) -> Tensor:
-    """Sum of ``value`` over the data-parallel ranks (an explicit all-reduce; ``value`` itself
-    with one rank)."""
-    if world_size() == 1:
-        return value
-    total = value.detach().clone()
-    dist.all_reduce(total, op=dist.ReduceOp.SUM)
-    return total
-
-
-def rank_mean(value: Tensor) -> Tensor:
-    """Mean of ``value`` over the data-parallel ranks: ``rank_sum`` divided by their number.
-
-    Ranks hold equal batches (``EpochShuffleSampler`` pads each epoch to a multiple of the
-    world size), so the mean of per-rank batch means is the mean over the global batch, and
-    it is what DDP averages gradients to.
-    """
-    return rank_sum(value) / world_size()
-
-
-def from_rank_zero(value: Any) -> Any:
-    """Rank 0's ``value`` on every rank (a picklable object; itself with one rank)."""
-    if world_size() == 1:
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-# --------------------------------------------------------------------------------------------
-# Worker processes
-# --------------------------------------------------------------------------------------------
 
 
 def launched_externally() -> bool:
@@ -166,7 +112,7 @@ class DDPWorkers:
                 WORKER_FLAG: "1",
                 "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads)),
             }
-            cmd = [sys.executable, "-m", "optprobe.distributed", str(self.config_path)]
+            cmd = [sys.executable, "-m", "optprobe.cli.ddp_worker", str(self.config_path)]
             self.procs.append(subprocess.Popen(cmd, env=env))
         self._watcher = threading.Thread(target=self._watch, daemon=True)
         self._watcher.start()
@@ -175,10 +121,9 @@ class DDPWorkers:
         while not self._done.wait(2.0):
             for rank, proc in enumerate(self.procs, start=1):
                 if proc.poll() not in (None, 0):
-                    print(
+                    warn(
                         f"DDP rank {rank} exited with code {proc.returncode} (its error is "
-                        "above); rank 0 stops at its next collective",
-                        file=sys.stderr,
+                        "above); rank 0 stops at its next collective"
                     )
                     return
 
@@ -192,8 +137,7 @@ class DDPWorkers:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self._done.set()
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()  # Lightning keeps it; the next job needs a new one
+        end_process_group()
         deadline = time.monotonic() + (5.0 if exc_type else 120.0)
         for proc in self.procs:
             try:
@@ -212,16 +156,3 @@ class DDPWorkers:
         if failed and exc_type is None:
             detail = ", ".join(f"rank {r}: exit code {c}" for r, c in failed)
             raise RuntimeError(f"DDP worker processes failed ({detail}); see their output above")
-
-
-def run_worker(config_path: str) -> None:
-    """Entry of ranks 1..n-1: train on the config rank 0 resolved (no files, no loggers)."""
-    from omegaconf import OmegaConf
-
-    from optprobe.train import train
-
-    train(OmegaConf.load(config_path))
-
-
-if __name__ == "__main__":
-    run_worker(sys.argv[1])

@@ -1,0 +1,1 @@
+"""Thin command-line entry points: the analysis, the DDP worker."""

@@ -1,0 +1,65 @@
+"""Collectives for data-parallel jobs: this process's rank and the explicit all-reduces that
+probes use to evaluate on the global batch. Imports nothing of the training side."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch.distributed as dist
+from torch import Tensor
+
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "SLURM_PROCID")
+
+
+def launch_rank() -> int:
+    """Global rank of this process from its environment (0 outside data-parallel jobs)."""
+    for name in RANK_VARIABLES:
+        if name in os.environ:
+            return int(os.environ[name])
+    return 0
+
+
+def is_primary() -> bool:
+    """True in the process that writes the job's files (rank 0)."""
+    return launch_rank() == 0
+
+
+def world_size() -> int:
+    """Number of data-parallel ranks (1 when no process group is up)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank_sum(value: Tensor) -> Tensor:
+    """Sum of ``value`` over the data-parallel ranks (an explicit all-reduce; ``value`` itself
+    with one rank)."""
+    if world_size() == 1:
+        return value
+    total = value.detach().clone()
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return total
+
+
+def rank_mean(value: Tensor) -> Tensor:
+    """Mean of ``value`` over the data-parallel ranks: ``rank_sum`` divided by their number.
+
+    Ranks hold equal batches (``EpochShuffleSampler`` pads each epoch to a multiple of the
+    world size), so the mean of per-rank batch means is the mean over the global batch, and
+    it is what DDP averages gradients to.
+    """
+    return rank_sum(value) / world_size()
+
+
+def from_rank_zero(value: Any) -> Any:
+    """Rank 0's ``value`` on every rank (a picklable object; itself with one rank)."""
+    if world_size() == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def end_process_group() -> None:
+    """Destroy the process group if one is up (Lightning keeps it; the next job needs a new one)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,114 @@
+"""Instantiate every object of a job from its config: data, model, callbacks, probes, loggers,
+trainer. Nothing is trained here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+from lightning_fabric.plugins.environments import LightningEnvironment, SLURMEnvironment
+from omegaconf import DictConfig, open_dict
+
+from optprobe.dist import is_primary
+from optprobe.models.lit_module import TrainingModule
+from optprobe.probes.base import ProbeCallback
+from optprobe.run.history import MetricHistory
+
+BUDGET_TARGET = "optprobe.callbacks.budget.OverheadBudget"
+
+
+def expand_shorthands(cfg: DictConfig) -> None:
+    """Rewrite command-line shorthands into the config they stand for (in place).
+
+    ``probes.budget=<fraction>`` (or the ``budget`` entry of conf/probes/budget.yaml) is the
+    overhead budget, a callback: it moves to ``callbacks.budget``, so ``probes`` holds probes
+    only.
+    """
+    probes = cfg.get("probes")
+    if not probes or "budget" not in probes:
+        return
+    with open_dict(cfg):
+        budget = probes.pop("budget")
+        if budget is None:
+            return
+        if cfg.get("callbacks") is None:
+            cfg.callbacks = {}
+        if isinstance(budget, (int, float)) and not isinstance(budget, bool):
+            budget = {"_target_": BUDGET_TARGET, "budget": budget}
+        cfg.callbacks.budget = budget
+
+
+def instantiate_named(group: DictConfig | dict | None, kind: str, **kwargs: Any) -> list[Any]:
+    """Instantiate every non-null entry of a ``name: {_target_: ...}`` mapping.
+
+    A null entry (``probes.curvature=null`` on the command line) is skipped, so each item is
+    removable. An entry without ``_target_`` is an error naming ``<kind>.<name>``. Keyword
+    arguments whose value is the string ``"<name>"`` receive the entry's name.
+    """
+    if not group:
+        return []
+    objects = []
+    for name, entry in group.items():
+        if entry is None:
+            continue
+        if not isinstance(entry, (DictConfig, dict)) or "_target_" not in entry:
+            raise ValueError(
+                f"{kind}.{name} must be a mapping with a _target_ (or null to turn it off), "
+                f"got {entry!r}"
+            )
+        extra = {k: (name if v == "<name>" else v) for k, v in kwargs.items()}
+        objects.append(hydra.utils.instantiate(entry, **extra))
+    return objects
+
+
+def trainer_plugins(own_ranks: bool) -> dict[str, Any]:
+    """Cluster environment: ours when optprobe starts the DDP ranks itself (even inside a
+    SLURM job); inside SLURM otherwise, without Lightning's requeue (``PreemptionCheckpoint``
+    requeues at a step boundary)."""
+    if own_ranks:
+        return {"plugins": [LightningEnvironment()]}
+    if SLURMEnvironment.detect():
+        return {"plugins": [SLURMEnvironment(auto_requeue=False)]}
+    return {}
+
+
+def build(cfg: DictConfig, own_ranks: bool = False) -> dict[str, Any]:
+    """Every object of a job: ``datamodule``, ``module``, ``trainer``, ``loggers`` (rank 0
+    only) and ``history`` (everything logged, rank 0; None elsewhere).
+
+    Probes are the entries of ``cfg.probes``; each gets its entry name (its identity).
+    """
+    datamodule = hydra.utils.instantiate(cfg.data)
+    net = hydra.utils.instantiate(cfg.model)
+    module = TrainingModule(
+        net=net,
+        optimizer=hydra.utils.instantiate(cfg.optimizer),
+        scheduler=hydra.utils.instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        num_classes=datamodule.num_classes,
+        task=datamodule.task,
+    )
+    callbacks = instantiate_named(cfg.get("callbacks"), "callbacks")
+    callbacks += instantiate_named(cfg.get("probes"), "probes", name="<name>")
+    loggers = instantiate_named(cfg.get("logger"), "logger") if is_primary() else []
+    history = MetricHistory() if is_primary() else None
+    if history is not None:
+        callbacks.append(history)
+    trainer = hydra.utils.instantiate(
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=[*loggers, history] if history is not None else False,
+        **trainer_plugins(own_ranks),
+    )
+    return {
+        "datamodule": datamodule,
+        "module": module,
+        "trainer": trainer,
+        "loggers": loggers,
+        "history": history,
+    }
+
+
+def probes_of(trainer: pl.Trainer) -> list[ProbeCallback]:
+    """The probe callbacks of a trainer, in order."""
+    return [c for c in trainer.callbacks if isinstance(c, ProbeCallback)]

@@ -1,0 +1,87 @@
+"""Checks that stop a bad job before training, with messages that name the problem and the fix."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig
+
+# config parts a resumed run must share with the run that wrote the checkpoint
+RESUME_KEYS = ("data", "model", "optimizer", "scheduler", "seed")
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Reject values that would only fail (or silently mislead) after training started."""
+    lr = cfg.optimizer.get("lr")
+    if lr is not None and not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
+        raise ValueError(
+            f"optimizer.lr must be a positive number, got {lr!r}; e.g. optimizer.lr=0.1"
+        )
+    ckpt = cfg.get("ckpt_path")
+    if ckpt and not Path(ckpt).is_file():
+        raise FileNotFoundError(
+            f"ckpt_path={ckpt} does not exist; resume with ckpt_path=<job folder>/checkpoints/last.ckpt"
+        )
+
+
+def make_writable_dir(path: str | Path) -> None:
+    """Create the folder ``path`` (and parents) and check a file can be written in it, or raise
+    a PermissionError that names the folder and the fix."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".optprobe-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise PermissionError(
+            f"output folder {path} is not writable ({err.strerror or err}); point runs at a "
+            "folder you can write, e.g. paths.log_dir=$HOME/optprobe-logs (or set "
+            "OPTPROBE_LOG_DIR), or fix the folder's permissions"
+        ) from err
+
+
+def config_fingerprint(resolved: dict[str, Any]) -> dict[str, Any]:
+    """The parts of a resolved config that must match when resuming."""
+    return {k: resolved.get(k) for k in RESUME_KEYS}
+
+
+def check_resume_compatible(ckpt_path: str, resolved: dict[str, Any]) -> None:
+    """Fail before training when ``ckpt_path`` was written by a run with another config."""
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    saved = checkpoint.get("optprobe_config")
+    if saved is None:
+        return  # not written by optprobe: Lightning's own checks apply
+    current = config_fingerprint(resolved)
+    differ = [k for k in RESUME_KEYS if saved.get(k) != current.get(k)]
+    if differ:
+        detail = "; ".join(
+            f"{k}: checkpoint {saved.get(k)} vs now {current.get(k)}" for k in differ
+        )
+        raise ValueError(
+            f"ckpt_path={ckpt_path} comes from a run with another config ({detail}). Resume with "
+            "the same data/model/optimizer/scheduler/seed (only trainer settings such as "
+            "trainer.max_steps may change), or start a new run without ckpt_path"
+        )
+
+
+def check_model_fits_data(net: torch.nn.Module, datamodule: pl.LightningDataModule, cfg) -> None:
+    """Run the network on two training examples before training; fail with a clear message."""
+    inputs, _ = next(iter(datamodule.train_dataloader()))
+    try:
+        with torch.no_grad():
+            outputs = net(inputs[:2])
+    except Exception as err:
+        raise ValueError(
+            f"model ({cfg.model._target_}) cannot read data ({cfg.data._target_}, inputs "
+            f"{tuple(inputs.shape[1:])} {inputs.dtype}): {err}. Pick a matching pair, e.g. "
+            "model=gpt with data=shakespeare, model=mlp/logreg/resnet18 with image data."
+        ) from err
+    if outputs.shape[-1] != datamodule.num_classes:
+        raise ValueError(
+            f"model outputs {outputs.shape[-1]} classes but the data has {datamodule.num_classes}"
+        )

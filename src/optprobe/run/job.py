@@ -1,0 +1,191 @@
+"""``train(cfg)``: one job, in three steps that each fit on a screen.
+
+- ``prepare``: check the config and obtain x* for the reference probe (after ``open_job``
+  created the job folder and its "running" summary);
+- ``fit``: build every object, check that model and data fit and that a resume is
+  compatible, save the resolved config, start the DDP ranks, train;
+- ``finalize``: the final summary, the verdicts (from the metrics in memory) and the tables.
+
+Rank 0 always leaves ``summary.json``; the other ranks of a DDP job write nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from optprobe.analysis.verdicts import verdict_table
+from optprobe.callbacks.non_finite import NonFiniteLossGuard
+from optprobe.callbacks.preemption import PreemptionCheckpoint
+from optprobe.dist import is_primary
+from optprobe.log import say
+from optprobe.run.build import build, expand_shorthands, probes_of
+from optprobe.run.checks import (
+    check_config,
+    check_model_fits_data,
+    check_resume_compatible,
+    config_fingerprint,
+    make_writable_dir,
+)
+from optprobe.run.ddp import WORKER_FLAG, DDPWorkers, ddp_process_count
+from optprobe.run.folder import JobFolder
+from optprobe.run.hydra_context import hydra_choices, in_multirun
+from optprobe.run.reference_run import obtain_reference
+from optprobe.run.summary import start_summary, to_float_dict
+from optprobe.run.sweep_table import format_table, job_row
+from optprobe.run.verdict import job_verdict
+
+
+@dataclass
+class Job:
+    """One job on its way: config, folder, rank role, summary so far, objects once built."""
+
+    cfg: DictConfig
+    folder: JobFolder
+    primary: bool
+    processes: int
+    summary: dict[str, Any]
+    objects: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def open_job(cfg: DictConfig) -> Job:
+    """The job of ``cfg``; rank 0 creates its folder and writes the "running" summary."""
+    worker = os.environ.get(WORKER_FLAG) == "1"
+    processes = 1 if worker else ddp_process_count(cfg.trainer)
+    folder = JobFolder(cfg.paths.output_dir)
+    job = Job(cfg, folder, is_primary(), processes, start_summary(cfg, processes))
+    if job.primary:
+        make_writable_dir(folder.path)
+        folder.write_summary(job.summary)
+    return job
+
+
+def prepare(job: Job) -> None:
+    """Expand shorthands, obtain x* when the reference probe needs it, check the config."""
+    cfg = job.cfg
+    expand_shorthands(cfg)
+    reference = (cfg.get("probes") or {}).get("reference")
+    if reference is not None and not reference.get("ckpt"):
+        if not job.primary:
+            raise ValueError(
+                "probes.reference.ckpt is null in a rank started by another launcher "
+                "(torchrun, srun -n N): run the reference first and pass "
+                "probes.reference.ckpt=<its checkpoints/last.ckpt>"
+            )
+        with open_dict(cfg):
+            cfg.probes.reference.ckpt = obtain_reference(cfg, train)
+    check_config(cfg)
+
+
+def resolved_config(job: Job) -> dict[str, Any]:
+    """The config as saved in the job folder: resolved, with the group choices and what each
+    probe decided at run time (e.g. the step probe's scheme)."""
+    resolved = OmegaConf.to_container(job.cfg, resolve=True)
+    resolved["choices"] = hydra_choices()
+    for probe in probes_of(job.objects["trainer"]):
+        resolved["probes"][probe.name].update(probe.resolved_settings())
+    return resolved
+
+
+def fit(job: Job) -> None:
+    """Build, check, record the config, start the other DDP ranks and train."""
+    cfg = job.cfg
+    own_ranks = job.processes > 1 or os.environ.get(WORKER_FLAG) == "1"
+    workers = DDPWorkers(job.processes) if job.processes > 1 else contextlib.nullcontext()
+    with workers:
+        pl.seed_everything(cfg.seed, workers=True)
+        job.objects = build(cfg, own_ranks=own_ranks)
+        datamodule, module, trainer = (job.objects[k] for k in ("datamodule", "module", "trainer"))
+        datamodule.setup("fit")
+        check_model_fits_data(module.net, datamodule, cfg)
+        resolved = resolved_config(job)
+        module.run_config = config_fingerprint(resolved)
+        if job.primary:
+            if cfg.get("ckpt_path"):
+                check_resume_compatible(cfg.ckpt_path, resolved)
+            OmegaConf.save(OmegaConf.create(resolved), job.folder.config)
+            for logger in job.objects["loggers"]:
+                logger.log_hyperparams(resolved)
+        if isinstance(workers, DDPWorkers):
+            workers.start(OmegaConf.to_container(cfg, resolve=True))
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    job.metrics = to_float_dict(trainer.callback_metrics)
+
+
+def finalize(job: Job) -> None:
+    """Rank 0: the completed summary (probes, non-finite loss, preemption) and the verdicts."""
+    trainer = job.objects["trainer"]
+    summary = job.summary
+    summary.update(status="completed", metrics=job.metrics, global_step=trainer.global_step)
+    summary["probes"] = {p.name: p.final_summary() for p in probes_of(trainer)}
+    for guard in (c for c in trainer.callbacks if isinstance(c, NonFiniteLossGuard)):
+        if guard.summary():
+            summary["non_finite_loss"] = guard.summary()
+            if guard.action == "stop":
+                summary["status"] = "stopped: non-finite loss"
+    preempted = [c for c in trainer.callbacks if isinstance(c, PreemptionCheckpoint)]
+    if any(c.preempted_at_step is not None for c in preempted):
+        step = next(c.preempted_at_step for c in preempted if c.preempted_at_step is not None)
+        summary["status"] = f"preempted at step {step}"  # the resumed run writes the verdicts
+        return
+    metrics = job.objects["history"].frame()
+    verdict = job_verdict(metrics, job.folder, job.objects["loggers"])
+    if verdict is not None:
+        summary["verdicts"] = verdict.to_dict()
+        say(f"\nVerdicts ({job.folder.path}):\n{verdict_table(verdict)}")
+
+
+def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
+    """Train one job; returns (final metrics, objects). Rank 0 always writes ``summary.json``.
+
+    Under ``trainer=ddp`` rank 0 starts the other ranks (``optprobe.cli.ddp_worker``) once the
+    config is checked; they train on the same resolved config and write nothing.
+    """
+    start = time.perf_counter()
+    job = open_job(cfg)
+    try:
+        prepare(job)
+        fit(job)
+        if job.primary:
+            finalize(job)
+        return job.metrics, job.objects
+    except BaseException as err:
+        job.summary.update(status="failed", error=f"{type(err).__name__}: {err}")
+        raise
+    finally:
+        job.summary["wall_time_s"] = round(time.perf_counter() - start, 3)
+        if job.primary:
+            job.folder.write_summary(job.summary)
+
+
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry: train, print the job's summary, always close the W&B run.
+
+    Inside a multirun a failing job does not stop the sweep: its error is printed and kept in
+    its summary.json, the other jobs run, and the sweep summary lists it (and exits non-zero).
+    """
+    try:
+        metrics, _ = train(cfg)
+        say(format_table([job_row(JobFolder(cfg.paths.output_dir).path)]))
+        return metrics.get(cfg.get("optimized_metric") or "train/loss")
+    except Exception:
+        if not in_multirun():
+            raise
+        traceback.print_exc()
+        say(f"job failed; its folder keeps what it wrote: {cfg.paths.output_dir}")
+        return None
+    finally:
+        if "wandb" in sys.modules:
+            import wandb
+
+            if wandb.run is not None:
+                wandb.finish()

@@ -1,0 +1,39 @@
+"""At the end of a job: its verdicts from the metrics it logged, saved and sent to W&B."""
+
+from __future__ import annotations
+
+import pandas as pd
+from pytorch_lightning.loggers import Logger, WandbLogger
+
+from optprobe.analysis.verdicts import RunVerdict, verdict_from_metrics
+from optprobe.run.folder import JobFolder
+
+
+def job_verdict(
+    metrics: pd.DataFrame, folder: JobFolder, loggers: list[Logger], quantile: float = 0.95
+) -> RunVerdict | None:
+    """The verdict of a job's logged ``metrics`` (one row per step); written to
+    ``verdicts.json`` and logged to W&B (summary values ``verdict/<id>``, ``const/<name>``,
+    ``skipped/<family>`` and the table ``verdicts``). None, and a stale verdicts.json removed,
+    when the job logged no probe key."""
+    verdict = verdict_from_metrics(metrics, quantile=quantile)
+    if not verdict.assumptions and not verdict.constants:
+        folder.write_verdicts(None)
+        return None
+    folder.write_verdicts(verdict.to_dict())
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            log_verdict_to_wandb(logger, verdict)
+    return verdict
+
+
+def log_verdict_to_wandb(logger: WandbLogger, verdict: RunVerdict) -> None:
+    """Verdicts and constants as W&B run-summary values (sortable in the runs table) and the
+    per-assumption rows as a W&B table."""
+    summary = {f"verdict/{a.assumption}": a.fraction for a in verdict.assumptions}
+    summary.update({f"const/{k}": v for k, v in verdict.constants.items()})
+    summary.update({f"skipped/{k}": v for k, v in verdict.skipped.items()})
+    logger.experiment.summary.update(summary)
+    columns = ["assumption", "label", "held", "checked", "fraction", "ci_low", "ci_high"]
+    rows = [[getattr(a, c) for c in columns] for a in verdict.assumptions]
+    logger.log_table(key="verdicts", columns=columns, data=rows)
