@@ -38,6 +38,12 @@ def compose_config(overrides: Sequence[str], output_dir: Path) -> DictConfig:
     return cfg
 
 
+@pytest.fixture(scope="session")
+def compose_cfg() -> Callable[[Sequence[str], Path], DictConfig]:
+    """``compose_config`` itself, for fixtures of a wider scope than ``make_cfg``."""
+    return compose_config
+
+
 @pytest.fixture
 def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
     """``make_cfg(overrides, name="run")``: a composed config whose outputs go under tmp_path."""

@@ -1,0 +1,83 @@
+"""A job's verdicts are one thing: the probes' running fractions online, ``verdicts.json``
+from the metrics in memory and a recomputation from ``metrics.csv`` offline agree, assumption
+by assumption; ``logger=none`` still gets its verdicts."""
+
+from __future__ import annotations
+
+import pytest
+
+from optprobe.analysis.verdicts import read_metrics_csv, verdict_from_metrics
+from optprobe.assumptions import ASSUMPTIONS
+from optprobe.run.folder import JobFolder
+from optprobe.run.job import train
+
+RUN = [
+    "debug=smoke",
+    "probes=full",
+    "probes.step.curv_dir=false",
+    "probes.curvature.every_n_steps=3",
+    "probes.curvature.lanczos_iters=5",
+    "probes.curvature.hutchinson_samples=2",
+    "probes.curvature.esd=false",
+    "probes.noise.every_n_steps=1",
+    "trainer.max_steps=12",
+    "data.max_train_samples=256",
+]
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory, compose_cfg) -> JobFolder:
+    cfg = compose_cfg(RUN, tmp_path_factory.mktemp("job"))
+    train(cfg)
+    return JobFolder(cfg.paths.output_dir)
+
+
+def test_online_offline_and_in_memory_verdicts_agree(job):
+    saved = {a["assumption"]: a for a in job.read_verdicts()["assumptions"]}
+    offline = verdict_from_metrics(read_metrics_csv(job.metrics))
+    assert {a.assumption for a in offline.assumptions} == set(ASSUMPTIONS)  # all 7 checked
+    assert set(saved) == set(ASSUMPTIONS)
+    for verdict in offline.assumptions:  # verdicts.json (in memory) == metrics.csv (offline)
+        mine = saved[verdict.assumption]
+        assert (mine["held"], mine["checked"]) == (verdict.held, verdict.checked)
+        assert mine["fraction"] == pytest.approx(verdict.fraction, abs=0)
+    summary = job.read_summary()
+    online = {}
+    for probe in summary["probes"].values():
+        online.update(probe.get("held", {}))
+    sign_checks = [a for a in ASSUMPTIONS.values() if a.kind == "sign"]
+    assert set(online) == {a.id for a in sign_checks}
+    metrics = read_metrics_csv(job.metrics)
+    for a in sign_checks:  # the probes' own running counters and their last logged fraction
+        verdict = offline.get(a.id)
+        assert (online[a.id]["held"], online[a.id]["checked"]) == (verdict.held, verdict.checked)
+        last = metrics[a.running_key].dropna().iloc[-1]
+        assert last == pytest.approx(verdict.fraction, abs=1e-12)
+    # the summary's verdicts (which feed the job and sweep tables) are the same numbers
+    assert summary["verdicts"]["assumptions"] == job.read_verdicts()["assumptions"]
+
+
+def test_logger_none_still_writes_the_same_verdicts(job, make_cfg):
+    cfg = make_cfg([*RUN, "logger=none"])
+    train(cfg)
+    folder = JobFolder(cfg.paths.output_dir)
+    assert not folder.metrics.exists()  # no logger, no metrics.csv
+    assert folder.read_verdicts() is not None
+    assert folder.read_verdicts()["assumptions"] == job.read_verdicts()["assumptions"]
+
+
+def test_resume_keeps_the_verdicts_of_the_whole_run(make_cfg):
+    """The in-memory history travels in the checkpoint: a job stopped at step 6 and resumed
+    to step 12 has the verdicts of the uninterrupted job, even without a metrics file."""
+    run = [*RUN, "logger=none", "probes.reference=null", "trainer.max_epochs=-1"]
+    whole = make_cfg(run, name="whole")
+    train(whole)
+    first = make_cfg([*run, "trainer.max_steps=6"], name="resumed")
+    train(first)
+    ckpt = JobFolder(first.paths.output_dir).last_checkpoint
+    train(make_cfg([*run, f"ckpt_path={ckpt}"], name="resumed"))
+    resumed = JobFolder(first.paths.output_dir).read_verdicts()
+    assert resumed["probed"]["step"] == 12
+    assert (
+        resumed["assumptions"] == JobFolder(whole.paths.output_dir).read_verdicts()["assumptions"]
+    )
