@@ -52,3 +52,17 @@ def test_sign_predicates_match_the_inequalities_by_hand(assumption):
             bool(a.held({**{k: c[i] for k, c in columns.items()}, a.tolerance_key: tol[i]}))
             == expected[i]
         )
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/metrics.md"])
+def test_docs_carry_the_registry_table(doc):
+    """README's and docs/metrics.md's assumption tables are the registry's, word for word."""
+    from pathlib import Path
+
+    from optprobe.assumptions import markdown_table, with_table
+
+    text = (Path(__file__).resolve().parents[1] / doc).read_text()
+    assert markdown_table() in text
+    assert with_table(text) == text, f"regenerate with: python -m optprobe.assumptions {doc}"
+    for a in ASSUMPTIONS.values():
+        assert f"`{a.id}`" in text

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -69,7 +70,7 @@ _ALL = (
         id="inst_gap",
         label="convex along the step, from x_{t+1}",
         condition="the loss change is at most the linear term at the new point",
-        symbols="D_t - <g⁺_t, Δ_t> <= 0",
+        symbols="D_t − ⟨g⁺_t, Δ_t⟩ ≤ 0",
         family="step",
         keys=("step/inst_gap",),
         kind="sign",
@@ -80,7 +81,7 @@ _ALL = (
         id="inst_gap_old",
         label="convex along the step, from x_t",
         condition="the loss change is at least the linear term at the old point",
-        symbols="D_t - <g_t, Δ_t> >= 0",
+        symbols="D_t − ⟨g_t, Δ_t⟩ ≥ 0",
         family="step",
         keys=("step/inst_gap_old",),
         kind="sign",
@@ -92,7 +93,7 @@ _ALL = (
         label="L-smoothness predicts the progress",
         condition="the descent lemma with a global L bounds the loss change and predicts a "
         "decrease",
-        symbols="D_t <= <g_t, Δ_t> + (L/2)‖Δ_t‖² < 0",
+        symbols="D_t ≤ ⟨g_t, Δ_t⟩ + (L/2)‖Δ_t‖² < 0",
         family="step",
         keys=("step/descent_bound", "step/loss_change"),
         kind="sign",
@@ -103,7 +104,7 @@ _ALL = (
         id="ref_gap",
         label="convex towards x*",
         condition="the excess loss over the reference point x* is at most the linear term",
-        symbols="f_t(x_t) - f_t(x*) - <g_t, x_t - x*> <= 0",
+        symbols="f_t(x_t) − f_t(x*) − ⟨g_t, x_t − x*⟩ ≤ 0",
         family="ref",
         keys=("ref/gap",),
         kind="sign",
@@ -115,7 +116,7 @@ _ALL = (
         label="(L0,L1)-smoothness",
         condition="the local smoothness is covered by a line in the gradient norm, with L0, L1 "
         "fitted at quantile q on half of the probed steps and checked on the other half",
-        symbols="smooth_lip_t <= L0 + L1‖g_t‖",
+        symbols="smooth_lip_t ≤ L0 + L1‖g_t‖",
         family="step",
         keys=("step/grad_norm", "step/smooth_lip"),
         kind="fitted",
@@ -127,7 +128,7 @@ _ALL = (
         label="bounded variance",
         condition="the trace of the per-example gradient covariance stays below a constant "
         "σ², fitted at quantile q on half of the probed steps and checked on the other half",
-        symbols="tr Σ_t <= σ²",
+        symbols="tr Σ_t ≤ σ²",
         family="noise",
         keys=("noise/trace_cov",),
         kind="fitted",
@@ -138,7 +139,7 @@ _ALL = (
         label="affine variance",
         condition="the covariance trace is covered by a line in the squared gradient norm, "
         "with σ0², σ1² fitted at quantile q on half of the probed steps, checked on the other",
-        symbols="tr Σ_t <= σ0² + σ1²‖G_t‖²",
+        symbols="tr Σ_t ≤ σ0² + σ1²‖G_t‖²",
         family="noise",
         keys=("noise/grad_sq_norm", "noise/trace_cov"),
         kind="fitted",
@@ -168,5 +169,22 @@ def markdown_table() -> str:
     return "\n".join(lines)
 
 
+BEGIN, END = "<!-- assumptions:begin", "<!-- assumptions:end -->"
+
+
+def with_table(text: str) -> str:
+    """``text`` (README.md, docs/metrics.md) with the generated table between its markers."""
+    start = text.index(BEGIN)
+    start = text.index("\n", start) + 1
+    end = text.index(END)
+    return text[:start] + markdown_table() + "\n" + text[end:]
+
+
 if __name__ == "__main__":
-    print(markdown_table())
+    import sys
+
+    for name in sys.argv[1:]:  # python -m optprobe.assumptions README.md docs/metrics.md
+        path = Path(name)
+        path.write_text(with_table(path.read_text()))
+    if not sys.argv[1:]:
+        print(markdown_table())

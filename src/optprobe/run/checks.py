@@ -50,12 +50,13 @@ def config_fingerprint(resolved: dict[str, Any]) -> dict[str, Any]:
     return {k: resolved.get(k) for k in RESUME_KEYS}
 
 
-def check_resume_compatible(ckpt_path: str, resolved: dict[str, Any]) -> None:
-    """Fail before training when ``ckpt_path`` was written by a run with another config."""
+def check_resume_compatible(ckpt_path: str, resolved: dict[str, Any]) -> dict[str, Any]:
+    """Fail before training when ``ckpt_path`` was written by a run with another config;
+    returns the loaded checkpoint."""
     checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     saved = checkpoint.get("optprobe_config")
     if saved is None:
-        return  # not written by optprobe: Lightning's own checks apply
+        return checkpoint  # not written by optprobe: Lightning's own checks apply
     current = config_fingerprint(resolved)
     differ = [k for k in RESUME_KEYS if saved.get(k) != current.get(k)]
     if differ:
@@ -67,6 +68,7 @@ def check_resume_compatible(ckpt_path: str, resolved: dict[str, Any]) -> None:
             "the same data/model/optimizer/scheduler/seed (only trainer settings such as "
             "trainer.max_steps may change), or start a new run without ckpt_path"
         )
+    return checkpoint
 
 
 def check_model_fits_data(net: torch.nn.Module, datamodule: pl.LightningDataModule, cfg) -> None:

@@ -22,9 +22,19 @@ class MetricHistory(MemoryLogger, Callback):
     (its ``state_dict`` is checkpointed, columnar: key -> (steps, values)).
     """
 
+    STATE_KEY = "optprobe.MetricHistory"
+
     @property
     def state_key(self) -> str:
-        return "optprobe.MetricHistory"
+        return self.STATE_KEY
+
+    def seed(self, metrics: pd.DataFrame, before_step: int) -> None:
+        """Take the rows of ``metrics`` (a job's metrics.csv) logged before ``before_step``: for
+        a checkpoint written before the history was checkpointed (optprobe < 0.2)."""
+        for row in metrics[metrics["step"] < before_step].to_dict("records"):
+            step = int(row.pop("step"))
+            values = {k: float(v) for k, v in row.items() if pd.notna(v)}
+            self.rows.setdefault(step, {}).update(values)
 
     def frame(self) -> pd.DataFrame:
         """One row per logged step (column ``step``), one column per key, NaN where not logged."""

@@ -22,7 +22,7 @@ from typing import Any
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from optprobe.analysis.verdicts import verdict_table
+from optprobe.analysis.verdicts import read_metrics_csv, verdict_table
 from optprobe.callbacks.non_finite import NonFiniteLossGuard
 from optprobe.callbacks.preemption import PreemptionCheckpoint
 from optprobe.dist import is_primary
@@ -37,6 +37,7 @@ from optprobe.run.checks import (
 )
 from optprobe.run.ddp import WORKER_FLAG, DDPWorkers, ddp_process_count
 from optprobe.run.folder import JobFolder
+from optprobe.run.history import MetricHistory
 from optprobe.run.hydra_context import hydra_choices, in_multirun
 from optprobe.run.reference_run import obtain_reference
 from optprobe.run.summary import start_summary, to_float_dict
@@ -111,7 +112,8 @@ def fit(job: Job) -> None:
         module.run_config = config_fingerprint(resolved)
         if job.primary:
             if cfg.get("ckpt_path"):
-                check_resume_compatible(cfg.ckpt_path, resolved)
+                checkpoint = check_resume_compatible(cfg.ckpt_path, resolved)
+                seed_legacy_history(job, checkpoint)
             OmegaConf.save(OmegaConf.create(resolved), job.folder.config)
             for logger in job.objects["loggers"]:
                 logger.log_hyperparams(resolved)
@@ -119,6 +121,18 @@ def fit(job: Job) -> None:
             workers.start(OmegaConf.to_container(cfg, resolve=True))
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     job.metrics = to_float_dict(trainer.callback_metrics)
+
+
+def seed_legacy_history(job: Job, checkpoint: dict[str, Any]) -> None:
+    """A checkpoint from before the history was checkpointed (optprobe < 0.2): take the
+    earlier steps from the job folder's metrics.csv, so the verdicts cover the whole run."""
+    history = job.objects["history"]
+    if (
+        MetricHistory.STATE_KEY in checkpoint.get("callbacks", {})
+        or not job.folder.metrics.is_file()
+    ):
+        return
+    history.seed(read_metrics_csv(job.folder.metrics), before_step=int(checkpoint["global_step"]))
 
 
 def finalize(job: Job) -> None:
