@@ -96,3 +96,16 @@ def test_mlp_trace_and_density(mlp_problem):
     assert grid[0] <= eigs[0] and grid[-1] >= eigs[-1]
     mean = trapezoid(grid * dens, grid)
     assert abs(mean - exact / dim) <= 0.05 * (eigs[-1] - eigs[0])
+
+
+def test_forward_mode_blocker_names_the_layer_and_puts_modes_back():
+    net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2)).eval()
+    net[2].train()  # a mixed state, which a plain net.train()/net.eval() would not restore
+    reason = F.forward_mode_blocker(net)
+    assert reason is not None and "BatchNorm1d '1'" in reason
+    assert [m.training for m in net.modules()] == [False, False, False, True]
+    attention = nn.Sequential(nn.MultiheadAttention(4, 2))
+    assert "MultiheadAttention" in F.forward_mode_blocker(attention)
+    no_stats = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4, track_running_stats=False))
+    assert F.forward_mode_blocker(no_stats) is None
+    assert F.forward_mode_blocker(nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4))) is None
