@@ -10,7 +10,7 @@
   value after ``K`` steps (its residual bound is reported). Counted: HVPs until the estimate is
   and stays within 1e-3 of the reference ("oracle"), and HVPs until each method's own stopping
   rule fires (Lanczos: Ritz residual bound <= 1e-3 relative; power iteration: relative change of
-  the Rayleigh quotient <= 1e-3, as ``optprobe.probes.curvature.power_iteration``), with the
+  the Rayleigh quotient <= 1e-3, as ``optprobe.estimators.lanczos.power_iteration``), with the
   true error at that point.
 - trace at a given standard error: a pilot of Rademacher samples z^T H z gives their standard
   deviation; the samples needed for a relative standard error ``--trace-rel-se`` (default 5 %)
@@ -68,7 +68,8 @@ def settle(values: list[float], ref: float, tol: float) -> int | None:
 
 def lambda_max_study(matvec, dim: int, device, k_ref: int, power_cap: int, hvp_s: float):
     """Lanczos vs power iteration from one start vector (see the module docstring)."""
-    from optprobe.probes.curvature import _sample, lanczos_tridiagonal
+    from optprobe.estimators.lanczos import lanczos_tridiagonal
+    from optprobe.estimators.matvec import random_vector
 
     start = common.now(device)
     alphas, betas, basis = lanczos_tridiagonal(
@@ -104,7 +105,7 @@ def lambda_max_study(matvec, dim: int, device, k_ref: int, power_cap: int, hvp_s
         # bound of the last step is unknown without one more matvec; use the previous one's
         ref_bound = abs(ritz_max[-1] - ritz_max[-2]) / max(abs(ref), 1e-300)
     # power iteration from the same start vector
-    v = _sample("gaussian", dim, torch.Generator().manual_seed(1), device)
+    v = random_vector("gaussian", dim, torch.Generator().manual_seed(1), device)
     v = v / torch.linalg.vector_norm(v)
     rayleigh: list[float] = []
     rule_power = None
@@ -158,12 +159,12 @@ def lambda_max_study(matvec, dim: int, device, k_ref: int, power_cap: int, hvp_s
 
 
 def trace_study(matvec, dim: int, device, samples: int, rel_se: float) -> dict[str, Any]:
-    from optprobe.probes.curvature import _sample
+    from optprobe.estimators.matvec import random_vector
 
     gen = torch.Generator().manual_seed(2)
     values = []
     for _ in range(samples):
-        z = _sample("rademacher", dim, gen, device)
+        z = random_vector("rademacher", dim, gen, device)
         values.append(float(z @ matvec(z).to(torch.float64)))
     vals = torch.tensor(values, dtype=torch.float64)
     mean, sd = float(vals.mean()), float(vals.std(correction=1))
@@ -179,14 +180,15 @@ def trace_study(matvec, dim: int, device, samples: int, rel_se: float) -> dict[s
 
 
 def measure_costs(setup, args, device) -> dict[str, Any]:
-    from optprobe.probes.curvature import forward_mode_blocker
     from optprobe.estimators.functional import (
+        forward_mode_blocker,
         functional_loss,
         hvp_double_backward,
         hvp_forward_over_reverse,
         trainable_params,
     )
-    from optprobe.probes.noise import NoiseProbe, per_example_grads, per_example_grads_supported
+    from optprobe.estimators.per_example import per_example_grads, per_example_grads_supported
+    from optprobe.probes.noise import NoiseProbe
 
     quick = args.quick
     repeats = 5 if quick else 10

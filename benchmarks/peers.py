@@ -199,7 +199,7 @@ def run_curvlinops(setup, device, costs, trace_samples: int) -> dict[str, Any]:
     from curvlinops import HessianLinearOperator, hutchinson_trace
     from scipy.sparse.linalg import LinearOperator, eigsh
 
-    from optprobe.probes.curvature import _sample
+    from optprobe.estimators.matvec import random_vector
 
     net = as_sequential(setup, setup.fresh_net(device))
     x, y = setup.batch(device)
@@ -219,7 +219,7 @@ def run_curvlinops(setup, device, costs, trace_samples: int) -> dict[str, Any]:
         return scipy_op.matvec(v)
 
     counted = LinearOperator(scipy_op.shape, matvec=matvec, dtype=np.float64)
-    v0 = _sample("gaussian", dim, torch.Generator().manual_seed(1), "cpu").numpy()
+    v0 = random_vector("gaussian", dim, torch.Generator().manual_seed(1), "cpu").numpy()
     start = common.now(device)
     value = float(eigsh(counted, k=1, which="LA", tol=TOL, v0=v0, return_eigenvectors=False)[0])
     eig_s = common.now(device) - start

@@ -16,7 +16,8 @@ import torch
 from test_cli import run_train
 
 from optprobe.estimators.functional import functional_loss, loss_and_grad, trainable_params
-from optprobe.probes.noise import per_example_grads, two_batch_from_shards
+from optprobe.estimators.noise_stats import two_batch_from_shards
+from optprobe.estimators.per_example import per_example_grads
 from optprobe.run.build import build
 
 pytestmark = pytest.mark.slow

@@ -9,8 +9,9 @@ import torch
 from harness import fit
 from test_step_probe import batch_loss_grad, data, flat
 
+from optprobe.estimators.identities import reference_quantities
 from optprobe.models.simple import MLP
-from optprobe.probes.reference import ReferenceProbe, reference_quantities
+from optprobe.probes.reference import ReferenceProbe
 
 
 def reference_ckpt(tmp_path, net, x, y, steps, **kw):

@@ -10,8 +10,9 @@ import torch
 from harness import fit
 from torch.nn import functional as F
 
+from optprobe.estimators.identities import descent_bound, step_quantities
 from optprobe.models.simple import MLP, LogisticRegression
-from optprobe.probes.step import StepProbe, descent_bound, step_quantities
+from optprobe.probes.step import StepProbe
 
 
 def batch_loss_grad(net, params, batches):

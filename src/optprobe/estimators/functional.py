@@ -13,6 +13,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from optprobe.isolation import preserved_modes
+
 ParamDict = dict[str, Tensor]
 LossOfParams = Callable[[ParamDict], Tensor]
 MatVec = Callable[[Tensor], Tensor]
@@ -106,8 +108,9 @@ def hvp_double_backward(loss_of_params: LossOfParams, params: ParamDict) -> MatV
 def hvp_forward_over_reverse(loss_of_params: LossOfParams, params: ParamDict) -> MatVec:
     """Hessian-vector product by ``torch.func`` forward-over-reverse (jvp of grad).
 
-    Fails on BatchNorm in train mode and on attention kernels without forward-mode AD; the
-    curvature probe checks this at setup and falls back to double backward.
+    Fails on BatchNorm in train mode and on attention kernels without forward-mode AD
+    (:func:`forward_mode_blocker` says why before a pass; the curvature probe checks it at
+    setup).
     """
     base = {k: v.detach() for k, v in params.items()}
     grad_fn = torch.func.grad(loss_of_params)
@@ -118,3 +121,28 @@ def hvp_forward_over_reverse(loss_of_params: LossOfParams, params: ParamDict) ->
         return flatten(hv.values())
 
     return matvec
+
+
+def forward_mode_blocker(net: nn.Module) -> str | None:
+    """Why ``torch.func`` forward-over-reverse HVPs cannot run on ``net`` in training mode.
+
+    Rule-based (no trial pass): batch-norm or instance-norm layers that update running
+    statistics in place, ``nn.MultiheadAttention`` (scaled-dot-product kernels without
+    forward-mode AD) and timm blocks with ``fused_attn`` on. ``None`` when nothing blocks it.
+    The modes of ``net`` are put back as they were.
+    """
+    norms = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
+    with preserved_modes(net):
+        net.train()
+        for name, m in net.named_modules():
+            label = f"{type(m).__name__} {name or '<root>'!r}"
+            if isinstance(m, norms) and m.training and m.track_running_stats:
+                return (
+                    f"{label} updates its running statistics in place in training mode, "
+                    "which forward-mode AD (torch.func.jvp) cannot do"
+                )
+            if isinstance(m, nn.MultiheadAttention):
+                return f"{label} calls fused attention kernels that lack forward-mode AD"
+            if getattr(m, "fused_attn", False) is True:
+                return f"{label} uses a fused attention kernel without forward-mode AD"
+    return None

@@ -25,10 +25,10 @@ from typing_extensions import override
 
 from optprobe.assumptions import ASSUMPTIONS
 from optprobe.estimators.functional import ParamDict, flatten
+from optprobe.estimators.identities import float_tolerance, reference_quantities
 from optprobe.log import warn
 from optprobe.probes.aggregates import RunningAggregates
 from optprobe.probes.base import ProbeCallback
-from optprobe.probes.step import float_tolerance
 
 
 def load_reference_params(ckpt: str | Path, like: ParamDict) -> ParamDict:
@@ -54,25 +54,6 @@ def load_reference_params(ckpt: str | Path, like: ParamDict) -> ParamDict:
             "checkpoint of a run with the same model config"
         )
     return {k: params[k].to(like[k].dtype) for k in like}
-
-
-def reference_quantities(
-    loss_x: float, loss_ref: float, grad: torch.Tensor, x: torch.Tensor, x_ref: torch.Tensor
-) -> dict[str, float]:
-    """Per-step reference keys (without the ``ref/`` prefix) from flat float64 vectors."""
-    diff = x - x_ref
-    lin = float(grad @ diff)
-    excess = loss_x - loss_ref
-    dist_sq = float(diff @ diff)
-    gap = excess - lin
-    return {
-        "gap": gap,
-        "excess": excess,
-        "lin": lin,
-        "pl": float(grad @ grad) / (2 * excess) if excess > 0 else math.nan,
-        "weak_cvx": max(0.0, gap) / (0.5 * dist_sq) if dist_sq > 0 else math.nan,
-        "dist": math.sqrt(dist_sq),
-    }
 
 
 class ReferenceProbe(ProbeCallback):
@@ -142,7 +123,8 @@ class ReferenceProbe(ProbeCallback):
         cum_lin = self.agg.add("lin", values["lin"])
         cum_excess = self.agg.add("excess", values["excess"])
         out["ratio"] = cum_lin / cum_excess if cum_excess != 0 else math.nan
-        out["float_tol"] = float_tolerance(pl_module, max(abs(loss_x), abs(loss_ref)))
+        dtype = next(pl_module.net.parameters()).dtype
+        out["float_tol"] = float_tolerance(dtype, max(abs(loss_x), abs(loss_ref)))
         gap = ASSUMPTIONS["ref_gap"]
         held = bool(gap.held({f"ref/{k}": v for k, v in out.items()}))
         out[gap.running_key.removeprefix("ref/")] = self.agg.record_held(gap.id, held)

@@ -10,7 +10,8 @@ For the step x_t -> x_{t+1} = x_t + Δ_t on mini-batch loss f_t:
     descent_bound = <g_t, Δ_t> + L/2 ‖Δ_t‖²       (holds when ≥ D_t and < 0)
 
 g_t is the raw loss gradient of the training step (before clipping and weight decay), Δ_t the
-update the optimizer applied; inner products are accumulated in float64.
+update the optimizer applied; inner products are accumulated in float64. The formulas are
+pure functions in :mod:`optprobe.estimators.identities`.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from optprobe.estimators.functional import (
     loss_and_grad,
     unflatten_like,
 )
+from optprobe.estimators.identities import descent_bound, float_tolerance, step_quantities
 from optprobe.probes.aggregates import RunningAggregates
 from optprobe.probes.base import ProbeCallback
 from optprobe.validate import check_choice, check_number
@@ -38,61 +40,6 @@ from optprobe.validate import check_choice, check_number
 SCHEMES = ("auto", "same_batch", "next_batch")
 L_SOURCES = ("running_max_lip", "lambda_max")
 EMA_KEYS = ("loss_change", "lin_new", "inst_gap", "inst_gap_old", "smooth_lip")
-
-
-def _cos(a: Tensor, b: Tensor) -> float:
-    denom = float(a.norm() * b.norm())
-    return float(a @ b) / denom if denom > 0 else math.nan
-
-
-def step_quantities(
-    loss_old: float,
-    loss_new: float,
-    grad_new: Tensor,
-    delta: Tensor,
-    grad_old: Tensor | None = None,
-    delta_prev: Tensor | None = None,
-) -> dict[str, float]:
-    """Per-step keys (without the ``step/`` prefix) from flat float64 vectors.
-
-    ``grad_old`` = g_t at x_t, ``grad_new`` = g⁺_t at x_{t+1}, both on the same batch;
-    without ``grad_old`` only the keys that need no old-point gradient are returned.
-    """
-    d = loss_new - loss_old
-    sq = float(delta @ delta)
-    lin_new = float(grad_new @ delta)
-    out = {
-        "loss_change": d,
-        "lin_new": lin_new,
-        "inst_gap": d - lin_new,
-        "update_cos_new": _cos(grad_new, delta),
-        "update_norm": math.sqrt(sq),
-    }
-    if grad_old is not None:
-        lin_old = float(grad_old @ delta)
-        out.update(
-            lin_old=lin_old,
-            inst_gap_old=d - lin_old,
-            smooth_lip=float((grad_new - grad_old).norm()) / math.sqrt(sq),
-            smooth_eff=2 * (d - lin_old) / sq,
-            update_cos_old=_cos(grad_old, delta),
-            grad_norm=float(grad_old.norm()),
-        )
-    if delta_prev is not None:
-        out["update_cos_prev"] = _cos(delta, delta_prev)
-    return out
-
-
-def float_tolerance(pl_module: pl.LightningModule, loss_abs: float) -> float:
-    """Rounding of a loss of size ``loss_abs`` in the network's float type (4 ulps, nats):
-    sign checks (``inst_gap <= 0``...) count as held within it."""
-    dtype = next(pl_module.net.parameters()).dtype
-    return 4 * torch.finfo(dtype).eps * loss_abs
-
-
-def descent_bound(lin_old: float, update_norm: float, smoothness: float) -> float:
-    """What an L-smooth analysis predicts for the loss change: <g,Δ> + L/2 ‖Δ‖² (nats)."""
-    return lin_old + 0.5 * smoothness * update_norm**2
 
 
 class StepProbe(ProbeCallback):
@@ -266,7 +213,8 @@ class StepProbe(ProbeCallback):
         return float(info["delta"] @ hv) / float(info["delta"] @ info["delta"])
 
     def _finish(self, trainer, pl_module, values: dict[str, float], info: dict) -> None:
-        values["float_tol"] = float_tolerance(pl_module, info["loss_abs"])
+        dtype = next(pl_module.net.parameters()).dtype
+        values["float_tol"] = float_tolerance(dtype, info["loss_abs"])
         if self.curv_dir and "x_old_params" in info:
             values["curv_dir"] = self._curvature_along_update(pl_module, info)
         if not self.finite_or_skip(
