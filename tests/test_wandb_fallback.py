@@ -3,9 +3,8 @@ a job keeps one W&B run across resumes."""
 
 from __future__ import annotations
 
-import re
-
 import os
+import re
 import socket
 
 import pytest
