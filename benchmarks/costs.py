@@ -27,6 +27,7 @@ from typing import Any
 
 import common
 import torch
+from torch import Tensor
 
 TOL = 1e-3
 
@@ -66,22 +67,9 @@ def settle(values: list[float], ref: float, tol: float) -> int | None:
     return k + 1
 
 
-def lambda_max_study(matvec, dim: int, device, k_ref: int, power_cap: int, hvp_s: float):
-    """Lanczos vs power iteration from one start vector (see the module docstring)."""
-    from optprobe.estimators.lanczos import lanczos_tridiagonal
-    from optprobe.estimators.matvec import random_vector
-
-    start = common.now(device)
-    alphas, betas, basis = lanczos_tridiagonal(
-        matvec,
-        dim,
-        k_ref,
-        generator=torch.Generator().manual_seed(1),
-        device=device,
-        start="gaussian",
-    )
-    lanczos_s = common.now(device) - start
-    del basis
+def _ritz_values(alphas: Tensor, betas: Tensor) -> tuple[list[float], list[float], Any, Any]:
+    """Extreme Ritz values after each Lanczos step, and the first step at which the residual
+    bound of λ_max (and of both extremes) fell to ``TOL``, relative (None if never)."""
     k_run = alphas.numel()
     ritz_max, ritz_min, rule_max, rule_both = [], [], None, None
     for k in range(1, k_run + 1):
@@ -99,12 +87,14 @@ def lambda_max_study(matvec, dim: int, device, k_ref: int, power_cap: int, hvp_s
                 rule_max = k
             if rule_both is None and bound_max <= TOL and bound_min <= TOL:
                 rule_both = k
-    ref = ritz_max[-1]
-    ref_bound = None
-    if k_run > 1 and betas.numel() >= k_run - 1:
-        # bound of the last step is unknown without one more matvec; use the previous one's
-        ref_bound = abs(ritz_max[-1] - ritz_max[-2]) / max(abs(ref), 1e-300)
-    # power iteration from the same start vector
+    return ritz_max, ritz_min, rule_max, rule_both
+
+
+def _power_iteration(matvec, dim: int, device, ref: float, power_cap: int):
+    """Rayleigh quotients of power iteration from Lanczos' start vector, the step at which its
+    own stop rule (relative change ≤ ``TOL``) fired, and its seconds."""
+    from optprobe.estimators.matvec import random_vector
+
     v = random_vector("gaussian", dim, torch.Generator().manual_seed(1), device)
     v = v / torch.linalg.vector_norm(v)
     rayleigh: list[float] = []
@@ -123,7 +113,32 @@ def lambda_max_study(matvec, dim: int, device, k_ref: int, power_cap: int, hvp_s
         oracle = settle(rayleigh, ref, TOL)
         if rule_power is not None and oracle is not None and n >= oracle + 3:
             break  # both counts known (the oracle one has held for a few steps)
-    power_s = common.now(device) - start
+    return rayleigh, rule_power, common.now(device) - start
+
+
+def lambda_max_study(matvec, dim: int, device, k_ref: int, power_cap: int, hvp_s: float):
+    """Lanczos vs power iteration from one start vector (see the module docstring)."""
+    from optprobe.estimators.lanczos import lanczos_tridiagonal
+
+    start = common.now(device)
+    alphas, betas, basis = lanczos_tridiagonal(
+        matvec,
+        dim,
+        k_ref,
+        generator=torch.Generator().manual_seed(1),
+        device=device,
+        start="gaussian",
+    )
+    lanczos_s = common.now(device) - start
+    del basis
+    k_run = alphas.numel()
+    ritz_max, ritz_min, rule_max, rule_both = _ritz_values(alphas, betas)
+    ref = ritz_max[-1]
+    ref_bound = None
+    if k_run > 1 and betas.numel() >= k_run - 1:
+        # bound of the last step is unknown without one more matvec; use the previous one's
+        ref_bound = abs(ritz_max[-1] - ritz_max[-2]) / max(abs(ref), 1e-300)
+    rayleigh, rule_power, power_s = _power_iteration(matvec, dim, device, ref, power_cap)
     lanczos_oracle = settle(ritz_max, ref, TOL)
     power_oracle = settle(rayleigh, ref, TOL)
     out = {

@@ -397,11 +397,12 @@ def run_worker_process(model: str, args, argv: list[str]) -> dict[str, Any]:
 
 
 def write_results(results: dict[str, Any], out_dir: Path, stem: str) -> str:
-    import report
+    from report import markdown as render
+    from targets import evaluate_targets
 
-    results["targets"] = report.evaluate_targets(results)
+    results["targets"] = evaluate_targets(results)
     (out_dir / f"{stem}.json").write_text(json.dumps(results, indent=2, default=float))
-    markdown = report.markdown(results)
+    markdown = render(results)
     (out_dir / f"{stem}.md").write_text(markdown)
     return markdown
 

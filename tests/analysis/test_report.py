@@ -1,267 +1,27 @@
-"""Figures and the static HTML report, on synthetic sweep tables."""
+"""``write_report``: the files it writes and the HTML page, on synthetic sweep tables."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from html import escape
-from html.parser import HTMLParser
-from pathlib import Path
 
 import matplotlib.image as mpimg
 import numpy as np
 import pandas as pd
 import pytest
-from scipy import stats
-
-from optprobe.analysis import plots
-from optprobe.analysis.report import (
-    FIGURES,
-    TABLES,
-    answer_sentences,
-    correlation_sentence,
-    optimizer_sentence,
-    write_report,
+from synthetic_sweep import (
+    CONSTANTS,
+    check_html,
+    check_png,
+    check_self_contained,
+    make_sweep,
 )
 
-LABELS = {
-    "descent_bound": "L-smooth descent bound",
-    "inst_gap": "convexity along the step (x_{t+1})",
-    "inst_gap_old": "convexity along the step (x_t)",
-    "ref_gap": "convexity w.r.t. reference point",
-    "l0l1_smooth": "(L0,L1)-smoothness",
-    "bounded_variance": "bounded variance",
-    "affine_variance": "affine variance",
-}
-CONSTANTS = ("L", "L0", "L1", "gamma", "rho_weak", "sigma0", "sigma1", "pl")
-PERFORMANCE = ("final_train_loss", "steps_to_target")
-VOID = {
-    "area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source",
-    "track", "wbr",
-}  # fmt: skip
-
-
-# --------------------------------------------------------------------------------------------
-# synthetic sweep
-
-
-def _history(rng: np.random.Generator, steps: int, with_ref: bool, adam: bool) -> pd.DataFrame:
-    step = np.arange(steps)
-    probed = step % 2 == 0  # probe every 2nd step; NaN elsewhere
-    scale = np.exp(-step / 40) * (0.05 if adam else 0.5)
-    change = -scale * rng.uniform(0.2, 1.0, steps) + scale * rng.normal(0, 0.3, steps)
-    lin_old = -scale * rng.uniform(0.5, 1.5, steps)
-    lin_new = change + scale * rng.normal(0.3, 0.3, steps)
-    bound = lin_old + scale * rng.uniform(0.0, 3.0, steps)
-    h = pd.DataFrame(
-        {
-            "step": step,
-            "train/loss": 2.3 * np.exp(-step / 60) + 0.1,
-            "step/loss_change": change,
-            "step/inst_gap": change - lin_new,
-            "step/inst_gap_old": change - lin_old,
-            "step/descent_bound": bound,
-        }
-    )
-    if with_ref:
-        h["ref/gap"] = -np.abs(rng.normal(0, 1, steps)) * 10.0 ** rng.uniform(-3, 1, steps)
-        h.loc[rng.random(steps) < 0.1, "ref/gap"] *= -1
-    for c in h.columns:
-        if c not in ("step", "train/loss"):
-            h.loc[~probed, c] = np.nan
-    return h
-
-
-def _held_counts(h: pd.DataFrame) -> dict[str, tuple[int, int]]:
-    out = {}
-    for key, (need, cond) in plots.HELD_CONDITIONS.items():
-        if not all(c in h.columns for c in need):
-            continue
-        measured = h[list(need)].notna().all(axis=1)
-        held = cond(h[measured])
-        out[key] = (int(held.sum()), int(measured.sum()))
-    return out
-
-
-def _wilson(held: int, n: int) -> tuple[float, float]:
-    if n == 0:
-        return np.nan, np.nan
-    p, z = held / n, 1.96
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return centre - half, centre + half
-
-
-def make_sweep(
-    optimizers=("sgdm", "adamw"),
-    seeds=(0, 1, 2),
-    steps=100,
-    with_ref=True,
-    seed=0,
-    constants=CONSTANTS,
-) -> dict:
-    rng = np.random.default_rng(seed)
-    key_to_id = {
-        "step/inst_gap": "inst_gap",
-        "step/inst_gap_old": "inst_gap_old",
-        "step/descent_bound": "descent_bound",
-        "ref/gap": "ref_gap",
-    }
-    runs, verdicts, histories = [], [], {}
-    for opt in optimizers:
-        for s in seeds:
-            run_id = f"{opt}-resnet18-s{s}"
-            h = _history(rng, steps, with_ref, adam=opt.startswith("adam"))
-            histories[run_id] = h
-            counts = {key_to_id[k]: v for k, v in _held_counts(h).items()}
-            for a in ("l0l1_smooth", "bounded_variance", "affine_variance"):
-                n = int(rng.integers(20, 50))
-                counts[a] = (int(rng.integers(0, n + 1)), n)
-            row = {
-                "run_id": run_id,
-                "optimizer": opt,
-                "model": "resnet18",
-                "data": "cifar10",
-                "seed": s,
-                "lr": 0.1 if opt == "sgdm" else 3e-4,
-                "schedule": "cosine",
-                "final_train_loss": float(rng.uniform(0.05, 0.5)),
-                "steps_to_target": float(rng.integers(50, 100)) if s != 2 else np.nan,
-                "final_val_loss": float(rng.uniform(0.3, 0.8)),
-                "final_val_acc": float(rng.uniform(0.8, 0.95)),
-            }
-            for a, (held, n) in counts.items():
-                lo, hi = _wilson(held, n)
-                row[f"held:{a}"] = held / n
-                verdicts.append(
-                    {
-                        "run_id": run_id,
-                        "assumption": a,
-                        "label": LABELS[a],
-                        "held": held,
-                        "checked": n,
-                        "fraction": held / n,
-                        "ci_low": lo,
-                        "ci_high": hi,
-                    }
-                )
-            for c in constants:
-                row[f"const:{c}"] = float(10 ** rng.uniform(-2, 3))
-            runs.append(row)
-    runs = pd.DataFrame(runs)
-    verdicts = pd.DataFrame(verdicts)
-
-    corr = []
-    for c in constants:
-        for perf in PERFORMANCE:
-            ok = runs[[f"const:{c}", perf]].dropna()
-            n = len(ok)
-            rho = stats.spearmanr(ok.iloc[:, 0], ok.iloc[:, 1]).statistic if n > 2 else np.nan
-            corr.append(
-                {
-                    "constant": c,
-                    "performance": perf,
-                    "n": n,
-                    "rho": rho,
-                    "ci_low": max(-1.0, rho - 0.7) if np.isfinite(rho) else np.nan,
-                    "ci_high": min(1.0, rho + 0.7) if np.isfinite(rho) else np.nan,
-                    "pvalue": 0.5,
-                }
-            )
-    correlations = pd.DataFrame(corr)
-
-    measures = {
-        "smoothness_predicts": "held:descent_bound",
-        "convexity_holds": "held:inst_gap",
-        "convexity_old_holds": "held:inst_gap_old",
-        "ref_convexity_holds": "held:ref_gap",
-    }
-    comp = []
-    for opt, g in runs.groupby("optimizer", sort=False):
-        row = {"optimizer": opt, "n_runs": len(g)}
-        for m, col in measures.items():
-            if col not in g.columns:
-                row[m] = row[f"{m}_low"] = row[f"{m}_high"] = np.nan
-                continue
-            mean, sd = g[col].mean(), g[col].std(ddof=1)
-            half = 1.96 * sd / np.sqrt(len(g)) if len(g) > 1 else np.nan
-            row[m] = mean
-            row[f"{m}_low"] = np.clip(mean - half, 0, 1)  # NaN for a single run
-            row[f"{m}_high"] = np.clip(mean + half, 0, 1)
-        comp.append(row)
-    comparison = pd.DataFrame(comp)
-    return {
-        "runs": runs,
-        "verdicts": verdicts,
-        "correlations": correlations,
-        "comparison": comparison,
-        "histories": histories,
-    }
-
-
-# --------------------------------------------------------------------------------------------
-# checkers
-
-
-class TagBalance(HTMLParser):
-    """Counts open/close of non-void tags; records mismatches and what is left open."""
-
-    def __init__(self):
-        super().__init__(convert_charrefs=True)
-        self.stack: list[str] = []
-        self.errors: list[str] = []
-        self.tags: list[tuple[str, dict]] = []
-
-    def handle_starttag(self, tag, attrs):
-        self.tags.append((tag, dict(attrs)))
-        if tag not in VOID:
-            self.stack.append(tag)
-
-    def handle_startendtag(self, tag, attrs):
-        self.tags.append((tag, dict(attrs)))
-
-    def handle_endtag(self, tag):
-        if tag in VOID:
-            return
-        if not self.stack or self.stack[-1] != tag:
-            self.errors.append(f"</{tag}> closes {self.stack[-1:] or 'nothing'}")
-            if tag in self.stack:
-                del self.stack[len(self.stack) - 1 - self.stack[::-1].index(tag) :]
-            return
-        self.stack.pop()
-
-
-def check_html(path: Path) -> TagBalance:
-    parser = TagBalance()
-    parser.feed(path.read_text(encoding="utf-8"))
-    parser.close()
-    assert parser.errors == [], parser.errors
-    assert parser.stack == [], f"unclosed tags: {parser.stack}"
-    return parser
-
-
-def check_png(path: Path, min_bytes: int = 10_000) -> None:
-    assert path.is_file(), path
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert path.stat().st_size > min_bytes, (path, path.stat().st_size)
-    img = mpimg.imread(path)
-    assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
-    colours = np.unique(img.reshape(-1, img.shape[-1])[::7], axis=0)
-    assert len(colours) > 5, f"{path.name} is (nearly) a single colour"
-
-
-def check_self_contained(parser: TagBalance, html: str) -> None:
-    assert "<script" not in html.lower()
-    for tag, attrs in parser.tags:
-        for attr in ("src", "href"):
-            ref = attrs.get(attr)
-            if ref is not None:
-                assert "://" not in ref and not ref.startswith("/"), (tag, ref)
-        assert tag not in ("link", "iframe", "object", "embed"), tag
-
-
-# --------------------------------------------------------------------------------------------
-# the full report
+from optprobe.analysis.report import FIGURES, TABLES, write_report
+from optprobe.analysis.report_text import answer_sentences
+from optprobe.assumptions import ASSUMPTIONS
 
 
 @pytest.fixture(scope="module")
@@ -331,61 +91,28 @@ def test_report_html_content(full_report, sweep):
     assert positions == sorted(positions)
 
 
-def test_correlation_table_sorted_by_abs_rho(full_report, sweep):
+def test_glossary_has_the_registry_text_of_every_assumption(full_report):
+    """One glossary entry per registry assumption, with the registry's label, symbols and
+    condition: a condition written by hand anywhere else would not match."""
     html = full_report.read_text(encoding="utf-8")
-    start = html.index("<h2>Table: fitted constants")
-    section = html[start : html.index("<h2>Table: per-run verdicts</h2>")]
-    rows = [r for r in section.split("<tr") if "<td" in r]
-    rhos = [float(r.split("<td>")[2].split("</td>")[0]) for r in rows]
-    assert len(rhos) == len(sweep["correlations"])
-    assert np.all(np.diff(np.abs(rhos)) <= 1e-3)
+    glossary = html[html.index('<ul id="glossary">') :]
+    items = re.findall(r"<li>(.*?)</li>", glossary[: glossary.index("</ul>")])
+    assert len(items) == len(ASSUMPTIONS)
+    for item, a in zip(items, ASSUMPTIONS.values(), strict=True):
+        assert f"<b>{escape(a.id)}</b>" in item
+        for text in (a.label, a.symbols, a.condition):
+            assert escape(text) in item, (a.id, text)
+    assert escape("tr Σ_t <= σ²") in glossary and "tr Σ ≤ σ0²" not in html
 
 
-def test_figures_do_not_touch_pyplot(full_report):
-    import sys
-
-    if "matplotlib.pyplot" in sys.modules:
-        import matplotlib.pyplot as plt
-
-        assert plt.get_fignums() == []
-
-
-# --------------------------------------------------------------------------------------------
-# sentences
-
-
-def test_optimizer_sentence_format():
-    row = {
-        "optimizer": "sgdm",
-        "n_runs": 3,
-        "smoothness_predicts": 0.12,
-        "smoothness_predicts_low": 0.08,
-        "smoothness_predicts_high": 0.17,
-        "convexity_holds": 0.91,
-        "convexity_holds_low": 0.88,
-        "convexity_holds_high": 0.94,
-        "ref_convexity_holds": np.nan,
-    }
-    s = optimizer_sentence(row)
-    assert s.startswith("SGDM (3 runs): L-smoothness predicted the progress on 12% [8–17%]")
-    assert "convexity along the step held on 91% [88–94%]" in s
-    assert "reference" not in s.split(".")[0]
-    assert "clearly more often" in s
-    assert optimizer_sentence({"optimizer": "lion"}) == "Lion: no assumption was measured."
-
-
-def test_correlation_sentence():
-    none = pd.DataFrame(
-        {"constant": ["L", "gamma"], "performance": ["final_train_loss"] * 2, "n": [6, 6],
-         "rho": [0.4, -0.1], "ci_low": [-0.3, -0.8], "ci_high": [0.9, 0.6], "pvalue": [0.4, 0.8]}
-    )  # fmt: skip
-    s = correlation_sentence(none)
-    assert s.startswith("None of the 2 Spearman correlations") and "excludes 0" in s
-    assert "L with final training loss (ρ = 0.40" in s
-    some = none.assign(ci_low=[0.1, -0.8])
-    s = correlation_sentence(some)
-    assert s.startswith("1 of 2 Spearman correlations") and "L with final training loss" in s
-    assert "No correlation" in correlation_sentence(pd.DataFrame())
+def test_captions_say_what_the_intervals_are(full_report):
+    html = full_report.read_text(encoding="utf-8")
+    caption = escape(FIGURES["optimizer_comparison.png"][1])
+    assert caption in html
+    assert "Wilson" in caption and "pooled" in caption and "mean over runs" not in caption
+    assert "Wilson" in FIGURES["held_fractions.png"][1]
+    table = html[html.index("<h2>Table: optimizer comparison</h2>") :]
+    assert "Wilson" in table[: table.index("<table>")]
 
 
 # --------------------------------------------------------------------------------------------
@@ -456,43 +183,6 @@ def test_report_with_partial_columns(tmp_path):
     assert "&lt;b&gt;&amp;run" in html and "<b>&run" not in html
     for name in FIGURES:
         assert (tmp_path / name).is_file()
-
-
-# --------------------------------------------------------------------------------------------
-# plot functions on their own
-
-
-def test_plot_functions_return_paths_and_degrade(tmp_path, sweep):
-    p = plots.plot_held_fractions(sweep["verdicts"], sweep["runs"], tmp_path / "a" / "held.png")
-    assert p == tmp_path / "a" / "held.png"
-    check_png(p)
-    # held fractions from runs' held:* columns when verdicts are missing
-    held_cols = ["run_id", "optimizer", "seed", "held:inst_gap", "held:descent_bound"]
-    check_png(plots.plot_held_fractions(None, sweep["runs"][held_cols], tmp_path / "h2.png"))
-    check_png(
-        plots.plot_trajectories(
-            sweep["histories"], sweep["runs"], tmp_path / "traj.png", keys=["step/inst_gap"]
-        )
-    )
-    check_png(
-        plots.plot_constant_vs_performance(
-            sweep["runs"][["run_id", "optimizer", "steps_to_target", "const:L", "const:gamma"]],
-            sweep["correlations"],
-            tmp_path / "sc.png",
-            performance="steps_to_target",
-        )
-    )
-    # degraded inputs: a "no data" figure, never an exception
-    for path in (
-        plots.plot_trajectories(sweep["histories"], None, tmp_path / "n1.png", keys=["nope"]),
-        plots.plot_constant_vs_performance(sweep["runs"], None, tmp_path / "n2.png", "missing"),
-        plots.plot_constant_vs_performance(
-            sweep["runs"][["run_id", "final_train_loss"]], None, tmp_path / "n3.png"
-        ),
-        plots.plot_optimizer_comparison(pd.DataFrame({"optimizer": ["a"]}), tmp_path / "n4.png"),
-        plots.plot_held_fractions(pd.DataFrame(), pd.DataFrame(), tmp_path / "n5.png"),
-    ):
-        assert path.is_file() and mpimg.imread(path).ndim == 3
 
 
 # --------------------------------------------------------------------------------------------

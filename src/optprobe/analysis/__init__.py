@@ -1,1 +1,2 @@
-"""Readers of finished runs (local store, W&B), verdicts, cross-run statistics, plots."""
+"""Readers of finished runs (local store, W&B), verdicts, cross-run statistics, figures and
+the HTML report."""

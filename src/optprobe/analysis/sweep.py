@@ -12,10 +12,11 @@ import pandas as pd
 from optprobe.analysis.runs import RunRecord
 from optprobe.analysis.stats import spearman_with_ci, wilson_interval
 from optprobe.analysis.verdicts import verdict_from_metrics
+from optprobe.assumptions import ASSUMPTIONS
 
 PERFORMANCE = ("final_train_loss", "steps_to_target", "final_val_loss", "final_val_acc")
 # the study's comparison: does the smoothness analysis predict the progress, do the convexity
-# identities hold (column of the comparison table -> assumption id)
+# identities hold (column of the comparison table -> assumption id; labels from the registry)
 COMPARED = {
     "smoothness_predicts": "descent_bound",
     "convexity_holds": "inst_gap",
@@ -227,9 +228,10 @@ def markdown_summary(tables: SweepTables, command: str = "") -> str:
         lines += [f"Produced by `{command}`.", ""]
     comp = tables.comparison
     if not comp.empty:
+        labels = [ASSUMPTIONS[a].label for a in COMPARED.values()]
         lines += [
-            "| setting: optimizer | runs | L-smoothness predicted the progress | convex along the step (from x_{t+1}) | convex along the step (from x_t) | convex towards x* |",
-            "|---|---|---|---|---|---|",
+            "| " + " | ".join(["setting: optimizer", "runs", *labels]) + " |",
+            "|---" * (2 + len(labels)) + "|",
         ]
         for _, r in comp.iterrows():
             cells = [

@@ -14,7 +14,13 @@ from pathlib import Path
 
 from optprobe.analysis.report import write_report
 from optprobe.analysis.runs import load_local_runs, load_wandb_api_runs, load_wandb_offline_runs
-from optprobe.analysis.sweep import SweepTables, build_tables, findings, markdown_summary
+from optprobe.analysis.sweep import (
+    COMPARED,
+    SweepTables,
+    build_tables,
+    findings,
+    markdown_summary,
+)
 from optprobe.log import say
 from optprobe.run.sweep_table import format_table
 
@@ -62,16 +68,8 @@ def print_summary(tables: SweepTables) -> None:
     """The optimizer comparison and the strongest correlations, in the terminal."""
     comp = tables.comparison
     if not comp.empty:
-        cols = (
-            "optimizer",
-            "n_runs",
-            "smoothness_predicts",
-            "convexity_holds",
-            "convexity_old_holds",
-            "ref_convexity_holds",
-        )
         say("\nFraction of probed steps (pooled over runs):")
-        say(format_table(comp.to_dict("records"), cols))
+        say(format_table(comp.to_dict("records"), ("optimizer", "n_runs", *COMPARED)))
     corr = tables.correlations
     if not corr.empty:
         top = corr.reindex(corr["rho"].abs().sort_values(ascending=False).index).head(8)
