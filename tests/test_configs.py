@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -115,13 +113,3 @@ def test_slurm_launchers_compose_with_optprobe_requeueing(make_cfg, launcher):
 def test_hydra_dirs_have_microseconds():
     text = (CONF_DIR / "hydra" / "default.yaml").read_text()
     assert text.count("%f") == 2
-
-
-def test_model_that_cannot_read_data_fails_before_training(make_cfg):
-    from optprobe.run.job import train
-
-    cfg = make_cfg(["model=gpt", "data=digits", "debug=smoke"])
-    with pytest.raises(Exception, match="data"):
-        train(cfg)
-    summary = Path(cfg.paths.output_dir) / "summary.json"
-    assert '"failed"' in summary.read_text()

@@ -3,13 +3,12 @@ a job keeps one W&B run across resumes."""
 
 from __future__ import annotations
 
-import re
-
 import os
+import re
 import socket
 
 import pytest
-from test_cli import run_train
+from job_harness import run_train
 
 from optprobe.analysis.wandb_offline import offline_run_dirs, read_wandb_run
 from optprobe.run.wandb_setup import job_run_id, resolve_mode, server_reachable, wandb_logger
