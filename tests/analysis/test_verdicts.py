@@ -10,7 +10,6 @@ import pandas as pd
 import pytest
 
 from optprobe.analysis.stats import quantile_regression_line
-from optprobe.assumptions import ASSUMPTIONS
 from optprobe.analysis.verdicts import (
     AssumptionVerdict,
     RunVerdict,
@@ -18,6 +17,7 @@ from optprobe.analysis.verdicts import (
     verdict_from_metrics,
     verdict_table,
 )
+from optprobe.assumptions import ASSUMPTIONS
 
 Z95 = 1.959963984540054
 
