@@ -1,11 +1,18 @@
-"""Shared fixtures: W&B off, one torch thread, Hydra configs composed with outputs in tmp_path."""
+"""Shared fixtures: W&B off, one torch thread, Hydra configs composed with outputs in tmp_path,
+a tiny CIFAR-10 folder.
+
+The folder holding this file (tests/) is on ``sys.path`` (pytest's default "prepend" import mode,
+no ``__init__.py`` files), so test files anywhere below import ``conftest``, ``harness`` and
+``job_harness`` by name. Test file names must therefore be unique across all folders."""
 
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -57,24 +64,35 @@ def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
     GlobalHydra.instance().clear()
 
 
-@pytest.fixture
-def cifar_dir(tmp_path: Path) -> Path:
-    """A tiny CIFAR-10 folder in the real python-pickle format (10 images per batch file)."""
-    import pickle
+IMAGES_PER_FILE = 20
+CIFAR_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
 
-    import numpy as np
 
-    root = tmp_path / "cifar_data"
+def cifar_pixels(file_index: int, image_index: int) -> np.ndarray:
+    """Known uint8 row (3072,) for image ``image_index`` of file ``file_index``."""
+    base = 7 * file_index + 13 * image_index
+    return ((np.arange(3072) + base) % 251).astype(np.uint8)
+
+
+def cifar_label(file_index: int, image_index: int) -> int:
+    return (3 * file_index + image_index) % 10
+
+
+def write_cifar(root: Path, files: Sequence[str] = CIFAR_FILES) -> Path:
+    """Write a tiny CIFAR-10 folder in the real python-pickle format (``IMAGES_PER_FILE``
+    images per batch file, pixels from ``cifar_pixels``); returns data_dir (``root``)."""
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for name in [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"]:
-        batch = {
-            b"data": rng.integers(0, 256, size=(10, 3072), dtype=np.uint8),
-            b"labels": list(rng.integers(0, 10, size=10)),
-        }
-        with open(folder / name, "wb") as f:
-            pickle.dump(batch, f)
-    with open(folder / "batches.meta", "wb") as f:
-        pickle.dump({b"label_names": [f"c{i}".encode() for i in range(10)]}, f)
+    for file_index, name in enumerate(files):
+        data = np.stack([cifar_pixels(file_index, i) for i in range(IMAGES_PER_FILE)])
+        labels = [cifar_label(file_index, i) for i in range(IMAGES_PER_FILE)]
+        entry = {b"batch_label": name.encode(), b"data": data, b"labels": labels}
+        with open(folder / name, "wb") as fh:
+            pickle.dump(entry, fh, protocol=2)
     return root
+
+
+@pytest.fixture
+def cifar_dir(tmp_path: Path) -> Path:
+    """A tiny CIFAR-10 data_dir (see ``write_cifar``)."""
+    return write_cifar(tmp_path / "cifar_data")

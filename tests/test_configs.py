@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
 import torch
 from conftest import CONF_DIR
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from optprobe.run.build import build, expand_shorthands
 
@@ -38,6 +42,10 @@ def test_model_option_builds_and_runs_forward(make_cfg, model):
     assert torch.isfinite(module.loss_fn(out, targets))
 
 
+# classes (vocabulary size for shakespeare) of each data set, known independently of the configs
+NUM_CLASSES = {"cifar10": 10, "digits": 10, "mnist5k": 10, "shakespeare": 84, "synthetic": 10}
+
+
 @pytest.mark.parametrize("data", options("data"))
 def test_data_option_instantiates(make_cfg, cifar_dir, data):
     extra = {
@@ -47,7 +55,14 @@ def test_data_option_instantiates(make_cfg, cifar_dir, data):
     cfg = make_cfg([f"data={data}", *extra, "debug=smoke"])
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
-    assert datamodule.num_classes == cfg.data.num_classes
+    # the option's num_classes is the data set's, and every target of the data is a class
+    assert cfg.data.num_classes == datamodule.num_classes == NUM_CLASSES[data]
+    for targets in (datamodule.train_targets, datamodule.val_targets):
+        assert 0 <= int(targets.min()) and int(targets.max()) < NUM_CLASSES[data]
+    if data == "shakespeare":
+        assert len(datamodule.vocab) == NUM_CLASSES[data]
+    else:  # every class occurs in the (smoke-sized) training split
+        assert len(torch.unique(datamodule.train_targets)) == NUM_CLASSES[data]
 
 
 @pytest.mark.parametrize("optimizer", options("optimizer"))
@@ -112,16 +127,29 @@ def test_slurm_launchers_compose_with_optprobe_requeueing(make_cfg, launcher):
     assert (cfg.hydra.launcher.gpus_per_node or 0) == (1 if launcher == "slurm_gpu" else 0)
 
 
-def test_hydra_dirs_have_microseconds():
-    text = (CONF_DIR / "hydra" / "default.yaml").read_text()
-    assert text.count("%f") == 2
+def launch_dirs(log_dir: Path) -> tuple[str, str]:
+    """The run and sweep folders a ``python train.py`` launched now would get: the config
+    composed afresh (a new launch, so Hydra's cached ``${now:...}`` is evaluated again) and
+    the folders resolved as Hydra's ``run_job`` does (``OmegaConf.select``)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", [f"paths.log_dir={log_dir}"], return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    return str(OmegaConf.select(cfg, "hydra.run.dir")), str(
+        OmegaConf.select(cfg, "hydra.sweep.dir")
+    )
 
 
-def test_model_that_cannot_read_data_fails_before_training(make_cfg):
-    from optprobe.run.job import train
-
-    cfg = make_cfg(["model=gpt", "data=digits", "debug=smoke"])
-    with pytest.raises(Exception, match="data"):
-        train(cfg)
-    summary = Path(cfg.paths.output_dir) / "summary.json"
-    assert '"failed"' in summary.read_text()
+def test_launches_in_the_same_second_get_their_own_folders(tmp_path):
+    for _ in range(50):  # until both launches fall within one wall-clock second
+        started = time.time()
+        first, second = launch_dirs(tmp_path), launch_dirs(tmp_path)
+        if int(time.time()) == int(started):
+            break
+    else:
+        pytest.skip("two config compositions never fit in one second on this machine")
+    for a, b, kind in ((first[0], second[0], "runs"), (first[1], second[1], "multiruns")):
+        assert Path(a).parent == Path(b).parent == tmp_path / "train" / kind
+        assert a != b
+        Path(a).mkdir(parents=True)  # exist_ok=False: fails if the folders coincide
+        Path(b).mkdir(parents=True)

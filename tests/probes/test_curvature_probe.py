@@ -14,28 +14,15 @@ import math
 import numpy as np
 import pytest
 import torch
-from harness import StartedFlag, fit
+from harness import StartedFlag, fit, make_data, make_mlp
 from pytorch_lightning.callbacks import Callback
 from torch import Tensor, nn
 from torch.func import functional_call
 
 from optprobe.models.lit_module import cross_entropy
-from optprobe.models.simple import MLP
 from optprobe.probes.curvature import CurvatureProbe
 
 LANCZOS = {"lanczos_iters": 400, "tol": 1e-8}
-
-
-def make_data(n: int = 64, seed: int = 0) -> tuple[Tensor, Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 1, 4, 4, generator=gen, dtype=torch.float64)
-    y = torch.randint(0, 3, (n,), generator=gen)
-    return x, y
-
-
-def make_mlp() -> nn.Module:
-    torch.manual_seed(0)
-    return MLP((1, 4, 4), 3, hidden=(16,), activation="tanh").double()
 
 
 class TinyBNNet(nn.Module):

@@ -12,11 +12,10 @@ import math
 
 import pytest
 import torch
-from harness import StartedFlag, fit
+from harness import StartedFlag, fit, make_data, make_mlp
 from torch import Tensor, nn
 
 from optprobe.models.lit_module import cross_entropy
-from optprobe.models.simple import MLP
 from optprobe.probes.curvature import CurvatureProbe
 from optprobe.probes.noise import NoiseProbe
 
@@ -28,18 +27,6 @@ KEYS = (
     "noise/snr",
     "noise/batch_size",
 )
-
-
-def make_data(n: int = 64, seed: int = 0, dtype=torch.float64) -> tuple[Tensor, Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 1, 4, 4, generator=gen, dtype=dtype)
-    y = torch.randint(0, 3, (n,), generator=gen)
-    return x, y
-
-
-def make_mlp() -> nn.Module:
-    torch.manual_seed(0)
-    return MLP((1, 4, 4), 3, hidden=(16,), activation="tanh").double()
 
 
 class TinyCNN(nn.Module):

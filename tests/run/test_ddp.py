@@ -5,7 +5,6 @@ Slow tier. Each test starts ``train.py`` (Hydra, then optprobe's own rank launch
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-from test_cli import run_train
+from job_harness import job_folder, metric_rows, run_train
 
 from optprobe.estimators.functional import functional_loss, loss_and_grad, trainable_params
 from optprobe.estimators.noise_stats import two_batch_from_shards
@@ -43,20 +42,6 @@ SINGLE = [f"data.batch_size={2 * SHARD}"]
 # timing keys differ between any two runs.
 COMPARED = ("step/", "ref/", "noise/", "curv/", "train/loss")
 NOT_COMPARED = ("_two_batch", "curv/esd_saved")
-
-
-def job_folder(log_dir: Path) -> Path:
-    runs = list((log_dir / "train" / "runs").iterdir())
-    assert len(runs) == 1, runs  # one output folder per job, not one per rank
-    return runs[0]
-
-
-def metric_rows(folder: Path) -> dict[int, dict[str, float]]:
-    with open(folder / "metrics.csv") as f:
-        return {
-            int(r["step"]): {k: float(v) for k, v in r.items() if v != "" and k != "step"}
-            for r in csv.DictReader(f)
-        }
 
 
 @pytest.fixture(scope="module")

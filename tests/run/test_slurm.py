@@ -191,6 +191,45 @@ def probe_rows(job: Path) -> dict[str, dict[str, str]]:
         }
 
 
+def wait_until_task_zero_trains(launcher: subprocess.Popen, log_dir: Path) -> tuple[Path, str]:
+    """Task 0's job folder and SLURM job id once it trains (the signal handler is set when
+    training starts): more than 10 rows in its metrics.csv."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        assert launcher.poll() is None, launcher.stdout.read()
+        found = list((log_dir / "train" / "multiruns").glob("*/0/metrics.csv"))
+        if found and len(found[0].read_text().splitlines()) > 10:
+            job = found[0].parent
+            return job, json.loads((job / "summary.json").read_text())["slurm_job_id"]
+        time.sleep(0.5)
+    raise AssertionError("task 0 did not start training within 300 s")
+
+
+def wait_for_checkpoint_and_requeue(job: Path, job_id: str, timeout: float = 120) -> None:
+    """After SIGUSR1: the job folder has the HPC checkpoint and sacct lists a requeue."""
+    deadline = time.monotonic() + timeout
+    while not (job / "hpc_ckpt_1.ckpt").exists() or "REQUEUED" not in sacct_states(job_id):
+        assert time.monotonic() < deadline, (
+            f"no checkpoint + requeue after SIGUSR1: {sacct_states(job_id)}, "
+            f"{sorted(p.name for p in job.iterdir())} (did training end first?)"
+        )
+        time.sleep(0.5)
+
+
+def start_requeued_job_now(job_id: str) -> bool:
+    """A requeued job waits ~2 min for its BeginTime (SLURM's requeue delay): skip the wait.
+    True when the start time was reset (False: it already runs, or never showed as pending)."""
+    for _ in range(60):
+        reason = sh("squeue", "-h", "-j", job_id, "-o", "%T %r").stdout.split()
+        if reason == ["PENDING", "BeginTime"]:
+            sh("scontrol", "update", f"JobId={job_id}", "StartTime=now")
+            return True
+        if reason and reason[0] == "RUNNING":
+            return False
+        time.sleep(1)
+    return False
+
+
 def test_usr1_checkpoints_requeues_and_resumes_with_the_same_verdicts(slurm_cluster, tmp_path):
     """Two array tasks of one config (they differ only in the checkpoint interval, which does
     not touch the trajectory). Task 0 gets SIGUSR1 (what --signal sends before the time limit)
@@ -221,39 +260,12 @@ def test_usr1_checkpoints_requeues_and_resumes_with_the_same_verdicts(slurm_clus
         stdin=subprocess.DEVNULL,
     )
     try:
-        # wait until task 0 trains (the signal handler is set when training starts)
-        deadline = time.monotonic() + 300
-        job = summary = None
-        while time.monotonic() < deadline:
-            assert launcher.poll() is None, launcher.stdout.read()
-            found = list((tmp_path / "train" / "multiruns").glob("*/0/metrics.csv"))
-            if found and len(found[0].read_text().splitlines()) > 10:
-                job = found[0].parent
-                summary = json.loads((job / "summary.json").read_text())
-                break
-            time.sleep(0.5)
-        assert job is not None, "task 0 did not start training within 300 s"
-        job_id = summary["slurm_job_id"]
+        job, job_id = wait_until_task_zero_trains(launcher, tmp_path)
         assert sh("scancel", "--signal=USR1", job_id).returncode == 0
         print(f"\nSIGUSR1 sent to job {job_id} after {time.monotonic() - t0:.1f} s")
-
-        # requeued: the task waits ~2 min for its BeginTime (SLURM's requeue delay); skip it
-        deadline = time.monotonic() + 120
-        while not (job / "hpc_ckpt_1.ckpt").exists() or "REQUEUED" not in sacct_states(job_id):
-            assert time.monotonic() < deadline, (
-                f"no checkpoint + requeue after SIGUSR1: {sacct_states(job_id)}, "
-                f"{sorted(p.name for p in job.iterdir())} (did training end first?)"
-            )
-            time.sleep(0.5)
-        for _ in range(60):
-            reason = sh("squeue", "-h", "-j", job_id, "-o", "%T %r").stdout.split()
-            if reason == ["PENDING", "BeginTime"]:
-                sh("scontrol", "update", f"JobId={job_id}", "StartTime=now")
-                print(f"requeued; start time reset after {time.monotonic() - t0:.1f} s")
-                break
-            if reason and reason[0] == "RUNNING":
-                break
-            time.sleep(1)
+        wait_for_checkpoint_and_requeue(job, job_id)
+        if start_requeued_job_now(job_id):
+            print(f"requeued; start time reset after {time.monotonic() - t0:.1f} s")
         output, _ = launcher.communicate(timeout=900)
         print(f"launcher done after {time.monotonic() - t0:.1f} s")
     except BaseException:

@@ -6,38 +6,13 @@ import csv
 import json
 import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from job_harness import run_train
 
 from optprobe.analysis.wandb_offline import offline_run_dirs, read_wandb_run
 
 pytestmark = pytest.mark.slow
-
-
-def run_train(
-    args: list[str],
-    log_dir: Path,
-    env_extra: dict | None = None,
-    timeout=600,
-    prefix: tuple[str, ...] = (),
-    without_wandb_env: bool = False,
-):
-    """``train.py`` in a subprocess; ``without_wandb_env``: no WANDB_* variables inherited."""
-    base = {k: v for k, v in os.environ.items() if not (without_wandb_env and k[:6] == "WANDB_")}
-    env = {**base, "OPTPROBE_LOG_DIR": str(log_dir), **(env_extra or {})}
-    return subprocess.run(
-        [*prefix, sys.executable, "train.py", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
 
 
 def test_multirun_sweep_writes_two_job_folders_and_summary(tmp_path):

@@ -8,7 +8,7 @@ import re
 import socket
 
 import pytest
-from test_cli import run_train
+from job_harness import run_train
 
 from optprobe.analysis.wandb_offline import offline_run_dirs, read_wandb_run
 from optprobe.run.wandb_setup import job_run_id, resolve_mode, server_reachable, wandb_logger

@@ -1,4 +1,8 @@
-"""A tiny Lightning training harness for probe tests, with a recorder of what each step saw."""
+"""A tiny Lightning training harness for probe and callback tests, with a recorder of what each
+step saw, and the small seeded data and MLP several of them train on.
+
+Imported as ``from harness import ...`` (tests/ is on ``sys.path`` through tests/conftest.py).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from optprobe.models.lit_module import TrainingModule
+from optprobe.models.simple import MLP
 from optprobe.run.run_store import MemoryLogger
 
 
@@ -114,6 +119,20 @@ def fit(
     )
     trainer.fit(module, datamodule=ArrayData(inputs, targets, batch_size, seed))
     return trainer, module, recorder, sink
+
+
+def make_data(n: int = 64, seed: int = 0, dtype=torch.float64) -> tuple[Tensor, Tensor]:
+    """``n`` random 1x4x4 float64 inputs with labels in {0, 1, 2}, seeded."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 1, 4, 4, generator=gen, dtype=dtype)
+    y = torch.randint(0, 3, (n,), generator=gen)
+    return x, y
+
+
+def make_mlp() -> nn.Module:
+    """A float64 tanh MLP for ``make_data`` (16 hidden units), seeded."""
+    torch.manual_seed(0)
+    return MLP((1, 4, 4), 3, hidden=(16,), activation="tanh").double()
 
 
 def net_vocab(net: nn.Module) -> int:

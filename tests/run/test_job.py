@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from job_harness import metric_rows, trained_state
 
 from optprobe.run.job import train
 
@@ -31,8 +32,9 @@ TINY = [
 
 
 def train_losses(output_dir: Path) -> list[float]:
-    with open(output_dir / "metrics.csv") as f:
-        return [float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
+    return [
+        r["train/loss"] for _, r in sorted(metric_rows(output_dir).items()) if "train/loss" in r
+    ]
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -58,14 +60,6 @@ def test_short_run_decreases_loss_and_writes_job_folder(make_cfg, family):
         assert (out / name).is_file(), name
 
 
-def final_state(make_cfg, overrides):
-    cfg = make_cfg(overrides)
-    _, objects = train(cfg)
-    module = objects["module"]
-    opt_state = objects["trainer"].optimizers[0].state_dict()
-    return {k: v.clone() for k, v in module.state_dict().items()}, opt_state
-
-
 def test_same_seed_gives_bit_identical_parameters(make_cfg):
     overrides = [
         "debug=smoke",
@@ -74,14 +68,15 @@ def test_same_seed_gives_bit_identical_parameters(make_cfg):
         "trainer.max_steps=10",
         "probes=none",
     ]
-    a, opt_a = final_state(make_cfg, overrides)
-    b, opt_b = final_state(make_cfg, overrides)
+    a, opt_a, _ = trained_state(make_cfg(overrides))
+    b, opt_b, _ = trained_state(make_cfg(overrides))
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
-    for pid, state in opt_a["state"].items():
-        assert torch.equal(state["momentum_buffer"], opt_b["state"][pid]["momentum_buffer"])
-    c, _ = final_state(make_cfg, [*overrides, "seed=1"])
+    assert opt_a.keys() == opt_b.keys() and opt_a
+    for pid, state in opt_a.items():
+        assert torch.equal(state["momentum_buffer"], opt_b[pid]["momentum_buffer"])
+    c, _, _ = trained_state(make_cfg([*overrides, "seed=1"]))
     assert any(not torch.equal(a[k], c[k]) for k in a)
 
 
@@ -90,6 +85,6 @@ def test_metrics_csv_has_one_row_per_step(make_cfg):
     train(cfg)
     with open(Path(cfg.paths.output_dir) / "metrics.csv") as f:
         steps = [r["step"] for r in csv.DictReader(f)]
-    assert len(steps) == len(set(steps))
+    assert len(steps) == len(set(steps)) == cfg.trainer.max_steps
     text = (Path(cfg.paths.output_dir) / "metrics.csv").read_text()
     assert "val/acc" in text.splitlines()[0]

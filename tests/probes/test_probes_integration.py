@@ -3,13 +3,13 @@ the reference replay, resume with probe state, and the per-job verdict summary."
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from pathlib import Path
 
 import pytest
 import torch
+from job_harness import metric_rows, trained_state
 
 from optprobe.run.job import train
 
@@ -52,19 +52,6 @@ TINY = [
 ]
 
 
-def final_state(cfg):
-    _, objects = train(cfg)
-    module, trainer = objects["module"], objects["trainer"]
-    params = {k: v.clone() for k, v in module.state_dict().items()}
-    opt = trainer.optimizers[0].state_dict()["state"]
-    return params, opt, Path(cfg.paths.output_dir)
-
-
-def read_metrics(folder: Path) -> list[dict[str, str]]:
-    with open(folder / "metrics.csv") as f:
-        return list(csv.DictReader(f))
-
-
 SLOW = {"resnet18", "vit_tiny"}  # three trainings each with every probe: ~1 min on 2 cores
 
 
@@ -74,24 +61,24 @@ SLOW = {"resnet18", "vit_tiny"}  # three trainings each with every probe: ~1 min
 )
 def test_probes_full_leaves_the_trajectory_bit_identical(make_cfg, family):
     base = FAMILIES[family]
-    probed, opt_probed, folder = final_state(make_cfg([*base, "probes=full", *TINY]))
-    plain, opt_plain, _ = final_state(make_cfg([*base, "probes=none", *TINY[:3]]))
+    probed, opt_probed, folder = trained_state(make_cfg([*base, "probes=full", *TINY]))
+    plain, opt_plain, _ = trained_state(make_cfg([*base, "probes=none", *TINY[:3]]))
     assert probed.keys() == plain.keys()
     for key in plain:  # parameters and BatchNorm buffers
         assert torch.equal(probed[key], plain[key]), key
     for pid, state in opt_plain.items():
         for name, value in state.items():
             assert torch.equal(torch.as_tensor(opt_probed[pid][name]), torch.as_tensor(value)), name
-    rows = read_metrics(folder)
-    probe_keys = [k for k in rows[0] if k.split("/")[0] in {"step", "curv", "noise", "ref"}]
-    families = {k.split("/")[0] for k in probe_keys}
-    assert families == {"step", "curv", "noise", "ref"}, families
-    for row in rows:
-        for key in probe_keys:
-            if row[key] != "" and not key.startswith(
+    rows = metric_rows(folder)
+    assert sorted(rows) == list(range(4))
+    families = {k.split("/")[0] for row in rows.values() for k in row}
+    assert {"step", "curv", "noise", "ref"} <= families, families
+    for step, row in rows.items():
+        for key, value in row.items():
+            if key.split("/")[0] in {"step", "curv", "noise", "ref"} and not key.startswith(
                 ("step/update_cos_prev", "ref/pl", "ref/weak_cvx")
             ):
-                assert math.isfinite(float(row[key])), (key, row[key])
+                assert math.isfinite(value), (step, key, value)
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["probes"]["reference"]["replay"]["matches"] is True
     assert summary["probes"]["step"]["probed"] == 4
@@ -121,5 +108,5 @@ def test_probes_budget_fraction_on_the_command_line(make_cfg):
     _, objects = train(cfg)
     budgets = [c for c in objects["trainer"].callbacks if isinstance(c, OverheadBudget)]
     assert len(budgets) == 1 and budgets[0].budget == 0.2
-    rows = read_metrics(Path(cfg.paths.output_dir))
-    assert any(r.get("probe/budget") for r in rows)
+    rows = metric_rows(Path(cfg.paths.output_dir))
+    assert {r["probe/budget"] for r in rows.values() if "probe/budget" in r} == {0.2}

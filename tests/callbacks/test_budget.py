@@ -3,7 +3,9 @@ tiny training run (no wall-clock assertions anywhere)."""
 
 from __future__ import annotations
 
+import copy
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -227,33 +229,53 @@ def test_step_probe_values_stay_exact_across_cadence_changes():
         x, y = nxt.batches[0]
         loss = functional_loss(module.net, x, y, module.loss_fn)
         true_changes.append(float(loss(nxt.params)) - float(loss(rec.params)))
-    logged = list(sink.series("step/loss_change").values())
+    # next-batch scheme: update t is finished, and logged, at step t + 1 (on that step's batch)
+    logged = sink.series("step/loss_change")
     assert step.every_n_steps == 5 and len(logged) >= 8
-    for value in logged:
-        assert min(abs(value - d) for d in true_changes) < 1e-6
-    cos_prev = list(sink.series("step/update_cos_prev").values())
+    gaps = {b - a for a, b in zip(logged, list(logged)[1:])}
+    assert len(gaps) > 1, gaps  # the cadence did change during the run
+    for s, value in logged.items():
+        assert abs(value - true_changes[s - 1]) < 1e-6, s
     deltas = [
         torch.cat([(r.next_params[k] - r.params[k]).flatten() for k in r.params])
         for r in recorder.steps
     ]
-    true_cos = [
-        float(torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=0))
-        for a, b in zip(deltas[1:], deltas[:-1])
-    ]
-    for value in cos_prev:
-        assert min(abs(value - c) for c in true_cos) < 1e-6
+    cos_prev = sink.series("step/update_cos_prev")  # logged with update t: cos(Δ_t, Δ_{t-1})
+    assert cos_prev.keys() <= logged.keys() and len(cos_prev) >= 7
+    for s, value in cos_prev.items():
+        t = s - 1
+        true = torch.nn.functional.cosine_similarity(
+            deltas[t].double(), deltas[t - 1].double(), dim=0
+        )
+        assert abs(value - float(true)) < 1e-6, s
 
 
-def test_callback_state_round_trip():
+def test_restored_budget_gives_the_probes_their_cadences_back():
+    """A resumed job starts with the cadences the budget had reached, not the configured ones:
+    ``load_state_dict`` then the trainer's ``setup`` and ``on_train_start`` hooks."""
+    step, noise = StepProbe(every_n_steps=3, start_step=2), NoiseProbe(every_n_steps=5)
     budget = OverheadBudget(budget=0.2)
-    step = StepProbe(every_n_steps=3)
-    budget.probes = {"step": step}
-    budget.fired = {"step": 4}
-    state = budget.state_dict()
-    fresh = OverheadBudget(budget=0.2)
-    fresh.load_state_dict(state)
-    assert fresh.fired == {"step": 4}
-    assert fresh._restored["schedules"] == {"step": (3, 0)}
+    budget.setup(SimpleNamespace(callbacks=[step, noise, budget]), None, "fit")
+    budget.fired = {"step": 4, "noise": 1}
+    state = copy.deepcopy(budget.state_dict())
+
+    def resume(state: dict | None) -> tuple[StepProbe, NoiseProbe, OverheadBudget]:
+        step, noise = StepProbe(every_n_steps=1), NoiseProbe(every_n_steps=1)  # as configured
+        budget = OverheadBudget(budget=0.2)
+        trainer = SimpleNamespace(callbacks=[step, noise, budget], global_step=7)
+        if state is not None:
+            budget.load_state_dict(state)
+        budget.setup(trainer, None, "fit")
+        budget.on_train_start(trainer, None)
+        return step, noise, budget
+
+    step, noise, restored = resume(state)
+    assert [t for t in range(7, 20) if step.is_probe_step(t)] == [8, 11, 14, 17]
+    assert [t for t in range(7, 20) if noise.is_probe_step(t)] == [10, 15]
+    assert restored.fired == {"step": 4, "noise": 1}
+    assert restored.final_summary()["every_n_steps"] == {"step": 3, "noise": 5}
+    step, noise, _ = resume(None)  # without the state: the configured cadences
+    assert step.every_n_steps == noise.every_n_steps == 1
 
 
 def test_budget_config_composes_with_the_probes(make_cfg):

@@ -1,0 +1,81 @@
+"""Helpers for tests that run whole jobs: ``train.py`` in a subprocess, ``train(cfg)`` in this
+process, and the job folder they leave (``metrics.csv``).
+
+Imported as ``from job_harness import ...`` (tests/ is on ``sys.path`` through tests/conftest.py,
+like ``harness``).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from conftest import ROOT
+from omegaconf import DictConfig
+
+from optprobe.run.job import train
+
+# A smoke run with the step, noise and curvature probes at cadences that do not divide each
+# other, over more than one epoch's worth of steps: what resume and preemption tests replay.
+SMOKE_WITH_PROBES = [
+    "debug=smoke",
+    "probes=[step,noise,curvature]",
+    "probes.noise.every_n_steps=3",
+    "probes.curvature.every_n_steps=4",
+    "probes.curvature.lanczos_iters=5",
+    "data.max_train_samples=64",
+    "data.batch_size=16",
+    "trainer.max_epochs=-1",
+    "trainer.val_check_interval=null",
+]
+
+
+def run_train(
+    args: list[str],
+    log_dir: Path,
+    env_extra: dict | None = None,
+    timeout=600,
+    prefix: tuple[str, ...] = (),
+    without_wandb_env: bool = False,
+) -> subprocess.CompletedProcess:
+    """``train.py`` in a subprocess; ``without_wandb_env``: no WANDB_* variables inherited."""
+    base = {k: v for k, v in os.environ.items() if not (without_wandb_env and k[:6] == "WANDB_")}
+    env = {**base, "OPTPROBE_LOG_DIR": str(log_dir), **(env_extra or {})}
+    return subprocess.run(
+        [*prefix, sys.executable, "train.py", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def job_folder(log_dir: Path) -> Path:
+    """The one job folder a single (non-sweep) ``train.py`` run made under ``log_dir``."""
+    runs = list((log_dir / "train" / "runs").iterdir())
+    assert len(runs) == 1, runs  # one output folder per job, not one per rank
+    return runs[0]
+
+
+def metric_rows(folder: Path) -> dict[int, dict[str, float]]:
+    """``metrics.csv`` of a job folder: step -> {key: value} for the keys logged at that step."""
+    with open(folder / "metrics.csv") as f:
+        return {
+            int(r["step"]): {k: float(v) for k, v in r.items() if v != "" and k != "step"}
+            for r in csv.DictReader(f)
+        }
+
+
+def trained_state(cfg: DictConfig) -> tuple[dict[str, torch.Tensor], dict, Path]:
+    """Train ``cfg`` in this process; returns the final module state (parameters and buffers),
+    the optimizer's per-parameter state and the job folder."""
+    _, objects = train(cfg)
+    params = {k: v.detach().clone() for k, v in objects["module"].state_dict().items()}
+    opt_state = objects["trainer"].optimizers[0].state_dict()["state"]
+    return params, opt_state, Path(cfg.paths.output_dir)
