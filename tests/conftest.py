@@ -1,5 +1,5 @@
 """Shared fixtures: W&B off, one torch thread, Hydra configs composed with outputs in tmp_path,
-a tiny CIFAR-10 folder.
+a tiny CIFAR-10 folder, a fake SLURM job.
 
 The folder holding this file (tests/) is on ``sys.path`` (pytest's default "prepend" import mode,
 no ``__init__.py`` files), so test files anywhere below import ``conftest``, ``harness`` and
@@ -96,3 +96,27 @@ def write_cifar(root: Path, files: Sequence[str] = CIFAR_FILES) -> Path:
 def cifar_dir(tmp_path: Path) -> Path:
     """A tiny CIFAR-10 data_dir (see ``write_cifar``)."""
     return write_cifar(tmp_path / "cifar_data")
+
+
+@pytest.fixture
+def fake_slurm_job(tmp_path, monkeypatch) -> Path:
+    """SLURM job variables and an ``scontrol`` on PATH that records its arguments and fails
+    (a real requeue would stop this test's own process)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "scontrol_calls.txt"
+    script = bin_dir / "scontrol"
+    script.write_text(f'#!/bin/sh\necho "$@" >> {calls}\nexit 1\n')
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    for key, value in {
+        "SLURM_JOB_ID": "4242",
+        "SLURM_NTASKS": "1",
+        "SLURM_JOB_NAME": "optprobe-test",
+        "SLURM_PROCID": "0",
+        "SLURM_LOCALID": "0",
+        "SLURM_NODEID": "0",
+        "SLURM_NODELIST": "localhost",
+    }.items():
+        monkeypatch.setenv(key, value)
+    return calls

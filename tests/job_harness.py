@@ -8,11 +8,15 @@ like ``harness``).
 from __future__ import annotations
 
 import csv
+import math
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import pytorch_lightning as pl
 import torch
 from conftest import ROOT
 from omegaconf import DictConfig
@@ -32,6 +36,65 @@ SMOKE_WITH_PROBES = [
     "trainer.max_epochs=-1",
     "trainer.val_check_interval=null",
 ]
+
+# Every probe on (probes=full: step with curv_dir, reference, noise, curvature with the
+# spectral density) at cadences that do not divide each other, cheap enough for tests.
+FULL_PROBES = [
+    "probes=full",
+    "probes.noise.every_n_steps=3",
+    "probes.curvature.every_n_steps=2",
+    "probes.curvature.lanczos_iters=5",
+    "probes.curvature.hutchinson_samples=2",
+    "probes.curvature.esd_iters=5",
+]
+# Keys compared step by step between a resumed and an uninterrupted run (timings differ).
+COMPARED = ("train/loss", "step/", "noise/", "curv/", "ref/")
+
+
+def assert_same_steps(full: Path, resumed: Path, steps: int, rel: float = 1e-9) -> set[str]:
+    """The two jobs' metrics.csv hold steps 0..steps-1 and, at every step, the same compared
+    keys with the same values (NaN where the other has NaN; ``rel=0``: bit for bit as
+    written); returns the keys compared."""
+    a, b = metric_rows(full), metric_rows(resumed)
+    assert sorted(a) == sorted(b) == list(range(steps))
+    compared = set()
+    for step in range(steps):
+        keys = {k for k in a[step].keys() | b[step].keys() if k.startswith(COMPARED)}
+        for key in keys:
+            assert key in a[step] and key in b[step], (step, key)
+            if math.isnan(a[step][key]):
+                assert math.isnan(b[step][key]), (step, key)
+            elif rel == 0:
+                assert b[step][key] == a[step][key], (step, key)
+            else:
+                assert b[step][key] == pytest.approx(a[step][key], rel=rel), (step, key)
+            compared.add(key)
+    return compared
+
+
+class SignalAtStep(pl.Callback):
+    """Sends this process ``signal_name`` when optimizer step ``step`` starts (as SLURM or a
+    user would, while the step runs); ``step=-1``: while the trainer sets up, before training."""
+
+    def __init__(self, step: int, signal_name: str = "SIGUSR1") -> None:
+        self.step, self.signum = step, getattr(signal, signal_name)
+
+    def setup(self, trainer, pl_module, stage) -> None:
+        if self.step < 0:
+            os.kill(os.getpid(), self.signum)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), self.signum)
+
+
+def signal_at_step(step: int, signal_name: str) -> list[str]:
+    """Overrides that add ``SignalAtStep`` to a job's callbacks."""
+    return [
+        "+callbacks.signal._target_=job_harness.SignalAtStep",
+        f"+callbacks.signal.step={step}",
+        f"+callbacks.signal.signal_name={signal_name}",
+    ]
 
 
 def run_train(

@@ -30,14 +30,24 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
+def _all_reduced(value: Tensor, op: dist.ReduceOp.RedOpType) -> Tensor:
+    """``value`` reduced with ``op`` over the data-parallel ranks (itself with one rank)."""
+    if world_size() == 1:
+        return value
+    reduced = value.detach().clone()
+    dist.all_reduce(reduced, op=op)
+    return reduced
+
+
 def rank_sum(value: Tensor) -> Tensor:
     """Sum of ``value`` over the data-parallel ranks (an explicit all-reduce; ``value`` itself
     with one rank)."""
-    if world_size() == 1:
-        return value
-    total = value.detach().clone()
-    dist.all_reduce(total, op=dist.ReduceOp.SUM)
-    return total
+    return _all_reduced(value, dist.ReduceOp.SUM)
+
+
+def rank_max(value: Tensor) -> Tensor:
+    """Maximum of ``value`` over the data-parallel ranks (``value`` itself with one rank)."""
+    return _all_reduced(value, dist.ReduceOp.MAX)
 
 
 def rank_mean(value: Tensor) -> Tensor:

@@ -4,64 +4,24 @@ exactly where the job stopped (optprobe.callbacks.preemption)."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 from pathlib import Path
 
 import pytest
-import pytorch_lightning as pl
-from job_harness import SMOKE_WITH_PROBES, metric_rows
+from job_harness import SMOKE_WITH_PROBES, metric_rows, signal_at_step
 
 from optprobe.run.job import train
 
 PROBE_FAMILIES = {"step", "noise", "curv"}
 
 
-class SignalAtStep(pl.Callback):
-    """Sends this process ``SIGUSR1`` when optimizer step ``step`` starts (as SLURM would)."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGUSR1)
-
-
-@pytest.fixture
-def fake_slurm_job(tmp_path, monkeypatch) -> Path:
-    """SLURM job variables and an ``scontrol`` on PATH that records its arguments and fails
-    (a real requeue would stop this test's own process)."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    calls = tmp_path / "scontrol_calls.txt"
-    script = bin_dir / "scontrol"
-    script.write_text(f'#!/bin/sh\necho "$@" >> {calls}\nexit 1\n')
-    script.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
-    for key, value in {
-        "SLURM_JOB_ID": "4242",
-        "SLURM_NTASKS": "1",
-        "SLURM_JOB_NAME": "optprobe-test",
-        "SLURM_PROCID": "0",
-        "SLURM_LOCALID": "0",
-        "SLURM_NODEID": "0",
-        "SLURM_NODELIST": "localhost",
-    }.items():
-        monkeypatch.setenv(key, value)
-    return calls
-
-
+@pytest.mark.parametrize("max_epochs", [-1, 10])
 def test_preemption_signal_checkpoints_the_step_requeues_and_resumes_exactly(
-    make_cfg, fake_slurm_job, capsys
+    make_cfg, fake_slurm_job, capsys, max_epochs
 ):
-    full = make_cfg([*SMOKE_WITH_PROBES, "trainer.max_steps=10"], name="full")
+    run = [*SMOKE_WITH_PROBES, "trainer.max_steps=10", f"trainer.max_epochs={max_epochs}"]
+    full = make_cfg(run, name="full")
     train(full)
-    signal_cb = f"+callbacks.signal._target_={__name__}.SignalAtStep"
-    first = make_cfg(
-        [*SMOKE_WITH_PROBES, "trainer.max_steps=10", signal_cb, "+callbacks.signal.step=5"],
-        name="job",
-    )
+    first = make_cfg([*run, *signal_at_step(5, "SIGUSR1")], name="job")
     train(first)
     assert "requeue 4242` failed" in capsys.readouterr().out
     job = Path(first.paths.output_dir)
@@ -71,7 +31,7 @@ def test_preemption_signal_checkpoints_the_step_requeues_and_resumes_exactly(
     assert (job / "hpc_ckpt_1.ckpt").is_file()
     assert not (job / "verdicts.json").exists()  # written when the requeued job finishes
     # the job again (as requeued): same command, same folder; Lightning finds hpc_ckpt_1.ckpt
-    train(make_cfg([*SMOKE_WITH_PROBES, "trainer.max_steps=10"], name="job"))
+    train(make_cfg(run, name="job"))
     assert json.loads((job / "summary.json").read_text())["status"] == "completed"
     a, b = metric_rows(Path(full.paths.output_dir)), metric_rows(job)
     assert sorted(a) == sorted(b) == list(range(10))

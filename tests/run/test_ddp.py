@@ -7,12 +7,18 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
 import torch
-from job_harness import job_folder, metric_rows, run_train
+from conftest import ROOT
+from job_harness import assert_same_steps, job_folder, metric_rows, run_train
 
 from optprobe.estimators.functional import functional_loss, loss_and_grad, trainable_params
 from optprobe.estimators.noise_stats import two_batch_from_shards
@@ -189,3 +195,85 @@ def test_ddp_resume_mid_epoch_equals_the_uninterrupted_run(tmp_path):
         assert len(keys) > 10
         for key in keys:
             assert b[step][key] == pytest.approx(a[step][key], rel=1e-9), (step, key)
+
+
+def test_smoke_config_runs_on_three_processes(tmp_path):
+    """debug=smoke trains its 6 steps whatever the number of ranks (an epoch of 128 examples
+    is 2 batches per rank on 3 ranks)."""
+    out = run_train(["trainer=ddp", "trainer.devices=3", "debug=smoke", "probes=none"], tmp_path)
+    assert out.returncode == 0, out.stderr[-4000:]
+    summary = json.loads((job_folder(tmp_path) / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["processes"] == 3
+    assert summary["global_step"] == 6 and "val/acc" in summary["metrics"]
+
+
+# Every probe on, a finite number of epochs (4 steps each: 128 examples, 2 ranks x 16).
+RESUME_STEPS = 8
+RESUME_RUN = [
+    *(c for c in COMMON if not c.startswith(("trainer.max_steps", "trainer.max_epochs"))),
+    "trainer.max_epochs=10",
+    *DDP,
+]
+
+
+def reference_of(job: Path) -> str:
+    """The override that measures against the x* ``job`` used (its own reference run)."""
+    summary = json.loads((job / "summary.json").read_text())
+    return f"probes.reference.ckpt={summary['probes']['reference']['ckpt']}"
+
+
+@pytest.fixture(scope="module")
+def ddp_uninterrupted(tmp_path_factory) -> Path:
+    logs = tmp_path_factory.mktemp("ddp_full")
+    out = run_train([*RESUME_RUN, f"trainer.max_steps={RESUME_STEPS}"], logs)
+    assert out.returncode == 0, out.stderr[-4000:]
+    return job_folder(logs)
+
+
+@pytest.mark.parametrize("stop", [2, 4], ids=["mid_epoch", "epoch_end"])
+def test_ddp_resume_with_finite_epochs_equals_the_uninterrupted_run(
+    ddp_uninterrupted, tmp_path, stop
+):
+    run = [*RESUME_RUN, reference_of(ddp_uninterrupted)]
+    first = run_train([*run, f"trainer.max_steps={stop}"], tmp_path)
+    assert first.returncode == 0, first.stderr[-4000:]
+    job = job_folder(tmp_path)
+    resume = [f"ckpt_path={job}/checkpoints/last.ckpt", f"hydra.run.dir={job}"]
+    resumed = run_train([*run, f"trainer.max_steps={RESUME_STEPS}", *resume], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    compared = assert_same_steps(ddp_uninterrupted, job, RESUME_STEPS)
+    assert {"step/curv_dir", "ref/gap", "noise/trace_cov", "curv/lambda_max"} <= compared
+    verdicts = json.loads((job / "verdicts.json").read_text())
+    assert verdicts == json.loads((ddp_uninterrupted / "verdicts.json").read_text())
+
+
+def test_ddp_sigterm_to_rank_zero_stops_every_rank_at_one_step(ddp_uninterrupted, tmp_path):
+    """SIGTERM reaches rank 0 only: the ranks agree at the end of the step, checkpoint it and
+    stop; rank 0 exits 143, and the resumed job equals the uninterrupted one."""
+    marker = tmp_path / "training"
+    marker_cb = ["+callbacks.marker._target_=step_marker.StepMarker", "+callbacks.marker.step=3"]
+    env = {"PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
+    args = [*RESUME_RUN, f"trainer.max_steps={RESUME_STEPS}", reference_of(ddp_uninterrupted)]
+    proc = subprocess.Popen(
+        [sys.executable, "train.py", *args, *marker_cb, f"+callbacks.marker.path={marker}"],
+        cwd=ROOT,
+        env={**os.environ, "OPTPROBE_LOG_DIR": str(tmp_path), **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    deadline = time.monotonic() + 600
+    while not marker.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0][-4000:]
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 128 + signal.SIGTERM, output[-4000:]
+    job = job_folder(tmp_path)
+    record = json.loads((job / "summary.json").read_text())["interruption"]
+    assert record["signal"] == "SIGTERM" and 3 <= record["step"] < RESUME_STEPS
+    resume = [f"ckpt_path={record['checkpoint']}", f"hydra.run.dir={job}"]
+    resumed = run_train([*args, *resume], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert_same_steps(ddp_uninterrupted, job, RESUME_STEPS)

@@ -81,3 +81,28 @@ def test_resume_keeps_the_verdicts_of_the_whole_run(make_cfg):
     assert (
         resumed["assumptions"] == JobFolder(whole.paths.output_dir).read_verdicts()["assumptions"]
     )
+
+
+def test_resume_with_other_probes_says_which_steps_the_verdicts_cover(make_cfg):
+    """Resumed with probes=none, the job's verdicts are those of the steps its probes ran on
+    (0-5), and verdicts.json and the summary say so: the run has 12 steps, unprobed from 6."""
+    run = [*RUN, "logger=none", "probes.reference=null", "trainer.max_epochs=-1"]
+    first = make_cfg([*run, "trainer.max_steps=6"], name="job")
+    train(first)
+    job = JobFolder(first.paths.output_dir)
+    probed = job.read_verdicts()
+    assert "coverage" not in probed
+    unprobed = [o for o in run if not o.startswith("probes")]  # debug, data, trainer, logger
+    resume = [*unprobed, "probes=none", f"ckpt_path={job.last_checkpoint}"]
+    train(make_cfg(resume, name="job"))
+    verdicts = job.read_verdicts()
+    assert verdicts["probed"]["step"] == 6
+    assert verdicts["assumptions"] == probed["assumptions"]
+    coverage = verdicts["coverage"]
+    assert coverage["steps"] == 12
+    assert coverage["segments"] == [
+        {"first_step": 0, "probes": ["curvature", "noise", "step"]},
+        {"first_step": 6, "probes": []},
+    ]
+    assert "probes changed" in coverage["note"]
+    assert job.read_summary()["verdicts"] == verdicts

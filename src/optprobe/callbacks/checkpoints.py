@@ -41,9 +41,17 @@ class LastStepCheckpoint(Checkpoint):
         if step % self.every_n_steps == 0 or final or last_batch:
             self.save(trainer)
 
-    def save(self, trainer: pl.Trainer) -> None:
-        """Atomically write last.ckpt (rank zero writes; every rank must call)."""
-        tmp = self.last_path.with_name(self.last_path.name + ".tmp")
-        trainer.save_checkpoint(tmp)
-        if trainer.is_global_zero:
-            os.replace(tmp, self.last_path)
+    def save(self, trainer: pl.Trainer) -> Path:
+        """Atomically write last.ckpt (rank zero writes; every rank must call); its path."""
+        save_atomically(trainer, self.last_path)
+        return self.last_path
+
+
+def save_atomically(trainer: pl.Trainer, path: str | Path) -> None:
+    """``trainer.save_checkpoint`` to a temporary file renamed to ``path``, so an interrupted
+    save never destroys the previous checkpoint (rank zero writes; every rank must call)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    trainer.save_checkpoint(tmp)
+    if trainer.is_global_zero:
+        os.replace(tmp, path)

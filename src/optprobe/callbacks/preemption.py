@@ -12,6 +12,7 @@ import torch
 from pytorch_lightning.callbacks import Checkpoint
 from typing_extensions import override
 
+from optprobe.callbacks.checkpoints import save_atomically
 from optprobe.dist import from_rank_zero, rank_sum
 from optprobe.log import say, warn
 
@@ -71,14 +72,12 @@ class PreemptionCheckpoint(Checkpoint):
         if not float(rank_sum(received)):  # a signal on any rank stops every rank here
             return
         path = trainer._checkpoint_connector.hpc_save_path(trainer.default_root_dir)
-        tmp = f"{path}.tmp"
-        trainer.save_checkpoint(tmp)
+        save_atomically(trainer, path)
         for logger in trainer.loggers:  # write the metrics so far before SLURM stops the job
             logger.finalize("preempted")
         self.preempted_at_step = trainer.global_step
         requeued = False
         if trainer.is_global_zero:
-            os.replace(tmp, path)
             requeued = self._requeue(path)
         if from_rank_zero(requeued):
             self._await_termination()
@@ -99,7 +98,9 @@ class PreemptionCheckpoint(Checkpoint):
 
     def _await_termination(self) -> None:
         """Wait for SLURM to stop the requeued job. Returning would end the job normally,
-        and the submitit launcher would take that for its result and stop waiting."""
+        and the submitit launcher would take that for its result and stop waiting. SLURM's
+        SIGTERM ends the process here: it is not an interruption to checkpoint (that is done)."""
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         time.sleep(self.termination_wait_s)
         raise RuntimeError(
             f"job {self.slurm_job()} was requeued but SLURM did not stop it within "

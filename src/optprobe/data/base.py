@@ -95,9 +95,13 @@ class EpochShuffleSampler(DistributedSampler):
 class ResumableDataLoader(DataLoader):
     """A DataLoader whose state is the number of batches it yielded in the current epoch.
 
-    Lightning saves that state in checkpoints (``state_dict``/``load_state_dict``); a run
-    resumed from a mid-epoch checkpoint then continues with the next batch of the same epoch
-    order instead of starting the epoch over, so it follows the uninterrupted trajectory.
+    A run resumed from a mid-epoch checkpoint continues with the next batch of the same epoch
+    order instead of starting the epoch over, so it follows the uninterrupted trajectory. The
+    position reaches the loader on two paths (``TensorDataModule.load_state_dict``, which
+    Lightning always calls, and Lightning's own loader state, which its fit loop restores only
+    in some cases); ``load_state_dict`` sets the position, so applying it twice skips once.
+    A position at the end of an epoch (checkpoint after its last batch) starts the next
+    epoch from its first batch.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -107,6 +111,8 @@ class ResumableDataLoader(DataLoader):
 
     def __iter__(self):
         skip, self._resume_at = self._resume_at, 0
+        if skip >= len(self):
+            skip = 0  # the epoch was finished: Lightning has moved on to the next one
         if skip and isinstance(self.sampler, EpochShuffleSampler):
             self.sampler.skip_examples = skip * self.batch_size * self.sampler.num_replicas
         self._yielded = skip
@@ -118,6 +124,7 @@ class ResumableDataLoader(DataLoader):
         return {"batches_yielded": self._yielded}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
+        """Start the next iteration at batch ``batches_yielded`` of the epoch (idempotent)."""
         self._resume_at = int(state["batches_yielded"])
 
 
@@ -228,6 +235,8 @@ class TensorDataModule(pl.LightningDataModule):
         self.train_dataset: Dataset | None = None
         self.val_dataset: Dataset | None = None
         self._is_set_up = False
+        # a checkpoint's loader position, for the training loader Lightning asks for next
+        self._resume_position: dict[str, int] | None = None
 
     #: Class defaults for ``num_classes`` / ``input_shape`` when the config gives none.
     NUM_CLASSES: int = 0
@@ -347,7 +356,7 @@ class TensorDataModule(pl.LightningDataModule):
         assert self.train_inputs is not None and self.train_targets is not None
         dataset = self._make_dataset(self.train_inputs, self.train_targets, train=True)
         self.train_dataset = dataset
-        return ResumableDataLoader(
+        loader = ResumableDataLoader(
             dataset,
             batch_size=self.batch_size,
             sampler=EpochShuffleSampler(len(dataset), self.seed),
@@ -356,6 +365,38 @@ class TensorDataModule(pl.LightningDataModule):
             persistent_workers=self.num_workers > 0,
             pin_memory=self.pin_memory,
         )
+        if self._resume_position is not None:
+            loader.load_state_dict(self._resume_position)
+            self._resume_position = None
+        return loader
+
+    # ------------------------------------------------------------ resume position
+    def _fit_loader(self) -> ResumableDataLoader | None:
+        """The training loader Lightning iterates now (None before it asked for one)."""
+        loader = getattr(self.trainer, "train_dataloader", None) if self.trainer else None
+        return loader if isinstance(loader, ResumableDataLoader) else None
+
+    def state_dict(self) -> dict[str, Any]:
+        """The training loader's position in its epoch (Lightning saves it in checkpoints)."""
+        loader = self._fit_loader()
+        return {"train_loader": loader.state_dict()} if loader is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Resume the training loader at the saved position.
+
+        Lightning restores the data module on every resume, but its fit loop may already have
+        made the loader (``estimated_stepping_batches`` does with a finite ``max_epochs``) and
+        then never hands it the loader state of the checkpoint. So the position goes to the
+        loader Lightning holds, or, when there is none yet, to the next one made here.
+        """
+        position = state_dict.get("train_loader")
+        if position is None:
+            return
+        loader = self._fit_loader()
+        if loader is not None:
+            loader.load_state_dict(position)
+        else:
+            self._resume_position = dict(position)
 
     def val_dataloader(self) -> DataLoader:
         """Validation loader: fixed order, no augmentation, keeps the last partial batch."""

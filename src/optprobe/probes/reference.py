@@ -15,6 +15,7 @@ probe checks that the replay ended at x* and says so in the job summary when it 
 
 from __future__ import annotations
 
+import hashlib
 import math
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,38 @@ def load_reference_params(ckpt: str | Path, like: ParamDict) -> ParamDict:
     return {k: params[k].to(like[k].dtype) for k in like}
 
 
+def x_star_digest(params: ParamDict) -> str:
+    """A short content hash of x* (names, dtypes, shapes and values, in name order)."""
+    digest = hashlib.sha256()
+    for name in sorted(params):
+        tensor = params[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def x_star_changed(source: str, recorded: dict[str, Any], now: dict[str, Any]) -> str:
+    """The message refusing a resume from ``source`` (the checkpoint) whose x* (``now``: its
+    ckpt and fingerprint) differs from the one the checkpoint measured ``ref/*`` against
+    (``recorded``, from the probe state)."""
+
+    def describe(x_star: dict[str, Any]) -> str:
+        fingerprint = x_star.get("fingerprint")
+        return f"{x_star['ckpt']} (reference run {fingerprint})" if fingerprint else x_star["ckpt"]
+
+    return (
+        f"{source} measured ref/* against x* = {describe(recorded)}, but this run "
+        f"would use x* = {describe(now)}, so the steps before and after the resume would be "
+        "compared with different points. The reference run is keyed by the settings of the "
+        "trajectory (data, model, optimizer, scheduler, seed and trainer.max_steps, max_epochs, "
+        "...), so changing one of them on resume changes x* (so does a reference run that was "
+        "run again and ended elsewhere). Resume with the first run's "
+        f"settings, or keep its x* with probes.reference.ckpt={recorded['ckpt']} (the replay "
+        "check at the end then says whether the run still ends there), or resume without this "
+        "probe (probes.reference=null), or start a new run"
+    )
+
+
 class ReferenceProbe(ProbeCallback):
     """Reference-point probes, logged as ``ref/<key>``.
 
@@ -66,6 +99,11 @@ class ReferenceProbe(ProbeCallback):
     Args (also the base's cadence arguments: log_spaced, per_decade, start_step):
         ckpt: Lightning checkpoint holding x* (``optprobe.train`` sets it when null).
         replay_rtol: the replay "follows the reference" when ‖x_T - x*‖ ≤ replay_rtol·‖x*‖.
+        fingerprint: the trajectory fingerprint of the reference run that wrote ``ckpt``
+            (set by ``optprobe.train`` with ``ckpt``; null for a checkpoint given by hand).
+
+    The probe state records x* (``ckpt``, ``fingerprint`` and a digest of its values); a run
+    resumed from it with another x* is refused before training (``x_star_changed``).
     """
 
     family = "ref"
@@ -78,10 +116,13 @@ class ReferenceProbe(ProbeCallback):
         every_n_steps: int = 1,
         ckpt: str | None = None,
         replay_rtol: float = 1e-6,
+        fingerprint: str | None = None,
         **schedule: Any,
     ) -> None:
         super().__init__(every_n_steps, **schedule)
         self.ckpt = ckpt
+        self.fingerprint = fingerprint
+        self.x_star: dict[str, Any] = {}
         self.replay_rtol = float(replay_rtol)
         self.agg = RunningAggregates(window=1)
         self.x_ref: torch.Tensor | None = None
@@ -98,6 +139,11 @@ class ReferenceProbe(ProbeCallback):
             )
         # checked here, before training; device and dtype are matched in on_train_start
         self.ref_params = load_reference_params(self.ckpt, self.params(pl_module))
+        self.x_star = {
+            "ckpt": str(Path(self.ckpt).resolve()),
+            "fingerprint": self.fingerprint,
+            "digest": x_star_digest(self.ref_params),
+        }
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -153,7 +199,10 @@ class ReferenceProbe(ProbeCallback):
         }
 
     def extra_state(self) -> dict[str, Any]:
-        return {"agg": self.agg.state_dict()}
+        return {"agg": self.agg.state_dict(), "x_star": self.x_star}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
+        recorded = state.get("x_star")  # absent in checkpoints before optprobe 0.3
+        if recorded and recorded["digest"] != self.x_star["digest"]:
+            raise ValueError(x_star_changed("the resumed checkpoint", recorded, self.x_star))
         self.agg.load_state_dict(state["agg"])

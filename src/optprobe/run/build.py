@@ -10,6 +10,7 @@ import pytorch_lightning as pl
 from lightning_fabric.plugins.environments import LightningEnvironment, SLURMEnvironment
 from omegaconf import DictConfig, open_dict
 
+from optprobe.callbacks.interruption import InterruptionCheckpoint
 from optprobe.dist import is_primary
 from optprobe.models.lit_module import TrainingModule
 from optprobe.probes.base import ProbeCallback
@@ -75,7 +76,9 @@ def trainer_plugins(own_ranks: bool) -> dict[str, Any]:
 
 def build(cfg: DictConfig, own_ranks: bool = False) -> dict[str, Any]:
     """Every object of a job: ``datamodule``, ``module``, ``trainer``, ``loggers`` (rank 0
-    only) and ``history`` (everything logged, rank 0; None elsewhere).
+    only) and ``history`` (everything logged, rank 0; None elsewhere). The trainer always has
+    an ``InterruptionCheckpoint`` (and, on rank 0, the history) besides the configured
+    callbacks.
 
     Probes are the entries of ``cfg.probes``; each gets its entry name (its identity).
     """
@@ -90,6 +93,7 @@ def build(cfg: DictConfig, own_ranks: bool = False) -> dict[str, Any]:
     )
     callbacks = instantiate_named(cfg.get("callbacks"), "callbacks")
     callbacks += instantiate_named(cfg.get("probes"), "probes", name="<name>")
+    callbacks.append(InterruptionCheckpoint())  # every job: signals stop it at a step's end
     loggers = instantiate_named(cfg.get("logger"), "logger") if is_primary() else []
     history = MetricHistory() if is_primary() else None
     if history is not None:

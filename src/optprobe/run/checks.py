@@ -87,3 +87,26 @@ def check_model_fits_data(net: torch.nn.Module, datamodule: pl.LightningDataModu
         raise ValueError(
             f"model outputs {outputs.shape[-1]} classes but the data has {datamodule.num_classes}"
         )
+
+
+def check_resume_trained(ckpt_path: str, resume_step: int, trainer: pl.Trainer) -> None:
+    """Fail a resume that trained no step, naming the limit that was already reached (a
+    finished run resumed with only ``trainer.max_steps`` raised, under the default finite
+    ``trainer.max_epochs``, trains nothing)."""
+    if trainer.global_step > resume_step:
+        return
+    limits = []
+    if trainer.max_steps not in (None, -1) and trainer.max_steps <= resume_step:
+        limits.append(f"trainer.max_steps={trainer.max_steps}")
+    if trainer.max_epochs not in (None, -1) and trainer.current_epoch >= trainer.max_epochs:
+        limits.append(
+            f"trainer.max_epochs={trainer.max_epochs} (the checkpoint has finished epoch "
+            f"{trainer.current_epoch})"
+        )
+    reached = " and ".join(limits) or "the trainer's limits"
+    raise ValueError(
+        f"ckpt_path={ckpt_path} is at step {resume_step} and this resume trained no further "
+        f"step: {reached} had already been reached. Resume with trainer.max_steps above "
+        f"{resume_step} and trainer.max_epochs=-1 (train until max_steps) or a larger "
+        "trainer.max_epochs; the checkpoint is unchanged"
+    )

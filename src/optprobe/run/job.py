@@ -23,15 +23,21 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from optprobe.analysis.verdicts import read_metrics_csv, verdict_table
+from optprobe.callbacks.interruption import (
+    handled_interruption,
+    interruption_record,
+    raise_if_interrupted,
+)
 from optprobe.callbacks.non_finite import NonFiniteLossGuard
 from optprobe.callbacks.preemption import PreemptionCheckpoint
 from optprobe.dist import is_primary
-from optprobe.log import say
+from optprobe.log import say, warn
 from optprobe.run.build import build, expand_shorthands, probes_of
 from optprobe.run.checks import (
     check_config,
     check_model_fits_data,
     check_resume_compatible,
+    check_resume_trained,
     config_fingerprint,
     make_writable_dir,
 )
@@ -39,10 +45,15 @@ from optprobe.run.ddp import WORKER_FLAG, DDPWorkers, ddp_process_count
 from optprobe.run.folder import JobFolder
 from optprobe.run.history import MetricHistory
 from optprobe.run.hydra_context import hydra_choices, in_multirun
-from optprobe.run.reference_run import obtain_reference
+from optprobe.run.reference_run import (
+    check_reference_resume,
+    obtain_reference,
+    trajectory_fingerprint,
+)
+from optprobe.run.signals import Interrupted, watching_signals
 from optprobe.run.summary import start_summary, to_float_dict
 from optprobe.run.sweep_table import format_table, job_row
-from optprobe.run.verdict import job_verdict
+from optprobe.run.verdict import job_verdict, verdict_payload
 
 
 @dataclass
@@ -56,6 +67,7 @@ class Job:
     summary: dict[str, Any]
     objects: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
+    resume_step: int | None = None  # the step of ckpt_path (rank 0, when resuming)
 
 
 def open_job(cfg: DictConfig) -> Job:
@@ -66,8 +78,19 @@ def open_job(cfg: DictConfig) -> Job:
     job = Job(cfg, folder, is_primary(), processes, start_summary(cfg, processes))
     if job.primary:
         make_writable_dir(folder.path)
+        keep_resumed_metrics(job)
         folder.write_summary(job.summary)
     return job
+
+
+def keep_resumed_metrics(job: Job) -> None:
+    """A job resumed into its folder starts with the metrics its summary had."""
+    try:
+        previous = job.folder.read_summary() if job.cfg.get("ckpt_path") else None
+    except (OSError, ValueError):  # unreadable: nothing to keep
+        previous = None
+    if previous and previous.get("metrics"):
+        job.summary["metrics"] = previous["metrics"]
 
 
 def prepare(job: Job) -> None:
@@ -82,8 +105,11 @@ def prepare(job: Job) -> None:
                 "(torchrun, srun -n N): run the reference first and pass "
                 "probes.reference.ckpt=<its checkpoints/last.ckpt>"
             )
+        fingerprint = trajectory_fingerprint(cfg)
+        check_reference_resume(cfg, fingerprint)
         with open_dict(cfg):
             cfg.probes.reference.ckpt = obtain_reference(cfg, train)
+            cfg.probes.reference.fingerprint = fingerprint
     check_config(cfg)
 
 
@@ -114,13 +140,29 @@ def fit(job: Job) -> None:
             if cfg.get("ckpt_path"):
                 checkpoint = check_resume_compatible(cfg.ckpt_path, resolved)
                 seed_legacy_history(job, checkpoint)
+                job.resume_step = int(checkpoint.get("global_step", 0))
             OmegaConf.save(OmegaConf.create(resolved), job.folder.config)
             for logger in job.objects["loggers"]:
                 logger.log_hyperparams(resolved)
         if isinstance(workers, DDPWorkers):
             workers.start(OmegaConf.to_container(cfg, resolve=True))
+        # in the trainer's precision before a checkpoint is restored: Lightning restores the
+        # weights first, and float64 weights loaded into float32 parameters lose their digits
+        trainer.precision_plugin.convert_module(module)
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    job.metrics = to_float_dict(trainer.callback_metrics)
+    if job.resume_step is not None:  # a refused resume keeps the summary's metrics as they were
+        check_resume_trained(cfg.ckpt_path, job.resume_step, trainer)
+    job.metrics = final_metrics(job)
+
+
+def final_metrics(job: Job) -> dict[str, float]:
+    """The last value of every metric: Lightning's (this run), over the history's ``train/``
+    and ``val/`` values (which hold the steps before a resume too), over the metrics the
+    summary had when this job resumed; so a resume that validates less never drops one."""
+    history = job.objects.get("history")
+    earlier = history.last_values(("train/", "val/")) if history is not None else {}
+    current = to_float_dict(job.objects["trainer"].callback_metrics)
+    return {**job.summary.get("metrics", {}), **earlier, **current}
 
 
 def seed_legacy_history(job: Job, checkpoint: dict[str, Any]) -> None:
@@ -151,11 +193,23 @@ def finalize(job: Job) -> None:
         step = next(c.preempted_at_step for c in preempted if c.preempted_at_step is not None)
         summary["status"] = f"preempted at step {step}"  # the resumed run writes the verdicts
         return
-    metrics = job.objects["history"].frame()
-    verdict = job_verdict(metrics, job.folder, job.objects["loggers"])
+    interruption = handled_interruption(trainer)
+    if interruption is not None:  # the verdicts of the steps so far; a resume rewrites them
+        summary.update(status="interrupted", interruption=interruption)
+    record_verdicts(job)
+
+
+def record_verdicts(job: Job) -> None:
+    """verdicts.json and the summary's verdicts from the history (with its coverage when the
+    probes changed at a resume); printed as a table."""
+    history = job.objects["history"]
+    coverage = history.coverage(job.objects["trainer"].global_step)
+    verdict = job_verdict(history.frame(), job.folder, job.objects["loggers"], coverage=coverage)
     if verdict is not None:
-        summary["verdicts"] = verdict.to_dict()
+        job.summary["verdicts"] = verdict_payload(verdict, coverage)
         say(f"\nVerdicts ({job.folder.path}):\n{verdict_table(verdict)}")
+        if coverage is not None:
+            warn(f"{coverage['note']}: {coverage['segments']}")
 
 
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
@@ -163,22 +217,32 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
 
     Under ``trainer=ddp`` rank 0 starts the other ranks (``optprobe.cli.ddp_worker``) once the
     config is checked; they train on the same resolved config and write nothing.
+
+    SIGTERM, SIGINT and SIGUSR1 stop the job (``optprobe.run.signals``): status
+    ``interrupted`` with the signal, the step and the checkpoint in summary.json, and
+    ``Interrupted`` (a SystemExit with code 128 + the signal's number) raised on rank 0.
     """
     start = time.perf_counter()
     job = open_job(cfg)
-    try:
-        prepare(job)
-        fit(job)
-        if job.primary:
-            finalize(job)
-        return job.metrics, job.objects
-    except BaseException as err:
-        job.summary.update(status="failed", error=f"{type(err).__name__}: {err}")
-        raise
-    finally:
-        job.summary["wall_time_s"] = round(time.perf_counter() - start, 3)
-        if job.primary:
-            job.folder.write_summary(job.summary)
+    with watching_signals():
+        try:
+            prepare(job)
+            fit(job)
+            if job.primary:
+                finalize(job)
+                raise_if_interrupted(job.objects["trainer"])
+            return job.metrics, job.objects
+        except Interrupted as err:
+            record = interruption_record(job.objects.get("trainer"), err)
+            job.summary.update(status="interrupted", interruption=record)
+            raise
+        except BaseException as err:
+            job.summary.update(status="failed", error=f"{type(err).__name__}: {err}")
+            raise
+        finally:
+            job.summary["wall_time_s"] = round(time.perf_counter() - start, 3)
+            if job.primary:
+                job.folder.write_summary(job.summary)
 
 
 def main(cfg: DictConfig) -> float | None:

@@ -9,9 +9,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from optprobe.log import say
+from optprobe.probes.reference import x_star_changed
 from optprobe.run.folder import REFERENCE_RUNS_DIR, JobFolder
 
 # Config parts that determine the training trajectory (and so x*).
@@ -38,6 +40,13 @@ def trajectory_fingerprint(cfg: DictConfig) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def reference_root(cfg: DictConfig, fingerprint: str | None = None) -> Path:
+    """``<log_dir>/reference_runs/<fingerprint>``: the folder of the reference run of
+    ``cfg``'s trajectory (``fingerprint``: its trajectory fingerprint, when known)."""
+    fingerprint = fingerprint or trajectory_fingerprint(cfg)
+    return Path(cfg.paths.log_dir).resolve() / REFERENCE_RUNS_DIR / fingerprint
+
+
 def reference_config(cfg: DictConfig, output_dir: Path) -> DictConfig:
     """``cfg`` without probes or W&B, writing to ``output_dir`` with a last.ckpt."""
     ref = copy.deepcopy(cfg)
@@ -62,11 +71,36 @@ def reference_config(cfg: DictConfig, output_dir: Path) -> DictConfig:
     return ref
 
 
+def recorded_x_star(ckpt_path: str | Path, probe_name: str = "reference") -> dict[str, Any] | None:
+    """The x* a job's checkpoint measured ``ref/*`` against (its reference probe's record),
+    or None (no such probe state, an older checkpoint, or a file that cannot be read: the
+    checks of ``ckpt_path`` report that)."""
+    try:
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
+        state = checkpoint["callbacks"][f"optprobe.probe.{probe_name}"]
+        return state["extra"].get("x_star") or None
+    except Exception:
+        return None
+
+
+def check_reference_resume(cfg: DictConfig, fingerprint: str) -> None:
+    """Refuse, before any reference run, a resume whose x* would not be the one its
+    checkpoint measured against: the checkpoint's reference run had another fingerprint."""
+    ckpt_path = cfg.get("ckpt_path")
+    if not ckpt_path or not Path(ckpt_path).is_file():
+        return
+    recorded = recorded_x_star(ckpt_path)
+    if recorded and recorded.get("fingerprint") and recorded["fingerprint"] != fingerprint:
+        x_star = JobFolder(reference_root(cfg, fingerprint)).last_checkpoint
+        now = {"ckpt": str(x_star), "fingerprint": fingerprint}
+        raise ValueError(x_star_changed(f"ckpt_path={ckpt_path}", recorded, now))
+
+
 def obtain_reference(cfg: DictConfig, train: Callable[[DictConfig], Any]) -> str:
     """Path of x* for ``cfg``: reuse a completed reference run with the same trajectory
     fingerprint under ``<log_dir>/reference_runs/``, or run it now with ``train`` (same seed,
     same data order, no probes). Returns the checkpoint path."""
-    root = Path(cfg.paths.log_dir).resolve() / REFERENCE_RUNS_DIR / trajectory_fingerprint(cfg)
+    root = reference_root(cfg)
     folder = JobFolder(root)
     summary = folder.read_summary() if folder.last_checkpoint.is_file() else None
     if summary is not None and summary.get("status") == "completed":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pandas as pd
 from pytorch_lightning.loggers import Logger, WandbLogger
 
@@ -9,18 +11,31 @@ from optprobe.analysis.verdicts import RunVerdict, verdict_from_metrics
 from optprobe.run.folder import JobFolder
 
 
+def verdict_payload(verdict: RunVerdict, coverage: dict[str, Any] | None) -> dict[str, Any]:
+    """What ``verdicts.json`` (and the summary's ``verdicts``) hold: the verdict, and the
+    ``coverage`` (which probes ran on which steps) of a job resumed with other probes."""
+    payload = verdict.to_dict()
+    if coverage is not None:
+        payload["coverage"] = coverage
+    return payload
+
+
 def job_verdict(
-    metrics: pd.DataFrame, folder: JobFolder, loggers: list[Logger], quantile: float = 0.95
+    metrics: pd.DataFrame,
+    folder: JobFolder,
+    loggers: list[Logger],
+    quantile: float = 0.95,
+    coverage: dict[str, Any] | None = None,
 ) -> RunVerdict | None:
     """The verdict of a job's logged ``metrics`` (one row per step); written to
-    ``verdicts.json`` and logged to W&B (summary values ``verdict/<id>``, ``const/<name>``,
-    ``skipped/<family>`` and the table ``verdicts``). None, and a stale verdicts.json removed,
-    when the job logged no probe key."""
+    ``verdicts.json`` (with ``coverage`` when given) and logged to W&B (summary values
+    ``verdict/<id>``, ``const/<name>``, ``skipped/<family>`` and the table ``verdicts``).
+    None, and a stale verdicts.json removed, when the job logged no probe key."""
     verdict = verdict_from_metrics(metrics, quantile=quantile)
     if not verdict.assumptions and not verdict.constants:
         folder.write_verdicts(None)
         return None
-    folder.write_verdicts(verdict.to_dict())
+    folder.write_verdicts(verdict_payload(verdict, coverage))
     for logger in loggers:
         if isinstance(logger, WandbLogger):
             log_verdict_to_wandb(logger, verdict)
