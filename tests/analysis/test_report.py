@@ -102,7 +102,8 @@ def test_glossary_has_the_registry_text_of_every_assumption(full_report):
         assert f"<b>{escape(a.id)}</b>" in item
         for text in (a.label, a.symbols, a.condition):
             assert escape(text) in item, (a.id, text)
-    assert escape("tr Σ_t <= σ²") in glossary and "tr Σ ≤ σ0²" not in html
+    assert escape(ASSUMPTIONS["bounded_variance"].symbols) in glossary
+    assert "σ²" in ASSUMPTIONS["bounded_variance"].symbols and "tr Σ ≤ σ0²" not in html
 
 
 def test_captions_say_what_the_intervals_are(full_report):
