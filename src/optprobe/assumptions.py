@@ -183,8 +183,8 @@ class Variant:
 
     @property
     def inputs(self) -> tuple[str, ...]:
-        """Every key a per-step check of this variant reads (its keys, the scoring and
-        informative keys)."""
+        """Every key a per-step check of this variant reads, under the assumption's own key
+        names (its keys, the scoring and the informative key); ``key`` maps them."""
         a = self.assumption
         extra = [k for k in (a.progress_key, self._informative_key) if k is not None]
         return tuple(dict.fromkeys([*a.keys, *extra]).keys())
@@ -336,6 +336,13 @@ ASSUMPTIONS: Mapping[str, Assumption] = MappingProxyType({a.id: a for a in _ALL}
 def of_family(family: str, kind: str | None = None) -> list[Assumption]:
     """The assumptions whose keys a probe family logs (optionally of one kind)."""
     return [a for a in _ALL if a.family == family and (kind is None or a.kind == kind)]
+
+
+def finding_evidence(finding: str) -> list[Assumption]:
+    """The assumptions that are independent evidence for a study finding (``smoothness``:
+    descent_bound, l0l1_smooth; ``convexity``: inst_gap and ref_gap, convexity along the step
+    and towards x*), leaving out near-duplicates (inst_gap_old)."""
+    return [a for a in _ALL if a.finding == finding and a.duplicates is None]
 
 
 def all_variants() -> Iterator[Variant]:

@@ -9,7 +9,13 @@ import pytest
 from frames import frame
 
 from optprobe.analysis.verdicts import verdict_from_metrics
-from optprobe.assumptions import ASSUMPTIONS, SCHEMES, all_variants, variant_by_id
+from optprobe.assumptions import (
+    ASSUMPTIONS,
+    SCHEMES,
+    all_variants,
+    finding_evidence,
+    variant_by_id,
+)
 
 
 def step_frame(prefix: str = "step", curv_dir=None, lambda_max=None) -> pd.DataFrame:
@@ -106,4 +112,6 @@ def test_ids_are_stable_and_documented():
     assert set(SCHEMES) == {"same_batch", "fresh_batch"}
     # the two convexity-along-the-step checks are one piece of evidence, not two
     assert ASSUMPTIONS["inst_gap_old"].duplicates == "inst_gap"
-    assert ASSUMPTIONS["ref_gap"].finding == "convexity"  # finding 2 includes x*
+    # finding 2 includes convexity towards x*; finding 1 both smoothness analyses
+    assert [a.id for a in finding_evidence("convexity")] == ["inst_gap", "ref_gap"]
+    assert [a.id for a in finding_evidence("smoothness")] == ["descent_bound", "l0l1_smooth"]

@@ -204,7 +204,9 @@ class ProbeCallback(Callback):
             ).mean()
         return float(self.global_mean(local))
 
-    def window_loss_and_grad(self, pl_module: pl.LightningModule, params: ParamDict):
+    def window_loss_and_grad(
+        self, pl_module: pl.LightningModule, params: ParamDict
+    ) -> tuple[float, Tensor]:
         """Mean loss (nats) and flat gradient of f_t at ``params`` over the step's
         micro-batches (and the DDP ranks): one forward+backward per micro-batch."""
         losses, grads = [], []
