@@ -96,12 +96,3 @@ def write_cifar(root: Path, files: Sequence[str] = CIFAR_FILES) -> Path:
 def cifar_dir(tmp_path: Path) -> Path:
     """A tiny CIFAR-10 data_dir (see ``write_cifar``)."""
     return write_cifar(tmp_path / "cifar_data")
-
-
-@pytest.fixture
-def spectrum_40():
-    """A dense symmetric 40x40 matrix with a known spectrum (tests/dense_operators.py)."""
-    from dense_operators import SPECTRUM_40, symmetric_with_spectrum
-
-    torch.manual_seed(0)
-    return symmetric_with_spectrum(SPECTRUM_40, seed=1)
