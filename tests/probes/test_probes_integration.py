@@ -92,7 +92,7 @@ def test_step_probe_scheme_is_recorded_in_config(make_cfg):
     train(cfg)
     text = (Path(cfg.paths.output_dir) / "config.yaml").read_text()
     assert "scheme: fresh_batch" in text
-    keys = {k for row in read_metrics(Path(cfg.paths.output_dir)) for k, v in row.items() if v}
+    keys = {k for row in metric_rows(Path(cfg.paths.output_dir)).values() for k in row}
     assert "step_fresh/loss_change" in keys and "step/loss_change" not in keys
 
 
