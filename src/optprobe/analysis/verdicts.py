@@ -3,10 +3,11 @@ and skip counts, computed from a run's logged metrics (one row per optimizer ste
 
 Sign checks (``inst_gap``, ``inst_gap_old``, ``descent_bound``, ``ref_gap``) count the probed
 steps on which the inequality held. Fitted-constant forms (``l0l1_smooth``,
-``bounded_variance``, ``affine_variance``) are judged out of sample: the constants are fitted
-at quantile q on the first half of the probed steps (by step order) and "held" counts the
-second-half steps that satisfy the inequality with those constants. Every fraction comes with
-a 95% Wilson interval.
+``bounded_variance``, ``affine_variance``) are judged out of sample on interleaved blocks
+(:mod:`optprobe.analysis.fits`): the step-ordered probed steps are cut into 10 blocks, the
+constants are fitted at quantile q on the even blocks and "held" counts the steps of the odd
+blocks that satisfy the inequality with those constants. Every fraction comes with a 95%
+Wilson interval.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from optprobe.analysis.fits import interleaved_split
 from optprobe.analysis.stats import quantile_regression_line, wilson_interval
 from optprobe.assumptions import ASSUMPTIONS, Assumption
 
@@ -191,21 +193,22 @@ def _verdict(assumption: Assumption, held: np.ndarray) -> AssumptionVerdict:
     )
 
 
-# A fit takes (x, y) of the fitting half and returns a function bound(x) of the checked half.
+# A fit takes (x, y) of the fitting blocks and returns a function bound(x) for the checked ones.
 _Fit = Callable[[np.ndarray, np.ndarray], Callable[[np.ndarray], np.ndarray] | None]
 
 
 def _out_of_sample(
     assumption: Assumption, x: np.ndarray, y: np.ndarray, fit: _Fit
 ) -> AssumptionVerdict | None:
-    """Fit on the first half of the (step-ordered) pairs, count the second half on or under."""
-    n_fit = x.size // 2
-    if n_fit == 0:
+    """Fit on the even interleaved blocks of the (step-ordered) pairs, count the pairs of the
+    odd blocks on or under the fitted bound (``fits.interleaved_split``)."""
+    fit_idx, check_idx = interleaved_split(x.size)
+    if fit_idx.size == 0 or check_idx.size == 0:
         return None
-    bound = fit(x[:n_fit], y[:n_fit])
+    bound = fit(x[fit_idx], y[fit_idx])
     if bound is None:
         return None
-    x_test, y_test = x[n_fit:], y[n_fit:]
+    x_test, y_test = x[check_idx], y[check_idx]
     return _verdict(assumption, _covered(y_test, bound(x_test)))
 
 
@@ -245,8 +248,8 @@ def _sign_check(df: pd.DataFrame, assumption: Assumption) -> AssumptionVerdict:
 
 
 def _fitted_form(df: pd.DataFrame, assumption: Assumption, q: float) -> AssumptionVerdict | None:
-    """Constants fitted at quantile q on the first half of the probed steps, checked on the
-    second: ``y <= c`` without an x key, else ``y <= c0 + c1 x``."""
+    """Constants fitted at quantile q on the even interleaved blocks of the probed steps,
+    checked on the odd ones: ``y <= c`` without an x key, else ``y <= c0 + c1 x``."""
     x_key, y_key, _ = assumption.fit
     if x_key is None:
         (y,) = _rows(df, y_key)
