@@ -18,7 +18,7 @@ from optprobe.analysis.figures.canvas import (
     numbers,
     save,
 )
-from optprobe.analysis.findings import deciding
+from optprobe.analysis.findings import FINDINGS, deciding
 from optprobe.analysis.verdict_keys import KEY_COLUMN, finding_of
 
 #: What the whiskers are (comparison.csv's ``ci_low`` / ``ci_high``).
@@ -26,14 +26,14 @@ INTERVALS = INTERVAL + " (each run counts once); dots: the pooled fraction of st
 
 TITLE = (
     "How often does each analysis describe the step?\n"
-    "(mean over runs of the fraction of probed steps held, 95% t interval over runs)"
+    "(mean over runs of the fraction held, 95% t interval over runs)"
 )
 _BAR_COLORS = ("#4575b4", "#fc8d59", "#fee090", "#91bfdb", "#d73027", "#1a9850", "#762a83")
 
 
 def comparison_measures(comparison: pd.DataFrame) -> list[tuple[str, str]]:
-    """(verdict key, its label) of the deciding entries of the findings in the table, in
-    table order."""
+    """(verdict key, its label) of the deciding entries of the findings in the table, finding
+    by finding, in table order within a finding."""
     if is_empty(comparison) or KEY_COLUMN not in comparison.columns:
         return []
     out: dict[str, str] = {}
@@ -41,7 +41,8 @@ def comparison_measures(comparison: pd.DataFrame) -> list[tuple[str, str]]:
     for key, label in zip(comparison[KEY_COLUMN].astype(str), labels.astype(str)):
         if finding_of(key) and deciding(key):
             out.setdefault(key, label)
-    return list(out.items())
+    rank = {f.key: i for i, f in enumerate(FINDINGS)}
+    return sorted(out.items(), key=lambda kv: rank.get(finding_of(kv[0]) or "", len(rank)))
 
 
 def _pairs(comparison: pd.DataFrame) -> list[tuple[str, str]]:
