@@ -121,10 +121,6 @@ def _row(key: str, label: str | None, rows: pd.DataFrame, n_excluded: int, min_r
     }
 
 
-def _keys_in_order(verdicts: pd.DataFrame) -> Sequence[str]:
-    return list(dict.fromkeys(str(k) for k in verdicts[KEY_COLUMN]))
-
-
 def comparison(runs: pd.DataFrame, verdicts: pd.DataFrame, min_runs: int = MIN_RUNS):
     """comparison.csv (``COLUMNS``): one row per setting × optimizer × verdict key that any run
     of the pair checked, from the included runs only (a pair whose runs are all excluded keeps
@@ -133,17 +129,17 @@ def comparison(runs: pd.DataFrame, verdicts: pd.DataFrame, min_runs: int = MIN_R
         return pd.DataFrame(columns=list(COLUMNS))
     info = runs[["run_id", "setting", "optimizer", "included"]]
     merged = verdicts.drop(columns=["included"], errors="ignore").merge(info, on="run_id")
-    keys = _keys_in_order(verdicts)
+    merged["_key"] = merged[KEY_COLUMN].astype(str)
+    order = {k: i for i, k in enumerate(dict.fromkeys(merged["_key"]))}  # first-seen order
     out = []
     for (setting, optimizer), group in merged.groupby(["setting", "optimizer"], sort=True):
         pair = runs[(runs["setting"] == setting) & (runs["optimizer"] == optimizer)]
         n_excluded = int((~pair["included"].astype(bool)).sum())
-        used = group[group["included"].astype(bool)]
-        for key in (k for k in keys if k in set(group[KEY_COLUMN].astype(str))):
-            rows = used[used[KEY_COLUMN].astype(str) == key]
-            labels = group.loc[group[KEY_COLUMN].astype(str) == key, "label"]
-            label = str(labels.iloc[0]) if "label" in group and len(labels) else None
-            row = _row(key, label, rows, n_excluded, min_runs)
+        for key in sorted(set(group["_key"]), key=order.__getitem__):
+            rows = group[group["_key"] == key]
+            label = str(rows["label"].iloc[0]) if "label" in rows else None
+            used = rows[rows["included"].astype(bool)]
+            row = _row(key, label, used, n_excluded, min_runs)
             out.append({"setting": setting, "optimizer": optimizer, **row})
     table = pd.DataFrame(out, columns=list(COLUMNS))
     return table.astype({"runs": int, "runs_excluded": int, "pooled_held": int})

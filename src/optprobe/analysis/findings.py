@@ -30,6 +30,7 @@ from optprobe.analysis.comparison import (
     SUPPORTED,
     THRESHOLD,
     interval_label,
+    run_fractions,
 )
 from optprobe.analysis.verdict_keys import KEY_COLUMN, base_assumption, is_headline
 
@@ -132,8 +133,13 @@ def _pair_finding(finding, rows, pair, min_runs, fractions_of) -> dict:
         label = INSUFFICIENT
         reason = f"{included} included run(s) of {len(pair)}; at least {min_runs} needed"
     else:
-        label = combine([e["label"] for e in entries if e["deciding"]])
-        reason = f"conjunction of {sum(e['deciding'] for e in entries)} deciding entries"
+        decisive = [e["label"] for e in entries if e["deciding"]]
+        label = combine(decisive)
+        reason = (
+            f"conjunction of {len(decisive)} deciding entries"
+            if decisive
+            else ("no deciding entry was measured")
+        )
     return {"label": label, "reason": reason, "entries": entries}
 
 
@@ -141,6 +147,26 @@ def _excluded(runs: pd.DataFrame) -> list[dict]:
     out = runs[~runs["included"].astype(bool)]
     cols = ("run_id", "setting", "optimizer", "exclusion_reason", "exclusion_detail")
     return [{c: str(r.get(c, "")) for c in cols} for _, r in out.iterrows()]
+
+
+def _group(setting, optimizer, pair, comparison, verdicts, min_runs: int) -> dict[str, Any]:
+    """One setting × optimizer of findings.json: its runs and each finding's label."""
+    rows = comparison[(comparison["setting"] == setting) & (comparison["optimizer"] == optimizer)]
+    used = list(pair.loc[pair["included"].astype(bool), "run_id"])
+
+    def fractions_of(key: str) -> list[float]:
+        return [float(f) for f in run_fractions(verdicts, used, key)]
+
+    return {
+        "setting": str(setting),
+        "optimizer": str(optimizer),
+        "role": "sanity check" if str(setting).split("/")[0] in CONVEX_MODELS else "evidence",
+        "runs_total": len(pair),
+        "runs_included": len(used),
+        "findings": {
+            str(f.number): _pair_finding(f, rows, pair, min_runs, fractions_of) for f in FINDINGS
+        },
+    }
 
 
 def findings_data(
@@ -152,33 +178,10 @@ def findings_data(
 ) -> dict[str, Any]:
     """findings.json: the rules, the runs used and excluded, and per finding and setting ×
     optimizer (every pair with a run, included or not) the label and its entries."""
-    from optprobe.analysis.comparison import run_fractions
-
-    groups = []
-    for (setting, optimizer), pair in runs.groupby(["setting", "optimizer"], sort=True):
-        rows = comparison[
-            (comparison["setting"] == setting) & (comparison["optimizer"] == optimizer)
-        ]
-        used = list(pair.loc[pair["included"].astype(bool), "run_id"])
-
-        def fractions_of(key: str, used=used) -> list[float]:
-            return [float(f) for f in run_fractions(verdicts, used, key)]
-
-        groups.append(
-            {
-                "setting": str(setting),
-                "optimizer": str(optimizer),
-                "role": "sanity check"
-                if str(setting).split("/")[0] in CONVEX_MODELS
-                else "evidence",
-                "runs_total": len(pair),
-                "runs_included": int(pair["included"].sum()),
-                "findings": {
-                    str(f.number): _pair_finding(f, rows, pair, min_runs, fractions_of)
-                    for f in FINDINGS
-                },
-            }
-        )
+    groups = [
+        _group(setting, optimizer, pair, comparison, verdicts, min_runs)
+        for (setting, optimizer), pair in runs.groupby(["setting", "optimizer"], sort=True)
+    ]
     return {
         "schema": SCHEMA,
         "rules": _rules(min_runs),

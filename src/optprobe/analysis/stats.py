@@ -1,6 +1,7 @@
 """Small statistics used by the verdicts and the cross-run analysis: Wilson intervals, the t
 interval of a mean over runs, Spearman correlation with an exact (or Monte Carlo) permutation
-p-value and a paired bootstrap interval, the Holm and Benjamini-Hochberg corrections, and a
+p-value (never the t approximation, too optimistic on a handful of runs) and a paired
+bootstrap interval, the Holm and Benjamini-Hochberg corrections, and a
 linear quantile-regression line fitted as a linear program.
 
 Pure numpy/scipy. The paired functions drop pairs where either input is NaN (the quantile line
@@ -21,7 +22,6 @@ from scipy import stats as sps
 
 __all__ = [
     "EXACT_MAX_N",
-    "SpearmanResult",
     "TInterval",
     "average_ranks",
     "benjamini_hochberg",
@@ -32,8 +32,6 @@ __all__ = [
     "quantile_regression_line",
     "spearman",
     "spearman_permutation_pvalue",
-    "spearman_pvalue",
-    "spearman_with_ci",
     "t_interval",
     "wilson_interval",
 ]
@@ -123,18 +121,6 @@ def spearman(x, y) -> float:
     return float(_spearman_rows(x, y))
 
 
-def spearman_pvalue(rho: float, n: int) -> float:
-    """Two-sided p-value of a Spearman ``rho`` on ``n`` pairs by the t approximation
-    (t = rho sqrt((n-2)/(1-rho^2)) with n-2 degrees of freedom), as scipy.stats.spearmanr."""
-    if not np.isfinite(rho) or n < 3:
-        return float("nan")
-    if abs(rho) >= 1.0:
-        return 0.0
-    dof = n - 2
-    t = rho * np.sqrt(dof / ((1.0 - rho) * (1.0 + rho)))
-    return float(2.0 * sps.t.sf(abs(t), dof))
-
-
 def bootstrap_ci(
     x,
     y,
@@ -168,33 +154,6 @@ def bootstrap_ci(
         return (float("nan"), float("nan"))
     low, high = np.percentile(values, [100.0 * alpha / 2.0, 100.0 * (1.0 - alpha / 2.0)])
     return (float(low), float(high))
-
-
-class SpearmanResult(NamedTuple):
-    """Spearman correlation across runs with its bootstrap interval and t-approximation
-    p-value; ``n`` is the number of pairs used (NaN pairs dropped)."""
-
-    rho: float
-    low: float
-    high: float
-    n: int
-    pvalue: float
-
-
-def spearman_with_ci(
-    x,
-    y,
-    n_resamples: int = 2000,
-    confidence: float = 0.95,
-    seed: int | None = 0,
-) -> SpearmanResult:
-    """Spearman rho, its paired-bootstrap percentile interval and its p-value."""
-    x, y = _paired_finite(x, y)
-    rho = spearman(x, y)
-    low, high = bootstrap_ci(
-        x, y, statistic=spearman, n_resamples=n_resamples, confidence=confidence, seed=seed
-    )
-    return SpearmanResult(rho, low, high, int(x.size), spearman_pvalue(rho, int(x.size)))
 
 
 def pinball_loss(residuals, q: float) -> float:
