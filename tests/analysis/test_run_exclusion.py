@@ -179,3 +179,13 @@ def test_a_finding_with_too_few_included_runs_says_so(tmp_path):
     runs_csv = tables.runs
     assert {"included", "exclusion_reason", "exclusion_detail"} <= set(runs_csv.columns)
     json.dumps(tables.findings, allow_nan=False)  # JSON-ready, no NaN
+
+
+def test_divergence_from_the_first_step_is_caught(tmp_path):
+    """What lr 1e6 does to logistic regression: 2.4 at the start, 1e6 from the next step on
+    (a median over the first steps would call 1e6 the initial loss)."""
+    table = metrics(steps=8)
+    table["train/loss"] = [2.4, 1.5e6, 2.1e6, 1.7e6, 3.3e6, 5.0e6, 7.1e6, 6.2e6]
+    write_job(tmp_path / "0", table=table)
+    (row,) = build_tables(load_local_runs(tmp_path)).runs.itertuples()
+    assert (row.included, row.exclusion_reason, row.initial_train_loss) == (False, "diverged", 2.4)

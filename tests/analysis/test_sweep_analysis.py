@@ -159,6 +159,19 @@ def test_analyze_cli_writes_the_report(sweep, capsys):
     assert "| sgdm | 3/3 | **supported** |" in (report / "findings.md").read_text()
 
 
+def test_a_real_diverged_job_is_not_pooled(tmp_path):
+    """lr 1e6 on logistic regression: the job "completes" with a training loss of ~1e6; the
+    analysis lists it as diverged and uses only the healthy job."""
+    for name, lr in (("0", 0.1), ("1", 1e6)):
+        overrides = ["debug=smoke", "model=logreg", "optimizer=sgd", f"optimizer.lr={lr}"]
+        train(compose_config([*overrides, "probes=[step]"], tmp_path / name))
+    tables = build_tables(load_local_runs(tmp_path))
+    runs = tables.runs.set_index("run_id")
+    assert runs.loc["1", "status"] == "completed" and runs.loc["1", "final_train_loss"] > 1e4
+    assert list(runs["exclusion_reason"]) == ["", "diverged"]
+    assert set(tables.comparison["runs"]) == {1} and set(tables.comparison["runs_excluded"]) == {1}
+
+
 def test_notebook_reproduces_the_report(sweep):
     import nbformat
     from nbclient import NotebookClient

@@ -14,7 +14,8 @@ finding or a correlation. The rules, each a reason of ``REASONS``:
 - ``non-finite``: the training loss became NaN or infinite (status ``stopped: non-finite
   loss``, summary ``non_finite_loss``, a non-finite ``train/loss`` in metrics.csv).
 - ``diverged``: the final training loss (mean of the last 10 logged steps) is more than
-  ``DIVERGED_FACTOR`` = 10 times the initial one (median of the first 10 logged steps).
+  ``DIVERGED_FACTOR`` = 10 times the initial one (the first logged training loss, at the
+  initial parameters: with lr 1e6 the second step's loss is already 1e6 times larger).
 - ``replay mismatch``: the reference probe's replay did not end at x*
   (summary ``probes.<name>.replay.matches`` false): its ``ref/*`` values compare against a
   point of another trajectory.
@@ -34,7 +35,6 @@ from optprobe.analysis.runs import RunRecord
 
 __all__ = [
     "DIVERGED_FACTOR",
-    "INITIAL_WINDOW",
     "REASONS",
     "exclusion_problems",
     "initial_train_loss",
@@ -53,17 +53,16 @@ REASONS: Mapping[str, str] = {
 """Exclusion reason -> what it means (the report's legend)."""
 
 DIVERGED_FACTOR = 10.0
-INITIAL_WINDOW = 10  # initial training loss: median of the first this many logged steps
 DEFAULT_LOG_EVERY = 50  # Lightning's default trainer.log_every_n_steps
 
 
 def initial_train_loss(history: pd.DataFrame) -> float:
-    """Median of the first ``INITIAL_WINDOW`` finite training losses (NaN without any)."""
+    """The first finite training loss the run logged (NaN without any)."""
     if LOSS_KEY not in history:
         return math.nan
     loss = history[LOSS_KEY].to_numpy(float)
-    loss = loss[np.isfinite(loss)][:INITIAL_WINDOW]
-    return float(np.median(loss)) if loss.size else math.nan
+    loss = loss[np.isfinite(loss)]
+    return float(loss[0]) if loss.size else math.nan
 
 
 def _status_problems(status: str, summary: Mapping[str, Any]) -> list[Problem]:
