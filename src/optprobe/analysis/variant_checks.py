@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from optprobe.analysis.columns import finite, present, rows
+from optprobe.analysis.fits import interleaved_split
 from optprobe.analysis.run_constants import local_smoothness, path_smoothness
 from optprobe.analysis.run_intervals import run_interval
 from optprobe.analysis.stats import quantile_regression_line
@@ -187,9 +188,10 @@ def _constant_fit(q: float) -> _Fit:
 
 
 def fitted_form(df: pd.DataFrame, variant: Variant, q: float) -> AssumptionVerdict | None:
-    """Constants fitted at quantile q on the first half of the probed steps (in step order),
-    the second half counted on or under the fitted bound: ``y <= c`` without an x key, else
-    ``y <= c0 + c1 x``. None with fewer than two probed steps."""
+    """Constants fitted at quantile q on the even interleaved blocks of the probed steps (in
+    step order, ``fits.interleaved_split``), the odd blocks counted on or under the fitted
+    bound: ``y <= c`` without an x key, else ``y <= c0 + c1 x``. None with fewer than two
+    probed steps."""
     x_key, y_key, _ = variant.assumption.fit
     if not present(df, *(variant.key(k) for k in (x_key, y_key) if k is not None)):
         return None
@@ -199,12 +201,12 @@ def fitted_form(df: pd.DataFrame, variant: Variant, q: float) -> AssumptionVerdi
     else:
         x, y = rows(df, variant.key(x_key), variant.key(y_key))
         fit = _line_fit(q)
-    n_fit = x.size // 2
-    bound = fit(x[:n_fit], y[:n_fit]) if n_fit else None
+    fit_idx, check_idx = interleaved_split(x.size)
+    bound = fit(x[fit_idx], y[fit_idx]) if fit_idx.size and check_idx.size else None
     if bound is None:
         return None
-    level = np.asarray(bound(x[n_fit:]), dtype=float)
-    return _verdict(variant, y[n_fit:] <= level + _FIT_RTOL * np.abs(level))
+    level = np.asarray(bound(x[check_idx]), dtype=float)
+    return _verdict(variant, y[check_idx] <= level + _FIT_RTOL * np.abs(level))
 
 
 # --------------------------------------------------------------------------- all variants

@@ -6,8 +6,9 @@ descent bound, the batch scheme, valid / valid and informative), with its verdic
 ``descent_bound:path:same_batch``. Sign checks count the scored probed steps on which the
 inequality held (the descent bound scores the steps that made progress and counts the others
 apart) and judge the summed version too; fitted-constant forms (``l0l1_smooth``,
-``bounded_variance``, ``affine_variance``) are judged out of sample (fitted at quantile q on
-the first half of the probed steps, counted on the second). Every fraction comes with a
+``bounded_variance``, ``affine_variance``) are judged out of sample on interleaved blocks
+(:mod:`optprobe.analysis.fits`: fitted at quantile q on the even blocks of the step-ordered
+probed steps, counted on the odd ones). Every fraction comes with a
 per-run interval that respects the autocorrelation of consecutive steps
 (:mod:`optprobe.analysis.run_intervals`), its method named in the entry.
 
