@@ -15,22 +15,13 @@ from pathlib import Path
 import pytest
 
 # ROOT through job_harness: in a full run `from conftest` may get tests/estimators/conftest.py
-from job_harness import ROOT, metric_rows, run_train
+from job_harness import ROOT, folder_bytes, metric_rows, run_train
 
 pytestmark = pytest.mark.slow
 
 SMOKE = ["debug=smoke", "probes=none"]
 # long enough that two runs started together overlap: the loser meets the winner's lock
 LONGER = ["debug=smoke", "trainer.max_steps=40", "trainer.max_epochs=-1", "probes=standard"]
-
-
-def folder_bytes(folder: Path) -> dict[str, bytes]:
-    """Every file under ``folder`` but the lock file (it names its last holder)."""
-    return {
-        str(p.relative_to(folder)): p.read_bytes()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.name != ".optprobe.lock"
-    }
 
 
 def start_train(args: list[str], log_dir: Path) -> subprocess.Popen:

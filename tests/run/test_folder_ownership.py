@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from job_harness import folder_bytes
 from omegaconf import OmegaConf
 
 from optprobe.run import locks
@@ -20,15 +21,6 @@ from optprobe.run.locks import FolderInUseError
 from optprobe.run.ownership import FolderTakenError, check_job_folder_free, claim_sweep_folder
 
 SMOKE = ["debug=smoke", "probes=none"]
-
-
-def folder_bytes(folder: Path) -> dict[str, bytes]:
-    """Every file under ``folder`` (but the lock file, which names its last holder)."""
-    return {
-        str(p.relative_to(folder)): p.read_bytes()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.name != JobFolder.LOCK
-    }
 
 
 def test_new_run_into_a_folder_with_results_is_refused_and_changes_nothing(make_cfg):
