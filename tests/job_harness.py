@@ -17,6 +17,7 @@ import torch
 from conftest import ROOT
 from omegaconf import DictConfig
 
+from optprobe.run.folder import JobFolder
 from optprobe.run.job import train
 
 # A smoke run with the step, noise and curvature probes at cadences that do not divide each
@@ -61,6 +62,16 @@ def job_folder(log_dir: Path) -> Path:
     runs = list((log_dir / "train" / "runs").iterdir())
     assert len(runs) == 1, runs  # one output folder per job, not one per rank
     return runs[0]
+
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` by relative path, but the lock file (it names the last
+    process that held the folder, also one that was refused): to check a folder is untouched."""
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != JobFolder.LOCK
+    }
 
 
 def metric_rows(folder: Path) -> dict[int, dict[str, float]]:
