@@ -21,15 +21,15 @@ $(STAMP): pyproject.toml
 run: setup
 	$(PY) train.py -m optimizer=sgd,adam
 
-## the reference study's grid at CPU scale (3 settings x SGD-momentum/AdamW x 3 seeds, ~25 min
+## the reference study's grid at CPU scale (3 settings x SGD-momentum/AdamW x 5 seeds, ~1 h
 ## on 2 cores), then the report: $(REPRO_DIR)/report/report.html
 REPRO_DIR ?= logs/reproduce/$(shell date +%Y-%m-%d_%H-%M-%S)
-SEEDS ?= 0,1,2
+SEEDS ?= 0,1,2,3,4
 reproduce: setup
 	$(PY) train.py -m experiment=logreg_digits optimizer=sgdm,adamw seed=$(SEEDS) hydra.sweep.dir=$(REPRO_DIR)/logreg
 	$(PY) train.py -m experiment=cnn_mnist5k optimizer=sgdm,adamw seed=$(SEEDS) hydra.sweep.dir=$(REPRO_DIR)/cnn
 	$(PY) train.py -m experiment=gpt_shakespeare optimizer=sgdm,adamw seed=$(SEEDS) hydra.sweep.dir=$(REPRO_DIR)/gpt
-	$(PY) -m optprobe.cli.analyze $(REPRO_DIR)
+	$(PY) -m optprobe.cli.analyze $(REPRO_DIR) --readme
 
 ## probe overhead, cost per estimate and peers (Cockpit, PyHessian, curvlinops, BackPACK):
 ## writes benchmarks/results/<device>-<mode>.{json,md}

@@ -88,10 +88,12 @@ def fit(
     seed: int = 0,
     accumulate: int = 1,
     clip: float | None = None,
+    precision: str = "32-true",
 ):
     """Train ``net`` for ``steps`` optimizer steps; returns (trainer, module, recorder, sink).
 
-    ``optimizer`` is a factory ``params -> Optimizer`` (default SGD lr 0.1).
+    ``optimizer`` is a factory ``params -> Optimizer`` (default SGD lr 0.1); ``precision`` is
+    Lightning's (``bf16-mixed`` runs the training step under CPU autocast).
     """
     pl.seed_everything(seed, workers=True)
     recorder, sink = Recorder(), MemoryLogger()
@@ -116,6 +118,7 @@ def fit(
         deterministic=True,
         accumulate_grad_batches=accumulate,
         gradient_clip_val=clip,
+        precision=precision,
     )
     trainer.fit(module, datamodule=ArrayData(inputs, targets, batch_size, seed))
     return trainer, module, recorder, sink

@@ -21,6 +21,7 @@ import torch
 from conftest import ROOT
 from omegaconf import DictConfig
 
+from optprobe.run.folder import JobFolder
 from optprobe.run.job import train
 
 # A smoke run with the step, noise and curvature probes at cadences that do not divide each
@@ -48,7 +49,7 @@ FULL_PROBES = [
     "probes.curvature.esd_iters=5",
 ]
 # Keys compared step by step between a resumed and an uninterrupted run (timings differ).
-COMPARED = ("train/loss", "step/", "noise/", "curv/", "ref/")
+COMPARED = ("train/loss", "step/", "step_fresh/", "noise/", "curv/", "ref/")
 
 
 def assert_same_steps(full: Path, resumed: Path, steps: int, rel: float = 1e-9) -> set[str]:
@@ -124,6 +125,16 @@ def job_folder(log_dir: Path) -> Path:
     runs = list((log_dir / "train" / "runs").iterdir())
     assert len(runs) == 1, runs  # one output folder per job, not one per rank
     return runs[0]
+
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` by relative path, but the lock file (it names the last
+    process that held the folder, also one that was refused): to check a folder is untouched."""
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != JobFolder.LOCK
+    }
 
 
 def metric_rows(folder: Path) -> dict[int, dict[str, float]]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from optprobe.assumptions import ASSUMPTIONS, of_family
+from optprobe.assumptions import ASSUMPTIONS, all_variants, of_family, variant_by_id
 
 
 def test_every_record_is_complete_and_families_match_keys():
@@ -52,6 +52,31 @@ def test_sign_predicates_match_the_inequalities_by_hand(assumption):
             bool(a.held({**{k: c[i] for k, c in columns.items()}, a.tolerance_key: tol[i]}))
             == expected[i]
         )
+
+
+def test_variants_read_their_schemes_and_l_choices_keys():
+    past = variant_by_id("descent_bound:past:fresh_batch")
+    assert past.keys == ("step_fresh/descent_bound_past", "step_fresh/loss_change")
+    assert past.tolerance_key == "step_fresh/float_tol"
+    assert past.running_key == "step_fresh/frac_descent_bound_past_held"
+    assert past.online and not variant_by_id("descent_bound:path:same_batch").online
+    informative = variant_by_id("inst_gap:valid_informative:same_batch")
+    assert informative.inputs == ("step/inst_gap", "step/lin_new")
+    logged = {"step/inst_gap": -1.0, "step/lin_new": 0.5, "step/float_tol": 0.0}
+    assert variant_by_id("inst_gap:valid:same_batch").judge_step(logged) is True
+    assert informative.judge_step(logged) is False  # valid, but certifies no decrease
+    # the descent bound is scored only on steps that made progress
+    bound = variant_by_id("descent_bound:past:same_batch")
+    assert bound.judge_step({"step/descent_bound_past": 1.0, "step/loss_change": 0.5}) is None
+    assert bound.judge_step({"step/descent_bound_past": -1.0, "step/loss_change": -2}) is True
+    assert bound.judge_step({"step/loss_change": -2}) is None  # not logged: not judged
+    ref = variant_by_id("ref_gap")
+    assert (ref.keys, ref.running_key, ref.headline) == (
+        ("ref/gap",),
+        "ref/frac_ref_gap_held",
+        True,
+    )
+    assert sum(v.headline for v in all_variants()) == 11  # 4 step checks x 2 schemes + 3
 
 
 @pytest.mark.parametrize("doc", ["README.md", "docs/metrics.md"])

@@ -8,10 +8,10 @@ from pathlib import Path
 import matplotlib.image as mpimg
 import numpy as np
 import pandas as pd
-from scipy import stats
 
+from optprobe.analysis.comparison import comparison
+from optprobe.analysis.correlations import correlations
 from optprobe.analysis.stats import wilson_interval
-from optprobe.analysis.sweep import comparison
 from optprobe.assumptions import ASSUMPTIONS
 
 CONSTANTS = ("L", "L0", "L1", "gamma", "rho_weak", "sigma0", "sigma1", "pl")
@@ -81,28 +81,9 @@ def _run_row(rng: np.random.Generator, run_id: str, opt: str, seed: int) -> dict
         "steps_to_target": float(rng.integers(50, 100)) if seed != 2 else np.nan,
         "final_val_loss": float(rng.uniform(0.3, 0.8)),
         "final_val_acc": float(rng.uniform(0.8, 0.95)),
+        "included": True,
+        "exclusion_reason": "",
     }
-
-
-def _correlations(runs: pd.DataFrame, constants) -> pd.DataFrame:
-    corr = []
-    for c in constants:
-        for perf in PERFORMANCE:
-            ok = runs[[f"const:{c}", perf]].dropna()
-            n = len(ok)
-            rho = stats.spearmanr(ok.iloc[:, 0], ok.iloc[:, 1]).statistic if n > 2 else np.nan
-            corr.append(
-                {
-                    "constant": c,
-                    "performance": perf,
-                    "n": n,
-                    "rho": rho,
-                    "ci_low": max(-1.0, rho - 0.7) if np.isfinite(rho) else np.nan,
-                    "ci_high": min(1.0, rho + 0.7) if np.isfinite(rho) else np.nan,
-                    "pvalue": 0.5,
-                }
-            )
-    return pd.DataFrame(corr)
 
 
 def make_sweep(
@@ -113,8 +94,8 @@ def make_sweep(
     seed=0,
     constants=CONSTANTS,
 ) -> dict:
-    """runs, verdicts (labels from the registry), correlations, comparison (the sweep's own,
-    pooled Wilson intervals) and histories of ``len(optimizers) * len(seeds)`` runs."""
+    """runs, verdicts (labels from the registry), correlations and comparison (the sweep's
+    own, run-level) and histories of ``len(optimizers) * len(seeds)`` runs."""
     rng = np.random.default_rng(seed)
     runs, verdicts, histories = [], [], {}
     for opt in optimizers:
@@ -135,7 +116,7 @@ def make_sweep(
     return {
         "runs": runs,
         "verdicts": verdicts,
-        "correlations": _correlations(runs, constants),
+        "correlations": correlations(runs),
         "comparison": comparison(runs, verdicts),
         "histories": histories,
     }

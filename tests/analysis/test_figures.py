@@ -12,13 +12,13 @@ import pytest
 from synthetic_sweep import check_png, make_sweep
 
 from optprobe.analysis import figures
+from optprobe.analysis.figures.comparison import INTERVALS
 from optprobe.analysis.figures.trajectories import (
     DEFAULT_TRAJECTORY_KEYS,
     SIGN_CHECKS,
     held_on_rows,
     panel_title,
 )
-from optprobe.analysis.sweep import COMPARED
 from optprobe.assumptions import ASSUMPTIONS
 
 
@@ -110,11 +110,19 @@ def test_trajectory_titles_come_from_the_registry():
     assert panel_title("curv/lambda_max") == "curv/lambda_max"
 
 
-def test_comparison_measures_are_labelled_by_the_registry():
-    assert figures.COMPARISON_MEASURES == tuple(
-        (column, ASSUMPTIONS[a].label) for column, a in COMPARED.items()
-    )
+def test_comparison_measures_are_the_deciding_entries_of_the_findings(sweep):
+    """The bars: every sign check the registry ties to a finding as independent evidence,
+    labelled by the registry; the fitted (L0,L1) form, near-duplicates (inst_gap_old) and
+    assumptions without a finding are not bars."""
+    measures = figures.comparison_measures(sweep["comparison"])
+    signs = [
+        a for a in ASSUMPTIONS.values() if a.finding and a.kind == "sign" and a.duplicates is None
+    ]
+    expected = [a for a in signs if a.finding == "smoothness"]
+    expected += [a for a in signs if a.finding == "convexity"]
+    assert measures == [(a.id, a.label) for a in expected]
     assert figures.ASSUMPTION_ORDER == tuple(ASSUMPTIONS)
+    assert "t interval over runs" in INTERVALS and "pooled" in INTERVALS
 
 
 def test_held_markers_use_the_rounding_tolerance():

@@ -19,6 +19,8 @@ from synthetic_sweep import (
     make_sweep,
 )
 
+from optprobe.analysis.correlations import COLUMNS as CORR_COLUMNS
+from optprobe.analysis.correlations import CONSTANTS as PREDECLARED
 from optprobe.analysis.report import FIGURES, TABLES, write_report
 from optprobe.analysis.report_text import answer_sentences
 from optprobe.assumptions import ASSUMPTIONS
@@ -61,14 +63,15 @@ def test_report_html_content(full_report, sweep):
         assert escape(run_id) in html, run_id
     for label in sweep["verdicts"]["label"].unique():
         assert escape(label) in html, label
-    for c in CONSTANTS:
-        assert f"const:{c}" in html and f'<td class="text">{c}</td>' in html, c
+    for c in CONSTANTS:  # correlated only when pre-declared
+        assert f"const:{c}" in html, c
+        assert (f'<td class="text">{c}</td>' in html) == (c in PREDECLARED), c
     for sentence in answer_sentences(sweep["comparison"], sweep["correlations"]):
         assert escape(sentence) in html, sentence
-    assert "SGDM (3 runs): L-smoothness predicted the progress on" in html
-    assert "AdamW (3 runs): " in html
-    assert "reference point held on" in html
-    assert "Spearman correlation" in html
+    assert "resnet18/cifar10, SGDM: mean over runs of the fraction" in html
+    assert "resnet18/cifar10, AdamW: " in html
+    assert escape("convex towards x*: ") in html
+    assert "Spearman correlations within each setting and optimizer" in html
     srcs = {a["src"] for t, a in parser.tags if t == "img"}
     assert srcs == set(FIGURES)
     # title and notes escaped, notes listed
@@ -82,7 +85,7 @@ def test_report_html_content(full_report, sweep):
         'src="held_fractions.png"',
         'src="trajectories.png"',
         'src="constants_vs_performance.png"',
-        "<h2>Table: optimizer comparison</h2>",
+        "<h2>Table: run-level comparison</h2>",
         "<h2>Table: fitted constants",
         "<h2>Table: per-run verdicts</h2>",
         "<h2>Table: runs</h2>",
@@ -102,17 +105,39 @@ def test_glossary_has_the_registry_text_of_every_assumption(full_report):
         assert f"<b>{escape(a.id)}</b>" in item
         for text in (a.label, a.symbols, a.condition):
             assert escape(text) in item, (a.id, text)
-    assert escape("tr Σ_t <= σ²") in glossary and "tr Σ ≤ σ0²" not in html
+    assert escape(ASSUMPTIONS["bounded_variance"].symbols) in glossary
+    assert "σ²" in ASSUMPTIONS["bounded_variance"].symbols and "tr Σ ≤ σ0²" not in html
 
 
 def test_captions_say_what_the_intervals_are(full_report):
+    """Run-level intervals are called so; a pooled fraction is never captioned as an interval
+    "over runs"."""
     html = full_report.read_text(encoding="utf-8")
     caption = escape(FIGURES["optimizer_comparison.png"][1])
     assert caption in html
-    assert "Wilson" in caption and "pooled" in caption and "mean over runs" not in caption
-    assert "Wilson" in FIGURES["held_fractions.png"][1]
-    table = html[html.index("<h2>Table: optimizer comparison</h2>") :]
-    assert "Wilson" in table[: table.index("<table>")]
+    assert "t interval over runs" in caption and "Wilson" not in caption
+    assert "pooled fraction of steps, no interval" in caption
+    table = html[html.index("<h2>Table: run-level comparison</h2>") :]
+    words = table[: table.index("<table>")]
+    assert "t interval over runs" in words and "pooled steps are shown for reference" in words
+    header = table[table.index("<thead>") : table.index("</thead>")]
+    assert "95% t interval over runs" in header and "pooled steps (held/checked)" in header
+    assert "Wilson" not in html.split('id="tables"')[0].split('id="answer"')[1]
+
+
+def test_report_lists_excluded_runs(tmp_path):
+    sw = make_sweep(seeds=(0, 1), steps=20, constants=("L",))
+    runs = sw["runs"].copy()
+    runs.loc[0, ["included", "exclusion_reason"]] = [False, "diverged"]
+    path = write_report(tmp_path, runs, sw["verdicts"], None, sw["comparison"], sw["histories"])
+    html = path.read_text(encoding="utf-8")
+    section = html[
+        html.index('id="excluded"') : html.index("</section>", html.index('id="excluded"'))
+    ]
+    assert runs.loc[0, "run_id"] in section and "diverged" in section
+    assert runs.loc[1, "run_id"] not in section
+    assert "no: diverged" in html  # the verdict matrix says the run is not used
+    assert pd.read_csv(tmp_path / "correlations.csv").columns.tolist() == list(CORR_COLUMNS)
 
 
 # --------------------------------------------------------------------------------------------
@@ -121,9 +146,7 @@ def test_captions_say_what_the_intervals_are(full_report):
 
 def test_report_without_reference_probe(tmp_path):
     sw = make_sweep(with_ref=False, seeds=(0, 1), steps=60, seed=1, constants=("L", "sigma0"))
-    sw["comparison"] = sw["comparison"].drop(
-        columns=["ref_convexity_holds", "ref_convexity_holds_low", "ref_convexity_holds_high"]
-    )
+    assert "ref_gap" not in set(sw["comparison"]["assumption"])
     assert "held:ref_gap" not in sw["runs"].columns
     path = write_report(tmp_path, **sw)
     html = path.read_text(encoding="utf-8")
@@ -131,7 +154,7 @@ def test_report_without_reference_probe(tmp_path):
     for name in FIGURES:
         check_png(tmp_path / name)
         assert f'src="{name}"' in html
-    assert "reference point held on" not in html
+    assert escape("convex towards x*: ") not in html
     for run_id in sw["runs"]["run_id"]:
         assert run_id in html
 
@@ -143,8 +166,8 @@ def test_report_single_run(tmp_path):
     html = path.read_text(encoding="utf-8")
     check_html(path)
     assert "sgdm-resnet18-s0" in html
-    assert "SGDM (1 run): " in html
-    assert "No correlation between a fitted constant and performance was computed." in html
+    assert "resnet18/cifar10, SGDM: " in html and "insufficient runs; pooled steps" in html
+    assert "none computed" in html
     for name in FIGURES:
         assert (tmp_path / name).is_file(), name
         assert f'src="{name}"' in html
@@ -161,6 +184,11 @@ def test_report_with_nothing(tmp_path):
         assert f'src="{name}"' in html
         assert mpimg.imread(path.parent / name).ndim == 3
     assert "No optimizer comparison was available." in html
+    # the interface files keep their header when empty
+    corr = pd.read_csv(path.parent / "correlations.csv")
+    assert corr.empty and corr.columns.tolist() == list(CORR_COLUMNS)
+    comp = pd.read_csv(path.parent / "comparison.csv")
+    assert comp.empty and {"mean_run_fraction", "ci_low", "pooled_fraction"} <= set(comp.columns)
 
 
 def test_report_with_partial_columns(tmp_path):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from html import escape
 
-import numpy as np
 import pandas as pd
 from synthetic_sweep import make_sweep
 
@@ -17,7 +16,6 @@ from optprobe.analysis.report_tables import (
     glossary,
     verdict_matrix,
 )
-from optprobe.analysis.sweep import COMPARED
 from optprobe.assumptions import ASSUMPTIONS
 
 
@@ -40,17 +38,18 @@ def test_labels_come_from_the_registry():
     html = verdict_matrix(sw["verdicts"], sw["runs"], labels)
     for a in ASSUMPTIONS.values():
         assert f"<th>{escape(a.label)} ({a.id})</th>" in html
-    header = comparison_table(sw["comparison"]).split("</thead>")[0]
-    for assumption in COMPARED.values():
-        assert f"<th>{escape(ASSUMPTIONS[assumption].label)}</th>" in header
+    body = comparison_table(sw["comparison"]).split("</thead>")[1]
+    for a in ASSUMPTIONS.values():
+        assert f'<td class="text">{escape(a.label)}</td>' in body
 
 
-def test_correlation_table_sorted_by_abs_rho():
-    corr = make_sweep(seeds=(0, 1, 2), steps=20)["correlations"]
+def test_correlation_table_sorted_by_adjusted_p_and_marks_passing_rows():
+    corr = make_sweep(seeds=(0, 1, 2, 3, 4, 5), steps=20)["correlations"]
+    corr.loc[corr.index[-1], ["pvalue_adjusted", "significant"]] = [0.001, True]
     html = correlation_table(corr)
     rows = re.findall(r"<tr[^>]*>(.*?)</tr>", html.split("</thead>")[1])
-    rhos = [float(re.findall(r"<td>(.*?)</td>", r)[1]) for r in rows]
-    assert len(rhos) == len(corr)
-    assert np.all(np.diff(np.abs(rhos)) <= 1e-3)
-    robust = corr[(corr["ci_low"] > 0) | (corr["ci_high"] < 0)]
-    assert html.count('<tr class="robust">') == len(robust)
+    assert len(rows) == len(corr)
+    adjusted = [float(re.findall(r"<td>(.*?)</td>", r)[3]) for r in rows]
+    assert adjusted == sorted(adjusted) and adjusted[0] == 0.001
+    assert html.count('<tr class="robust">') == 1
+    assert "Holm-adjusted p" in html.split("</thead>")[0]

@@ -9,70 +9,59 @@ from optprobe.analysis.report_text import (
     answer_sentences,
     cell,
     correlation_sentence,
-    optimizer_sentence,
+    pair_sentence,
     pct_interval,
 )
 
 
-def test_optimizer_sentence_format():
-    row = {
-        "optimizer": "sgdm",
-        "n_runs": 3,
-        "smoothness_predicts": 0.12,
-        "smoothness_predicts_low": 0.08,
-        "smoothness_predicts_high": 0.17,
-        "convexity_holds": 0.91,
-        "convexity_holds_low": 0.88,
-        "convexity_holds_high": 0.94,
-        "ref_convexity_holds": np.nan,
-    }
-    s = optimizer_sentence(row)
-    assert s.startswith("SGDM (3 runs): L-smoothness predicted the progress on 12% [8–17%]")
-    assert "convexity along the step held on 91% [88–94%]" in s
-    assert "reference" not in s.split(".")[0]
-    assert "clearly more often" in s
-    assert optimizer_sentence({"optimizer": "lion"}) == "Lion: no assumption was measured."
-
-
-def test_optimizer_sentence_contrast():
-    row = {"optimizer": "adamw", "n_runs": 1}
-    for col, (v, lo, hi) in {
-        "smoothness_predicts": (0.5, 0.4, 0.6),
-        "convexity_holds": (0.55, 0.45, 0.65),
-        "convexity_old_holds": (0.2, np.nan, np.nan),
-    }.items():
-        row.update({col: v, f"{col}_low": lo, f"{col}_high": hi})
-    s = optimizer_sentence(row)
-    assert s.startswith("AdamW (1 run): ")
-    assert "(seen from x_{t+1}) and on 20% (seen from x_t)" in s
-    assert s.endswith("The two intervals overlap: no clear difference between the two analyses.")
-    row.update(smoothness_predicts=0.9, smoothness_predicts_low=0.8, smoothness_predicts_high=0.95)
-    assert "unlike the reference study" in optimizer_sentence(row)
-    del row["convexity_holds_low"]  # no interval: no contrast
-    assert "interval" not in optimizer_sentence(row).split(".", 1)[1]
-
-
-def test_correlation_sentence():
-    none = pd.DataFrame(
-        {"constant": ["L", "gamma"], "performance": ["final_train_loss"] * 2, "n": [6, 6],
-         "rho": [0.4, -0.1], "ci_low": [-0.3, -0.8], "ci_high": [0.9, 0.6], "pvalue": [0.4, 0.8]}
+def comparison_rows() -> pd.DataFrame:
+    base = {"setting": "cnn/mnist", "optimizer": "sgdm", "runs": 5, "runs_excluded": 1}
+    return pd.DataFrame(
+        [
+            {**base, "assumption": "descent_bound",
+             "assumption_label": "L-smoothness predicts the progress", "mean_run_fraction": 0.29,
+             "ci_low": 0.2, "ci_high": 0.38, "pooled_fraction": 0.31, "label": "not supported"},
+            {**base, "assumption": "inst_gap", "assumption_label": "convex along the step",
+             "mean_run_fraction": 0.94, "ci_low": np.nan, "ci_high": np.nan,
+             "pooled_fraction": 0.95, "label": "insufficient runs", "runs": 1},
+        ]
     )  # fmt: skip
-    s = correlation_sentence(none)
-    assert s.startswith("None of the 2 Spearman correlations") and "excludes 0" in s
-    assert "L with final training loss (ρ = 0.40" in s
-    assert s.endswith("With at most 6 runs per correlation the intervals are rough.")
-    some = none.assign(ci_low=[0.1, -0.8])
-    s = correlation_sentence(some)
-    assert s.startswith("1 of 2 Spearman correlations") and "L with final training loss" in s
-    assert "No correlation" in correlation_sentence(pd.DataFrame())
 
 
-def test_answer_sentences_without_comparison():
-    sentences = answer_sentences(None, None)
-    assert sentences == [
-        "No optimizer comparison was available.",
-        "No correlation between a fitted constant and performance was computed.",
-    ]
+def test_pair_sentence_says_run_level_and_pooled_apart():
+    s = pair_sentence(comparison_rows())
+    assert s.startswith("cnn/mnist, SGDM (1 run excluded): mean over runs of the fraction")
+    assert "95% t interval over runs" in s
+    assert "the progress: 29% [20%–38%] (not supported; pooled steps 31%, 5 runs)" in s
+    # no interval below 2 runs, and the pooled fraction is never shown as one
+    assert "convex along the step: 94% (insufficient runs; pooled steps 95%, 1 run)" in s
+    assert "[31" not in s and "95%]" not in s
+
+
+def test_correlation_sentence_too_small_and_significant():
+    rows = pd.DataFrame(
+        {"setting": "s", "optimizer": "sgdm", "constant": ["L0", "gamma"],
+         "performance": "final_train_loss", "n": [5, 5], "rho": [1.0, -0.3],
+         "pvalue": [2 / 120, 0.6], "pvalue_adjusted": [4 / 120, 0.6], "tests": 2,
+         "significant": [True, False]}
+    )  # fmt: skip
+    s = correlation_sentence(rows)
+    assert "L0 with final_train_loss (s sgdm: ρ = 1.00, n = 5, adjusted p = 0.0333)" in s
+    assert s.count("pass the correction") == 1 and "1 of 2 tests" in s
+    many = rows.assign(tests=14)  # 2/120 > 0.05/14: no test can pass
+    s = correlation_sentence(many)
+    assert "too small for any correlation to pass" in s and "0.0167" in s
+    assert "No correlation" not in correlation_sentence(pd.DataFrame())
+    assert "none computed" in correlation_sentence(pd.DataFrame())
+    legacy = pd.DataFrame({"constant": ["L"], "rho": [0.5], "ci_low": [0.1], "ci_high": [0.9]})
+    assert "rerun" in correlation_sentence(legacy)
+
+
+def test_answer_sentences():
+    sentences = answer_sentences(comparison_rows(), None)
+    assert sentences[0] == pair_sentence(comparison_rows())
+    assert "none computed" in sentences[1]
+    assert answer_sentences(None, None)[0] == "No optimizer comparison was available."
 
 
 def test_formatting():

@@ -11,8 +11,11 @@ import pandas as pd
 import pytest
 from conftest import ROOT, compose_config
 
+from optprobe.analysis.correlations import COLUMNS as CORRELATION_COLUMNS
+from optprobe.analysis.correlations import CONSTANTS
 from optprobe.analysis.runs import load_local_runs, load_wandb_offline_runs
 from optprobe.analysis.sweep import build_tables, findings
+from optprobe.assumptions import ASSUMPTIONS
 from optprobe.cli.analyze import main as analyze_main
 from optprobe.run.job import train
 
@@ -58,6 +61,7 @@ def sweep(tmp_path_factory) -> Path:
 def comparable(tables) -> pd.DataFrame:
     cols = [c for c in tables.runs.columns if c.startswith(("held:", "const:"))]
     cols += ["final_train_loss", "steps_to_target", "final_val_acc", "optimizer", "seed"]
+    cols += ["included", "exclusion_reason"]
     return tables.runs.set_index("run_id")[cols].sort_index()
 
 
@@ -118,9 +122,9 @@ def test_resumed_job_keeps_one_wandb_run(tmp_path, monkeypatch):
 
 
 def test_analyze_cli_writes_the_report(sweep, capsys):
-    assert analyze_main([str(sweep)]) == 0
+    assert analyze_main([str(sweep), "--readme"]) == 0
     out = capsys.readouterr().out
-    assert "collected 6 runs" in out and "Sanity check (convex logistic regression)" in out
+    assert "collected 6 runs" in out and "runs: 6, included: 6, excluded: 0" in out
     report = sweep / "report"
     html = (report / "report.html").read_text()
     for run_id in map(str, range(len(JOBS))):
@@ -134,13 +138,38 @@ def test_analyze_cli_writes_the_report(sweep, capsys):
         "optimizer_comparison.png",
     ):
         assert (report / png).stat().st_size > 10_000, png
+    runs = pd.read_csv(report / "runs.csv")
+    assert runs["included"].all() and runs["exclusion_reason"].isna().all()
     correlations = pd.read_csv(report / "correlations.csv")
-    assert {"L_lip_max", "sigma_sq"} <= set(correlations["constant"])
+    assert list(correlations.columns) == list(CORRELATION_COLUMNS)
+    assert {"L_lip_max", "sigma_sq"} <= set(correlations["constant"]) <= set(CONSTANTS)
+    assert set(correlations["n"]) == {3}  # within optimizer: 3 runs each, never 6
+    assert "too small for any correlation to pass" in out
+    # logistic regression is the convex sanity check: convexity holds on every step of every run
+    data = json.loads((report / "findings.json").read_text())
+    assert {g["role"] for g in data["groups"]} == {"sanity check"}
+    for g in data["groups"]:
+        assert g["runs_included"] == 3 and g["findings"]["2"]["label"] == "supported"
     lines = findings(build_tables(load_local_runs(sweep)))
-    assert lines == [
-        "Sanity check (convex logistic regression): convexity along the step held on 100%, 100% of probed steps."
-    ]
-    assert "| sgdm | 3 |" in (report / "summary.md").read_text()
+    finding2 = [line for line in lines if line.startswith("Finding 2")]
+    assert len(finding2) == 2 and all("[sanity check]: supported (" in x for x in finding2)
+    summary = (report / "summary.md").read_text()
+    label = ASSUMPTIONS["inst_gap"].label
+    assert f"| sgdm | {label} | 3 | 100% | [100%, 100%] | 100% | supported |" in summary
+    assert "| sgdm | 3/3 | **supported** |" in (report / "findings.md").read_text()
+
+
+def test_a_real_diverged_job_is_not_pooled(tmp_path):
+    """lr 1e6 on logistic regression: the job "completes" with a training loss of ~1e6; the
+    analysis lists it as diverged and uses only the healthy job."""
+    for name, lr in (("0", 0.1), ("1", 1e6)):
+        overrides = ["debug=smoke", "model=logreg", "optimizer=sgd", f"optimizer.lr={lr}"]
+        train(compose_config([*overrides, "probes=[step]"], tmp_path / name))
+    tables = build_tables(load_local_runs(tmp_path))
+    runs = tables.runs.set_index("run_id")
+    assert runs.loc["1", "status"] == "completed" and runs.loc["1", "final_train_loss"] > 1e4
+    assert list(runs["exclusion_reason"]) == ["", "diverged"]
+    assert set(tables.comparison["runs"]) == {1} and set(tables.comparison["runs_excluded"]) == {1}
 
 
 def test_notebook_reproduces_the_report(sweep):
@@ -157,5 +186,5 @@ def test_notebook_reproduces_the_report(sweep):
     finally:
         os.environ.pop("OPTPROBE_SWEEP")
     text = json.dumps([c.get("outputs", []) for c in nb.cells])
-    assert "6 runs" in text and "Sanity check" in text and "image/png" in text
+    assert "6 runs, 6 included" in text and "[sanity check]" in text and "image/png" in text
     assert (sweep / "report" / "report.html").is_file()

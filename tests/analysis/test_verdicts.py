@@ -8,7 +8,10 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from frames import frame
 
+from optprobe.analysis.fits import interleaved_split
+from optprobe.analysis.run_intervals import run_interval
 from optprobe.analysis.stats import quantile_regression_line
 from optprobe.analysis.verdicts import (
     AssumptionVerdict,
@@ -17,7 +20,7 @@ from optprobe.analysis.verdicts import (
     verdict_from_metrics,
     verdict_table,
 )
-from optprobe.assumptions import ASSUMPTIONS
+from optprobe.assumptions import ASSUMPTIONS, all_variants
 
 Z95 = 1.959963984540054
 
@@ -30,13 +33,6 @@ def hand_wilson(held: int, n: int) -> tuple[float, float]:
     return center - half, center + half
 
 
-def frame(n: int, **columns) -> pd.DataFrame:
-    """A metrics table with steps 0..n-1 and the given columns (keys with '__' for '/')."""
-    data = {"step": np.arange(n, dtype=float)}
-    data.update({k.replace("__", "/"): np.asarray(v, dtype=float) for k, v in columns.items()})
-    return pd.DataFrame(data)
-
-
 # --------------------------------------------------------------------------- sign checks
 
 
@@ -45,11 +41,18 @@ def test_inst_gap_73_of_100():
     gap = np.concatenate([-rng.uniform(0, 1, 72), [0.0], rng.uniform(0.01, 1, 27)])
     rng.shuffle(gap)
     v = verdict_from_metrics(frame(100, step__inst_gap=gap)).get("inst_gap")
+    assert v.id == "inst_gap:valid:same_batch" and v.assumption == "inst_gap" and v.headline
+    assert v.variant == {"score": "valid", "scheme": "same_batch"}
     assert (v.held, v.checked) == (73, 100)
     assert v.fraction == pytest.approx(0.73)
-    assert (v.ci_low, v.ci_high) == pytest.approx(hand_wilson(73, 100), abs=1e-12)
-    assert (v.ci_low, v.ci_high) == pytest.approx((0.6356788, 0.8073042), abs=1e-6)
-    assert v.label == ASSUMPTIONS["inst_gap"].label
+    assert v.interval_method == "wilson_ess_ar1"
+    assert (v.ci_low, v.ci_high) == pytest.approx(run_interval(gap <= 0)[:2], abs=1e-12)
+    assert hand_wilson(73, 100)[0] - 0.02 <= v.ci_low  # shuffled: about the Wilson interval
+    # the same steps in runs (held first, then failed): strongly autocorrelated, far wider
+    runs = verdict_from_metrics(frame(100, step__inst_gap=np.sort(gap))).get("inst_gap")
+    assert (runs.held, runs.checked) == (73, 100)
+    assert runs.ci_high - runs.ci_low > 3 * (v.ci_high - v.ci_low)
+    assert v.label.startswith(ASSUMPTIONS["inst_gap"].label)
 
 
 def test_sign_checks_and_nan_rows_ignored():
@@ -67,33 +70,65 @@ def test_sign_checks_and_nan_rows_ignored():
     assert out.get("ref_gap").fraction == pytest.approx(0.75)
 
 
-def test_descent_bound_combinations():
+def test_descent_bound_scores_progress_steps_and_counts_the_others_apart():
+    """Among steps with D_t < 0: held when the bound is negative and ≥ D_t; steps with
+    D_t ≥ 0 are not failures of the bound, they are counted apart (``no_progress``)."""
     nan = np.nan
     rows = [
         (-1.0, -2.0, True),  # bound above the change, predicts decrease
         (-1.0, -1.0, True),  # equality counts
         (-1.0, -0.5, False),  # change above the bound
-        (0.5, 0.2, False),  # bound holds but predicts no decrease
+        (0.5, 0.2, None),  # no progress (D >= 0): apart
         (0.0, -1.0, False),  # bound = 0 is not < 0
-        (-1e-3, 5.0, False),
+        (-1e-3, 5.0, None),  # no progress: apart
         (nan, -1.0, None),  # not measured: ignored
         (-1.0, nan, None),
     ]
     df = frame(
         len(rows),
-        step__descent_bound=[r[0] for r in rows],
+        step__descent_bound_past=[r[0] for r in rows],
         step__loss_change=[r[1] for r in rows],
     )
-    v = verdict_from_metrics(df).get("descent_bound")
-    assert (v.held, v.checked) == (2, 6)
-    assert (v.ci_low, v.ci_high) == pytest.approx(hand_wilson(2, 6), abs=1e-12)
+    v = verdict_from_metrics(df).get("descent_bound:past:same_batch")
+    assert (v.held, v.checked, v.no_progress) == (2, 4, 2)
+    assert (v.ci_low, v.ci_high) == pytest.approx(run_interval([1, 1, 0, 0])[:2], abs=1e-12)
+    # summed over every measured step: Σ bound = -2.501 against Σ D = +0.7: no progress summed
+    assert (v.sum_rhs, v.sum_lhs) == pytest.approx((-2.501, 0.7))
+    assert v.sum_held is None
 
 
 # --------------------------------------------------------------------------- fitted forms
 
 
-def test_bounded_variance_out_of_sample():
+def odd_blocks(n: int) -> np.ndarray:
+    """True on the steps of the checking (odd) blocks of ``fits.interleaved_split``."""
+    mask = np.zeros(n, dtype=bool)
+    mask[interleaved_split(n)[1]] = True
+    return mask
+
+
+def test_interleaved_blocks_by_hand():
+    fit, check = interleaved_split(100)
+    assert list(check[:12]) == [*range(10, 20), 30, 31]
+    assert list(fit[:12]) == [*range(10), 20, 21]
+    assert len(fit) == len(check) == 50
+    assert [list(a) for a in interleaved_split(5)] == [[0, 2, 4], [1, 3]]
+    assert [list(a) for a in interleaved_split(1)] == [[0], []]
+    # uneven: 23 steps in 10 blocks of 2 or 3, every step in exactly one set
+    fit, check = interleaved_split(23)
+    assert sorted([*fit, *check]) == list(range(23)) and abs(len(fit) - len(check)) <= 3
+
+
+def test_drift_between_halves_is_not_a_failure():
+    """Noise that doubles halfway stays below one constant: the first-half/second-half split
+    called this "bounded variance fails on every step"; interleaved blocks do not."""
     cov = np.r_[np.ones(50), 2.0 * np.ones(50)]
+    v = verdict_from_metrics(frame(100, noise__trace_cov=cov)).get("bounded_variance")
+    assert (v.held, v.checked) == (50, 50)
+
+
+def test_bounded_variance_out_of_sample():
+    cov = np.where(odd_blocks(100), 2.0, 1.0)  # the checking blocks exceed every fitted value
     v = verdict_from_metrics(frame(100, noise__trace_cov=cov)).get("bounded_variance")
     assert (v.held, v.checked) == (0, 50)
     assert v.fraction == 0.0
@@ -104,25 +139,27 @@ def test_bounded_variance_out_of_sample():
     )
 
 
-def test_bounded_variance_fits_the_first_half_at_q():
-    # First half 0..49 -> the 0.9 quantile is 44.1; second half values 40..89.
-    cov = np.r_[np.arange(50.0), np.arange(40.0, 90.0)]
+def test_bounded_variance_fits_the_even_blocks_at_q():
+    # Fitting blocks hold 0-9, 20-29, 40-49, 60-69, 80-89: their 0.9 quantile is 84.1, which
+    # covers the checking blocks 10-19, 30-39, 50-59, 70-79 but not 90-99.
+    cov = np.arange(100.0)
     out = verdict_from_metrics(frame(100, noise__trace_cov=cov), quantile=0.9)
     v = out.get("bounded_variance")
-    assert (v.held, v.checked) == (5, 50)  # 40, 41, 42, 43, 44 <= 44.1
+    assert (v.held, v.checked) == (40, 50)
     assert out.constants["sigma_sq"] == pytest.approx(np.quantile(cov, 0.9))
 
 
 def test_out_of_sample_uses_step_order_not_row_order():
-    cov = np.r_[np.ones(50), 2.0 * np.ones(50)]
+    cov = np.where(odd_blocks(100), 2.0, 1.0)
     df = frame(100, noise__trace_cov=cov).sample(frac=1.0, random_state=0)
     v = verdict_from_metrics(df).get("bounded_variance")
     assert (v.held, v.checked) == (0, 50)
 
 
 def test_odd_count_and_single_step():
-    out = verdict_from_metrics(frame(5, noise__trace_cov=[1, 1, 1, 1, 5]))
-    assert (out.get("bounded_variance").held, out.get("bounded_variance").checked) == (2, 3)
+    # 5 steps, 5 blocks: fit on steps 0, 2, 4 (all 1), check steps 1 (5) and 3 (1)
+    out = verdict_from_metrics(frame(5, noise__trace_cov=[1, 5, 1, 1, 1]))
+    assert (out.get("bounded_variance").held, out.get("bounded_variance").checked) == (1, 2)
     single = verdict_from_metrics(frame(1, noise__trace_cov=[1.0]))
     assert single.get("bounded_variance") is None
     assert single.constants["sigma_sq"] == 1.0
@@ -137,7 +174,7 @@ def test_affine_variance_out_of_sample():
     assert (v.held, v.checked) == (50, 50)
     assert same.constants["sigma0_sq"] == pytest.approx(0.5, abs=1e-6)
     assert same.constants["sigma1_sq"] == pytest.approx(2.0, abs=1e-6)
-    doubled = np.r_[law[:50], 2.0 * law[50:]]
+    doubled = np.where(odd_blocks(100), 2.0 * law, law)
     out = verdict_from_metrics(frame(100, noise__grad_sq_norm=g2, noise__trace_cov=doubled))
     assert out.get("affine_variance").held == 0
     # the bounded form fails too where grad_sq_norm varies: judged independently
@@ -158,7 +195,7 @@ def test_l0l1_out_of_sample_and_constants():
     r2 = 1.0 - np.sum((lip - fitted) ** 2) / np.sum((lip - lip.mean()) ** 2)
     assert steady.constants["l0l1_r2"] == pytest.approx(r2)
     assert 0.5 < r2 < 1.0
-    worse = np.r_[lip[:100], 3.0 * lip[100:]]
+    worse = np.where(odd_blocks(200), 3.0 * lip, lip)
     out = verdict_from_metrics(frame(200, step__grad_norm=g, step__smooth_lip=worse))
     assert out.get("l0l1_smooth").fraction < 0.1
 
@@ -176,52 +213,6 @@ def test_l0l1_r2_is_one_for_an_exact_line_and_negative_for_a_bad_one():
 # --------------------------------------------------------------------------- constants
 
 
-def test_constants_equal_numpy():
-    rng = np.random.default_rng(3)
-    n = 60
-    nan = np.nan
-    lip = rng.lognormal(size=n)
-    eff = rng.normal(size=n)
-    lip[[4, 9]] = nan
-    ratio = np.r_[rng.uniform(0.5, 2.0, n - 3), [0.77, nan, nan]]
-    weak = rng.exponential(size=n)
-    pl = rng.normal(size=n)
-    lam = np.full(n, nan)
-    lam[::10] = rng.uniform(1, 9, 6)
-    cov = rng.uniform(1, 3, n)
-    df = frame(
-        n,
-        step__smooth_lip=lip,
-        step__smooth_eff=eff,
-        ref__ratio=ratio,
-        ref__weak_cvx=weak,
-        ref__pl=pl,
-        curv__lambda_max=lam,
-        noise__trace_cov=cov,
-    ).sample(frac=1.0, random_state=1)  # row order must not matter
-    c = verdict_from_metrics(df, quantile=0.9).constants
-    ok = lip[~np.isnan(lip)]
-    assert c["L_lip_q50"] == pytest.approx(np.quantile(ok, 0.5))
-    assert c["L_lip_q90"] == pytest.approx(np.quantile(ok, 0.9))
-    assert c["L_lip_max"] == pytest.approx(ok.max())
-    assert c["L_eff_q50"] == pytest.approx(np.quantile(eff, 0.5))
-    assert c["L_eff_q90"] == pytest.approx(np.quantile(eff, 0.9))
-    assert c["L_eff_max"] == pytest.approx(eff.max())
-    assert c["gamma"] == 0.77
-    assert c["rho"] == pytest.approx(np.quantile(weak, 0.9))
-    assert c["pl"] == pytest.approx(np.quantile(pl[pl > 0], 0.1))
-    assert c["sigma_sq"] == pytest.approx(np.quantile(cov, 0.9))
-    assert c["lambda_max_max"] == pytest.approx(np.nanmax(lam))
-    # inputs missing -> constants omitted
-    for name in ("L0", "L1", "l0l1_r2", "sigma0_sq", "sigma1_sq"):
-        assert name not in c
-
-
-def test_pl_omitted_without_positive_values():
-    c = verdict_from_metrics(frame(4, ref__pl=[-1.0, 0.0, -2.0, np.nan])).constants
-    assert "pl" not in c
-
-
 # --------------------------------------------------------------------------- missing data
 
 
@@ -231,14 +222,14 @@ def test_missing_and_all_nan_columns_leave_assumptions_out():
         10,
         step__inst_gap=np.linspace(-1, 1, 10),
         step__inst_gap_old=nan,
-        step__descent_bound=np.linspace(-1, 0, 10),  # loss_change absent
+        step__descent_bound_past=np.linspace(-1, 0, 10),  # loss_change absent
         noise__trace_cov=nan,
         noise__grad_sq_norm=np.ones(10),
         step__grad_norm=np.ones(10),  # smooth_lip absent
         train__loss=np.ones(10),
     )
     out = verdict_from_metrics(df)
-    assert [a.assumption for a in out.assumptions] == ["inst_gap"]
+    assert [a.id for a in out.assumptions] == ["inst_gap:valid:same_batch"]
     assert out.constants == {}
     assert out.probed == {"noise": 0}
     assert out.skipped == {}
@@ -271,15 +262,23 @@ def test_assumptions_reported_in_registry_order():
         noise__trace_cov=np.ones(n),
         noise__grad_sq_norm=np.ones(n),
         ref__gap=-np.ones(n),
+        ref__excess=-np.ones(n),
+        ref__lin=np.zeros(n),
         step__smooth_lip=np.ones(n),
         step__grad_norm=np.ones(n),
-        step__descent_bound=-np.ones(n),
-        step__loss_change=-np.ones(n),
-        step__inst_gap_old=np.ones(n),
-        step__inst_gap=-np.ones(n),
+        step__descent_bound_past=-np.ones(n),
+        step__loss_change=-1.5 * np.ones(n),
+        step__lin_old=-2 * np.ones(n),
+        step__lin_new=-np.ones(n),
+        step__update_norm=np.ones(n),
+        step__inst_gap_old=0.5 * np.ones(n),
+        step__inst_gap=-0.5 * np.ones(n),
     )
     out = verdict_from_metrics(df)
-    assert [a.assumption for a in out.assumptions] == list(ASSUMPTIONS)
+    expected = [v.id for v in all_variants() if v.get("scheme") != "fresh_batch"]
+    assert [a.id for a in out.assumptions] == expected
+    assert [a.assumption for a in out.headlines()] == list(ASSUMPTIONS)
+    # consistent keys (D = -1.5, <g,Δ> = -2, smooth_lip = smooth_eff = 1): all hold
     assert all(a.fraction == 1.0 for a in out.assumptions)
 
 
@@ -300,7 +299,7 @@ def sample_verdict() -> RunVerdict:
             n,
             step__inst_gap=rng.normal(-0.5, 1, n),
             step__inst_gap_old=rng.normal(0.5, 1, n),
-            step__descent_bound=rng.normal(-1, 1, n),
+            step__descent_bound_past=rng.normal(-1, 1, n),
             step__loss_change=rng.normal(-1, 1, n),
             step__grad_norm=g,
             step__smooth_lip=1 + g + rng.uniform(0, 1, n),
@@ -314,8 +313,9 @@ def sample_verdict() -> RunVerdict:
 
 def test_to_dict_from_dict_round_trip():
     verdict = sample_verdict()
+    nan = float("nan")
     verdict.assumptions.append(
-        AssumptionVerdict("ref_gap", "x", 0, 0, float("nan"), float("nan"), float("nan"))
+        AssumptionVerdict("ref_gap", "ref_gap", "x", 0, 0, nan, nan, nan, "wilson_ess_ar1")
     )
     verdict.constants["gamma"] = float("nan")
     data = verdict.to_dict()
@@ -326,6 +326,7 @@ def test_to_dict_from_dict_round_trip():
     assert back.to_dict() == data
     assert [a.assumption for a in back.assumptions] == [a.assumption for a in verdict.assumptions]
     assert back.assumptions[0] == verdict.assumptions[0]
+    assert all(a == b for a, b in zip(back.assumptions[:-1], verdict.assumptions))
     assert math.isnan(back.constants["gamma"])
     assert back.skipped == verdict.skipped == {"step": 3}
 
@@ -333,18 +334,42 @@ def test_to_dict_from_dict_round_trip():
 def test_verdict_table_lists_everything():
     verdict = sample_verdict()
     table = verdict_table(verdict)
-    assert len(verdict.assumptions) == len(ASSUMPTIONS)
+    assert {a.assumption for a in verdict.assumptions} == set(ASSUMPTIONS)
+    header = table.splitlines()[0]
+    fraction_end = header.index("fraction") + len("fraction")
     for a in verdict.assumptions:
-        row = next(line for line in table.splitlines() if line.startswith(a.label))
+        row = next(line for line in table.splitlines() if line.startswith(f"  {a.id} "))
         assert f"{a.held}/{a.checked}" in row
-        assert f"{a.fraction:.3f}" in row
+        assert row.index(f"{a.fraction:.3f}") + 5 == fraction_end  # aligned under the header
         assert f"[{a.ci_low:.3f}, {a.ci_high:.3f}]" in row
+    for assumption in ASSUMPTIONS.values():
+        assert f"\n{assumption.label}" in table
     for name in verdict.constants:
         assert name in table
-    assert "step=3" in table
-    widths = {len(line) for line in table.splitlines()[:9]}
-    assert len(widths) == 1  # header, rule and rows are aligned
+    assert "step=3" in table and "wilson_ess_ar1" in table
     assert "no assumption" in verdict_table(RunVerdict())
+
+
+def test_legacy_verdicts_json_reads_as_headline_entries():
+    """verdicts.json written before variants existed: entries keyed by assumption only."""
+    old = {
+        "assumptions": [
+            {
+                "assumption": "inst_gap",
+                "label": "convex along the step, from x_{t+1}",
+                "held": 3,
+                "checked": 4,
+                "fraction": 0.75,
+                "ci_low": 0.3,
+                "ci_high": 0.95,
+            }
+        ],
+        "constants": {"L_lip_max": 2.0},
+    }
+    back = RunVerdict.from_dict(old)
+    (entry,) = back.assumptions
+    assert (entry.id, entry.headline, entry.interval_method) == ("inst_gap", True, "wilson")
+    assert back.get("inst_gap") is entry and back.undefined == {}
 
 
 def test_read_metrics_csv(tmp_path):

@@ -214,12 +214,12 @@ def test_callback_lowers_cadences_when_probes_are_cheap():
 
 
 def test_step_probe_values_stay_exact_across_cadence_changes():
-    """The next-batch scheme carries a pending update across steps; a change of cadence must
+    """The fresh-batch scheme carries a pending update across steps; a change of cadence must
     not finish it on the wrong step. Every logged loss change is a true
-    f_{t+1}(x_{t+1}) - f_{t+1}(x_t) (next-batch scheme: measured on the next step's batch)."""
+    f_{t+1}(x_{t+1}) - f_{t+1}(x_t) (fresh-batch scheme: measured on the next step's batch)."""
     inputs, targets = _data()
-    step = StepProbe(every_n_steps=1, old_point_keys=False)  # next_batch scheme
-    assert step.scheme == "next_batch"
+    step = StepProbe(every_n_steps=1, scheme="fresh_batch", old_point_keys=False)
+    assert step.prefix == "step_fresh"
     # cadences go up (tiny training time), by factors up to 8, over several checks
     budget = OverheadBudget(budget=0.05, max_every_n_steps=5, check_every=3, clock=FakeClock(1e-9))
     net = _net()
@@ -230,7 +230,7 @@ def test_step_probe_values_stay_exact_across_cadence_changes():
         loss = functional_loss(module.net, x, y, module.loss_fn)
         true_changes.append(float(loss(nxt.params)) - float(loss(rec.params)))
     # next-batch scheme: update t is finished, and logged, at step t + 1 (on that step's batch)
-    logged = sink.series("step/loss_change")
+    logged = sink.series("step_fresh/loss_change")
     assert step.every_n_steps == 5 and len(logged) >= 8
     gaps = {b - a for a, b in zip(logged, list(logged)[1:])}
     assert len(gaps) > 1, gaps  # the cadence did change during the run
@@ -240,7 +240,7 @@ def test_step_probe_values_stay_exact_across_cadence_changes():
         torch.cat([(r.next_params[k] - r.params[k]).flatten() for k in r.params])
         for r in recorder.steps
     ]
-    cos_prev = sink.series("step/update_cos_prev")  # logged with update t: cos(Δ_t, Δ_{t-1})
+    cos_prev = sink.series("step_fresh/update_cos_prev")  # logged with update t: cos(Δ_t, Δ_{t-1})
     assert cos_prev.keys() <= logged.keys() and len(cos_prev) >= 7
     for s, value in cos_prev.items():
         t = s - 1

@@ -6,19 +6,21 @@ import math
 
 import pytest
 import torch
-from dense_operators import DTYPE, dense_matvec, identity
+from dense_operators import DTYPE, dense_matvec, identity, spectrum_40_matrix
 
 from optprobe.estimators.hutchinson import hutchinson_trace
 
 
-def test_hutchinson_trace_within_three_stderr(spectrum_40):
+def test_hutchinson_trace_within_three_stderr():
+    spectrum_40 = spectrum_40_matrix()
     exact = float(torch.linalg.eigvalsh(spectrum_40).sum())
     trace, stderr, n = hutchinson_trace(dense_matvec(spectrum_40), 40, num_samples=300)
     assert n == 300 and 0 < stderr < math.inf
     assert abs(trace - exact) <= 3 * stderr
 
 
-def test_hutchinson_single_sample_has_infinite_stderr(spectrum_40):
+def test_hutchinson_single_sample_has_infinite_stderr():
+    spectrum_40 = spectrum_40_matrix()
     trace, stderr, n = hutchinson_trace(dense_matvec(spectrum_40), 40, num_samples=1)
     assert n == 1 and math.isfinite(trace) and stderr == math.inf
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from dense_operators import DTYPE, GAPPED_40, dense_matvec, identity, symmetric_with_spectrum
+from dense_operators import (
+    DTYPE,
+    GAPPED_40,
+    dense_matvec,
+    identity,
+    spectrum_40_matrix,
+    symmetric_with_spectrum,
+)
 
 from optprobe.estimators.lanczos import (
     EigenEstimate,
@@ -29,8 +36,8 @@ def test_lanczos_tridiagonal_is_projection_with_orthonormal_basis():
     assert bool((betas > 0).all())
 
 
-def test_lanczos_float32_basis_agrees_with_float64(spectrum_40):
-    a = spectrum_40
+def test_lanczos_float32_basis_agrees_with_float64():
+    a = spectrum_40_matrix()
     kwargs = dict(matvec=dense_matvec(a), dim=40, num_iters=10)
     a64, b64, q64 = lanczos_tridiagonal(**kwargs, generator=torch.Generator().manual_seed(3))
     a32, b32, q32 = lanczos_tridiagonal(
@@ -53,7 +60,8 @@ def test_lanczos_stops_at_invariant_subspace():
     )
 
 
-def test_lanczos_reproducible_with_generator(spectrum_40):
+def test_lanczos_reproducible_with_generator():
+    spectrum_40 = spectrum_40_matrix()
     run = [
         lanczos_tridiagonal(
             dense_matvec(spectrum_40), 40, 5, generator=torch.Generator().manual_seed(7)
@@ -63,7 +71,8 @@ def test_lanczos_reproducible_with_generator(spectrum_40):
     torch.testing.assert_close(run[0][0], run[1][0], rtol=0, atol=0)
 
 
-def test_extreme_eigenvalues_exact_on_40x40(spectrum_40):
+def test_extreme_eigenvalues_exact_on_40x40():
+    spectrum_40 = spectrum_40_matrix()
     exact = torch.linalg.eigvalsh(spectrum_40)
     est = extreme_eigenvalues(dense_matvec(spectrum_40), 40, max_iters=40, tol=1e-10)
     assert isinstance(est, EigenEstimate)
@@ -95,7 +104,8 @@ def test_extreme_eigenvalues_with_gap_converges_early():
     assert abs(est.lambda_max - lam_max) <= tol * abs(lam_max)
 
 
-def test_extreme_eigenvalues_unconverged_is_flagged(spectrum_40):
+def test_extreme_eigenvalues_unconverged_is_flagged():
+    spectrum_40 = spectrum_40_matrix()
     # 3 matvecs cannot resolve an evenly spaced spectrum to 1e-8
     est = extreme_eigenvalues(dense_matvec(spectrum_40), 40, max_iters=3, tol=1e-8)
     assert est.num_matvecs == 3 and not est.converged

@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
-from dense_operators import DTYPE, dense_matvec, materialize
+from dense_operators import DTYPE, dense_matvec, materialize, spectrum_40_matrix
 
 from optprobe.estimators.lanczos import extreme_eigenvalues
 from optprobe.estimators.preconditioning import preconditioned_matvec, stability_threshold
 
 
-def test_preconditioned_matvec_has_eigenvalues_of_dinv_h(spectrum_40):
+def test_preconditioned_matvec_has_eigenvalues_of_dinv_h():
+    spectrum_40 = spectrum_40_matrix()
     g = torch.Generator().manual_seed(11)
     d = 0.1 + 5.0 * torch.rand(40, generator=g, dtype=DTYPE)
     op = preconditioned_matvec(dense_matvec(spectrum_40), d)

@@ -85,10 +85,15 @@ def test_probes_full_leaves_the_trajectory_bit_identical(make_cfg, family):
 
 
 def test_step_probe_scheme_is_recorded_in_config(make_cfg):
-    cfg = make_cfg(["debug=smoke", "probes=step", "probes.step.old_point_keys=false"])
+    """scheme=auto without the old-point keys picks the fresh-batch scheme: recorded in the
+    config, and its keys say so (step_fresh/*)."""
+    overrides = ["probes.step.scheme=auto", "probes.step.old_point_keys=false"]
+    cfg = make_cfg(["debug=smoke", "probes=step", *overrides])
     train(cfg)
     text = (Path(cfg.paths.output_dir) / "config.yaml").read_text()
-    assert "scheme: next_batch" in text
+    assert "scheme: fresh_batch" in text
+    keys = {k for row in metric_rows(Path(cfg.paths.output_dir)).values() for k in row}
+    assert "step_fresh/loss_change" in keys and "step/loss_change" not in keys
 
 
 def test_reference_run_is_reused(make_cfg, capsys):

@@ -96,3 +96,15 @@ def test_reference_quantities_closed_form():
     assert q == pytest.approx(
         {"gap": 2.0, "excess": 4.0, "lin": 2.0, "pl": 5 / 8, "weak_cvx": 1.0, "dist": 2.0}
     )
+
+
+def test_weak_convexity_is_zero_within_the_held_tolerance():
+    """A gap within the losses' rounding counts as held (ref_gap) and gives ρ = 0, not
+    gap / (½‖x − x*‖²), which near x* is rounding noise divided by a tiny distance."""
+    g = torch.zeros(2, dtype=torch.float64)
+    x = torch.tensor([1.0, 1.0 + 1e-4], dtype=torch.float64)
+    x_ref = torch.tensor([1.0, 1.0], dtype=torch.float64)
+    q = reference_quantities(1.0 + 1e-9, 1.0, g, x, x_ref, tol=4e-9)
+    assert 0 < q["gap"] <= 4e-9 and q["weak_cvx"] == 0.0
+    q = reference_quantities(1.0 + 1e-6, 1.0, g, x, x_ref, tol=4e-9)
+    assert q["weak_cvx"] == pytest.approx(q["gap"] / (0.5 * 1e-8))

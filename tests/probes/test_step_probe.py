@@ -42,68 +42,83 @@ def data(n=96, dim=(1, 4, 4), classes=3, seed=0, dtype=torch.float64):
     return x, (x.flatten(1) @ w.T).argmax(1)
 
 
-@pytest.mark.parametrize("scheme", ["same_batch", "next_batch"])
+STEP_KEYS = (
+    "loss_change",
+    "lin_old",
+    "lin_new",
+    "inst_gap",
+    "inst_gap_old",
+    "smooth_lip",
+    "smooth_eff",
+    "update_cos_old",
+    "update_cos_new",
+    "update_cos_prev",
+    "grad_norm",
+    "update_norm",
+    "L_past",
+    "descent_bound_past",
+)
+
+
+def expected_step_keys(net, rec, t, eval_batches, max_lip_before):
+    """Every step key of update t recomputed by plain autograd on ``eval_batches``."""
+    s = rec.steps[t]
+    f_old, g_old = batch_loss_grad(net, s.params, eval_batches)
+    f_new, g_new = batch_loss_grad(net, s.next_params, eval_batches)
+    delta = flat(s.next_params) - flat(s.params)
+    d = f_new - f_old
+    lin_old, lin_new = (g_old @ delta).item(), (g_new @ delta).item()
+    expected = {
+        "loss_change": d,
+        "lin_old": lin_old,
+        "lin_new": lin_new,
+        "inst_gap": d - lin_new,
+        "inst_gap_old": d - lin_old,
+        "smooth_lip": (g_new - g_old).norm().item() / delta.norm().item(),
+        "smooth_eff": 2 * (d - lin_old) / (delta @ delta).item(),
+        "update_cos_old": F.cosine_similarity(g_old, delta, dim=0).item(),
+        "update_cos_new": F.cosine_similarity(g_new, delta, dim=0).item(),
+        "grad_norm": g_old.norm().item(),
+        "update_norm": delta.norm().item(),
+    }
+    if max_lip_before is not None:  # L_past: the earlier probed steps only
+        expected["L_past"] = max_lip_before
+        expected["descent_bound_past"] = lin_old + 0.5 * max_lip_before * (delta @ delta).item()
+    if t > 0:
+        prev = flat(rec.steps[t].params) - flat(rec.steps[t - 1].params)
+        expected["update_cos_prev"] = F.cosine_similarity(delta, prev, dim=0).item()
+    return expected, g_old
+
+
+@pytest.mark.parametrize("scheme", ["same_batch", "fresh_batch"])
 @pytest.mark.parametrize("accumulate", [1, 2])
 def test_every_key_matches_independent_recomputation_float64(scheme, accumulate):
     torch.manual_seed(0)
     net = MLP((1, 4, 4), 3, hidden=(8,), activation="tanh").double()
     x, y = data()
     probe = StepProbe(scheme=scheme)
+    prefix = {"same_batch": "step", "fresh_batch": "step_fresh"}[scheme]
+    assert probe.prefix == prefix
     opt = lambda p: torch.optim.SGD(p, lr=0.3, momentum=0.9, weight_decay=1e-3)  # noqa: E731
     _, _, rec, sink = fit(
         copy.deepcopy(net), x, y, [probe], steps=6, optimizer=opt, accumulate=accumulate
     )
-    keys = [
-        "loss_change",
-        "lin_old",
-        "lin_new",
-        "inst_gap",
-        "inst_gap_old",
-        "smooth_lip",
-        "smooth_eff",
-        "update_cos_old",
-        "update_cos_new",
-        "update_cos_prev",
-        "grad_norm",
-        "update_norm",
-        "descent_bound",
-    ]
-    logged = {k: list(sink.series(f"step/{k}").values()) for k in keys}
-    n_expected = 6 if scheme == "same_batch" else 5  # next_batch: the last update has no z_{t+1}
-    assert len(logged["loss_change"]) == n_expected
-    max_lip = 0.0
-    for t in range(n_expected):
+    logged = {k: sink.series(f"{prefix}/{k}") for k in STEP_KEYS}
+    assert not sink.series("step/descent_bound")  # the L choice is in every bound's name
+    n_expected = 6 if scheme == "same_batch" else 5  # fresh_batch: the last update has no z_{t+1}
+    steps = sorted(logged["loss_change"])
+    assert len(steps) == n_expected
+    assert sorted(logged["descent_bound_past"]) == steps[1:]  # no earlier step at the first
+    max_lip = None
+    for t, step in enumerate(steps):
         s = rec.steps[t]
-        x_t, x_next = s.params, s.next_params
         eval_batches = s.batches if scheme == "same_batch" else rec.steps[t + 1].batches
-        f_old, g_old = batch_loss_grad(net, x_t, eval_batches)
-        f_new, g_new = batch_loss_grad(net, x_next, eval_batches)
+        expected, g_old = expected_step_keys(net, rec, t, eval_batches, max_lip)
         if scheme == "same_batch":  # the probe's g_t is the training step's raw gradient
             assert torch.allclose(g_old, flat(s.grads), rtol=1e-12, atol=1e-14)
-        delta = flat(x_next) - flat(x_t)
-        d = f_new - f_old
-        prev = None if t == 0 else flat(rec.steps[t].params) - flat(rec.steps[t - 1].params)
-        lip = (g_new - g_old).norm().item() / delta.norm().item()
-        max_lip = max(max_lip, lip)
-        expected = {
-            "loss_change": d,
-            "lin_old": (g_old @ delta).item(),
-            "lin_new": (g_new @ delta).item(),
-            "inst_gap": d - (g_new @ delta).item(),
-            "inst_gap_old": d - (g_old @ delta).item(),
-            "smooth_lip": lip,
-            "smooth_eff": 2 * (d - (g_old @ delta).item()) / (delta @ delta).item(),
-            "update_cos_old": F.cosine_similarity(g_old, delta, dim=0).item(),
-            "update_cos_new": F.cosine_similarity(g_new, delta, dim=0).item(),
-            "grad_norm": g_old.norm().item(),
-            "update_norm": delta.norm().item(),
-            "descent_bound": (g_old @ delta).item() + 0.5 * max_lip * (delta @ delta).item(),
-        }
-        if prev is not None:
-            expected["update_cos_prev"] = F.cosine_similarity(delta, prev, dim=0).item()
         for k, v in expected.items():
-            got = logged[k][t - 1] if k == "update_cos_prev" else logged[k][t]
-            assert got == pytest.approx(v, rel=1e-10, abs=1e-13), (k, t)
+            assert logged[k][step] == pytest.approx(v, rel=1e-10, abs=1e-13), (k, t)
+        max_lip = max(max_lip or 0.0, expected["smooth_lip"])
 
 
 def test_logistic_regression_is_convex_along_every_step():
@@ -118,8 +133,8 @@ def test_logistic_regression_is_convex_along_every_step():
     gaps_old = list(sink.series("step/inst_gap_old").values())
     assert len(gaps) == 20
     assert max(gaps) <= 1e-12 and min(gaps_old) >= -1e-12
-    assert sink.series("step/frac_inst_gap_held")[max(sink.rows)] == 1.0
-    assert probe.final_summary()["held"]["inst_gap"]["fraction"] == 1.0
+    assert sink.series("step/frac_inst_gap_valid_held")[max(sink.rows)] == 1.0
+    assert probe.final_summary()["held"]["inst_gap:valid:same_batch"]["fraction"] == 1.0
 
 
 def test_quadratic_closed_form():
@@ -168,7 +183,7 @@ def test_dropout_is_refused_at_setup():
     [
         ({"every_n_steps": 0}, "probes.step.every_n_steps"),
         ({"scheme": "bogus"}, "probes.step.scheme"),
-        ({"smoothness_source": "x"}, "probes.step.smoothness_source"),
+        ({"scheme": "same_batch", "name": "step_fresh"}, "probes.step_fresh.scheme"),
         ({"min_update_norm": -1}, "probes.step.min_update_norm"),
         ({"batch": "fixed"}, "probes.step.batch"),
     ],
@@ -199,17 +214,38 @@ def test_state_dict_round_trip_continues_identically():
     assert first.final_summary() == restored.final_summary()
 
 
-def test_descent_bound_can_use_the_curvature_probes_lambda_max():
-    from optprobe.probes.curvature import CurvatureProbe
+def test_the_scheme_decides_the_key_prefix():
+    """Keys say which scheme made them: step/* is the same-batch scheme, step_fresh/* the
+    fresh-batch one, whatever the entry is called; ``auto`` is a choice between the two
+    quantities (and next_batch the fresh-batch scheme's old name)."""
+    cases = [
+        ({}, "step", "same_batch"),
+        ({"scheme": "fresh_batch"}, "step_fresh", "fresh_batch"),
+        ({"scheme": "fresh_batch", "name": "step_fresh"}, "step_fresh", "fresh_batch"),
+        ({"scheme": "next_batch"}, "step_fresh", "fresh_batch"),
+        ({"scheme": "auto"}, "step", "same_batch"),
+        ({"scheme": "auto", "old_point_keys": False}, "step_fresh", "fresh_batch"),
+        ({"name": "my_step"}, "my_step", "same_batch"),
+    ]
+    for kwargs, prefix, scheme in cases:
+        probe = StepProbe(**kwargs)
+        assert (probe.prefix, probe.scheme) == (prefix, scheme), kwargs
+        assert probe.resolved_settings() == {"scheme": scheme}
 
+
+def test_both_schemes_run_side_by_side_without_changing_the_trajectory():
+    """A same-batch and a fresh-batch step probe in one run: each logs its own keys, and the
+    trajectory is the one without probes."""
     x, y = data()
-    curv = CurvatureProbe(every_n_steps=1, lanczos_iters=60, tol=1e-8)
-    step = StepProbe(smoothness_source="lambda_max")
-    _, _, _, sink = fit(MLP((1, 4, 4), 3, hidden=(8,)).double(), x, y, [curv, step], steps=3)
-    lam = sink.series("curv/lambda_max")
-    ls = sink.series("step/L")
-    assert ls and all(ls[s] == pytest.approx(lam[s], rel=1e-12) for s in ls)
-    bound = sink.series("step/descent_bound")
-    lin, norm = sink.series("step/lin_old"), sink.series("step/update_norm")
-    for s in bound:
-        assert bound[s] == pytest.approx(lin[s] + 0.5 * lam[s] * norm[s] ** 2, rel=1e-12)
+    net = MLP((1, 4, 4), 3, hidden=(8,)).double()
+    opt = lambda p: torch.optim.SGD(p, lr=0.2, momentum=0.9)  # noqa: E731
+    same, fresh = StepProbe(), StepProbe(scheme="fresh_batch", name="step_fresh")
+    _, probed, _, sink = fit(copy.deepcopy(net), x, y, [same, fresh], steps=5, optimizer=opt)
+    _, plain, _, _ = fit(copy.deepcopy(net), x, y, [], steps=5, optimizer=opt)
+    for a, b in zip(probed.net.parameters(), plain.net.parameters()):
+        assert torch.equal(a, b)
+    assert len(sink.series("step/loss_change")) == 5
+    assert len(sink.series("step_fresh/loss_change")) == 4
+    assert sink.series("step/loss_change") != sink.series("step_fresh/loss_change")
+    assert "inst_gap:valid:fresh_batch" in fresh.final_summary()["held"]
+    assert "step_fresh/frac_descent_bound_past_held" in {k for r in sink.rows.values() for k in r}

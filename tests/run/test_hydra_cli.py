@@ -66,7 +66,7 @@ def test_wandb_offline_without_credentials_round_trip(tmp_path):
         without_wandb_env=True,
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "logging offline" in out.stdout
+    assert "logging offline" in out.stdout  # optprobe.log writes warnings to stdout
     runs = offline_run_dirs(tmp_path)
     assert len(runs) == 1 and runs[0].name.startswith("offline-run-")
     rec = read_wandb_run(runs[0])

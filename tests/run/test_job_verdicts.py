@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from optprobe.analysis.verdicts import read_metrics_csv, verdict_from_metrics
-from optprobe.assumptions import ASSUMPTIONS
+from optprobe.assumptions import ASSUMPTIONS, all_variants
 from optprobe.run.folder import JobFolder
 from optprobe.run.job import train
 
@@ -33,25 +33,28 @@ def job(tmp_path_factory, compose_cfg) -> JobFolder:
 
 
 def test_online_offline_and_in_memory_verdicts_agree(job):
-    saved = {a["assumption"]: a for a in job.read_verdicts()["assumptions"]}
+    saved = {a["id"]: a for a in job.read_verdicts()["assumptions"]}
     offline = verdict_from_metrics(read_metrics_csv(job.metrics))
     assert {a.assumption for a in offline.assumptions} == set(ASSUMPTIONS)  # all 7 checked
-    assert set(saved) == set(ASSUMPTIONS)
+    # probes=full runs both batch schemes: every variant is judged
+    assert [a.id for a in offline.assumptions] == [v.id for v in all_variants()]
+    assert list(saved) == [a.id for a in offline.assumptions]
     for verdict in offline.assumptions:  # verdicts.json (in memory) == metrics.csv (offline)
-        mine = saved[verdict.assumption]
+        mine = saved[verdict.id]
         assert (mine["held"], mine["checked"]) == (verdict.held, verdict.checked)
         assert mine["fraction"] == pytest.approx(verdict.fraction, abs=0)
+        assert mine["interval_method"] == "wilson_ess_ar1"
     summary = job.read_summary()
     online = {}
     for probe in summary["probes"].values():
         online.update(probe.get("held", {}))
-    sign_checks = [a for a in ASSUMPTIONS.values() if a.kind == "sign"]
-    assert set(online) == {a.id for a in sign_checks}
+    judged_online = [v for v in all_variants() if v.assumption.kind == "sign" and v.online]
+    assert set(online) == {v.id for v in judged_online}
     metrics = read_metrics_csv(job.metrics)
-    for a in sign_checks:  # the probes' own running counters and their last logged fraction
-        verdict = offline.get(a.id)
-        assert (online[a.id]["held"], online[a.id]["checked"]) == (verdict.held, verdict.checked)
-        last = metrics[a.running_key].dropna().iloc[-1]
+    for v in judged_online:  # the probes' own running counters and their last logged fraction
+        verdict = offline.get(v.id)
+        assert (online[v.id]["held"], online[v.id]["checked"]) == (verdict.held, verdict.checked)
+        last = metrics[v.running_key].dropna().iloc[-1]
         assert last == pytest.approx(verdict.fraction, abs=1e-12)
     # the summary's verdicts (which feed the job and sweep tables) are the same numbers
     assert summary["verdicts"]["assumptions"] == job.read_verdicts()["assumptions"]
@@ -101,7 +104,7 @@ def test_resume_with_other_probes_says_which_steps_the_verdicts_cover(make_cfg):
     coverage = verdicts["coverage"]
     assert coverage["steps"] == 12
     assert coverage["segments"] == [
-        {"first_step": 0, "probes": ["curvature", "noise", "step"]},
+        {"first_step": 0, "probes": ["curvature", "noise", "step", "step_fresh"]},
         {"first_step": 6, "probes": []},
     ]
     assert "probes changed" in coverage["note"]

@@ -50,5 +50,5 @@ def test_old_checkpoint_resumes_with_probe_state_and_whole_run_verdicts(make_cfg
     train(make_cfg([*RUN, f"ckpt_path={folder.last_checkpoint}"], name="old"))
     expected = JobFolder(whole.paths.output_dir).read_verdicts()
     assert folder.read_verdicts()["assumptions"] == expected["assumptions"]
-    steps = folder.read_summary()["probes"]["step"]["held"]["inst_gap"]["checked"]
+    steps = folder.read_summary()["probes"]["step"]["held"]["inst_gap:valid:same_batch"]["checked"]
     assert steps == 8  # the probe's running counts continued from the old state

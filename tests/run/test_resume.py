@@ -98,7 +98,8 @@ def test_resume_at_any_step_equals_the_uninterrupted_run(uninterrupted, make_cfg
         make_cfg([*run, f"trainer.max_steps={STEPS}", f"ckpt_path={job.last_checkpoint}"], "split")
     )
     compared = assert_same_steps(full.path, job.path, STEPS)
-    assert {k.split("/")[0] for k in compared} == {"train", "step", "noise", "curv", "ref"}
+    families = {k.split("/")[0] for k in compared}
+    assert families == {"train", "step", "step_fresh", "noise", "curv", "ref"}
     assert {"step/curv_dir", "ref/gap", "noise/trace_cov", "curv/lambda_max"} <= compared
     assert job.read_verdicts() == full.read_verdicts()
     held = {n: p.get("held") for n, p in job.read_summary()["probes"].items()}

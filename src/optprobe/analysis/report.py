@@ -2,7 +2,9 @@
 
 ``write_report`` takes the analysis tables and writes, into one folder:
 
-- ``runs.csv``, ``verdicts.csv``, ``correlations.csv``, ``comparison.csv`` (the tables as given);
+- ``runs.csv``, ``verdicts.csv``, ``correlations.csv``, ``comparison.csv`` (the tables as given;
+  correlations.csv and comparison.csv always with their header) and ``findings.json`` (when
+  given);
 - ``held_fractions.png``, ``trajectories.png``, ``constants_vs_performance.png``,
   ``optimizer_comparison.png`` (see :mod:`optprobe.analysis.figures`);
 - ``report.html``: inline CSS, no JavaScript, no external resource; images and CSVs are
@@ -13,15 +15,15 @@ The words are in :mod:`optprobe.analysis.report_text`, the HTML tables and the g
 
 Table schema (any column may be missing; the report says so instead of failing):
 
-- ``runs``: one row per run: ``run_id``, ``optimizer``, ``model``, ``data``, ``seed``, config
-  columns, ``final_train_loss``, ``steps_to_target``, ``final_val_loss``, ``final_val_acc``,
-  ``held:<assumption>`` and ``const:<constant>`` columns.
-- ``verdicts``: one row per (run, assumption): ``run_id``, ``assumption``, ``label``, ``held``,
-  ``checked``, ``fraction``, ``ci_low``, ``ci_high``.
-- ``correlations``: one row per (constant, performance): ``constant``, ``performance``, ``n``,
-  ``rho``, ``ci_low``, ``ci_high``, ``pvalue``.
-- ``comparison``: one row per optimizer: ``optimizer``, ``n_runs`` and, each with ``_low`` and
-  ``_high``, the columns of :data:`optprobe.analysis.sweep.COMPARED`.
+- ``runs``: one row per run: ``run_id``, ``optimizer``, ``model``, ``data``, ``setting``,
+  ``seed``, config columns, ``included``, ``exclusion_reason``, ``exclusion_detail``,
+  ``final_train_loss``, ``steps_to_target``, ``final_val_loss``, ``final_val_acc``,
+  ``held:<key>`` and ``const:<constant>`` columns.
+- ``verdicts``: one row per (run, verdict entry): ``run_id``, ``assumption`` (the entry's
+  key), ``label``, ``held``, ``checked``, ``fraction``, ``ci_low``, ``ci_high``, ``included``.
+- ``correlations``: :data:`optprobe.analysis.correlations.COLUMNS`.
+- ``comparison``: :data:`optprobe.analysis.comparison.COLUMNS` (one row per setting ×
+  optimizer × verdict entry, run-level).
 - ``histories``: run_id -> per-step DataFrame (``step`` and probe keys).
 """
 
@@ -34,40 +36,50 @@ from pathlib import Path
 
 import pandas as pd
 
+from optprobe.analysis import comparison as comparison_module
+from optprobe.analysis import correlations as correlations_module
 from optprobe.analysis.figures import (
     plot_constant_vs_performance,
     plot_held_fractions,
     plot_optimizer_comparison,
     plot_trajectories,
 )
-from optprobe.analysis.figures.comparison import COMPARISON_MEASURES, INTERVALS
+from optprobe.analysis.figures.comparison import INTERVALS
 from optprobe.analysis.report_tables import (
     assumption_labels,
     comparison_table,
     correlation_table,
+    excluded_table,
     glossary,
     runs_table,
     verdict_matrix,
 )
-from optprobe.analysis.report_text import answer_sentences, frame
+from optprobe.analysis.report_text import answer_sentences, correlation_sentence, frame
+from optprobe.analysis.run_status import REASONS
+from optprobe.run.folder import JobFolder
 
 __all__ = ["FIGURES", "TABLES", "write_report"]
 
 #: CSV file names, in the order they are listed in the report.
 TABLES: tuple[str, ...] = ("runs.csv", "verdicts.csv", "correlations.csv", "comparison.csv")
+FINDINGS_JSON = "findings.json"
+_HEADERS = {
+    "correlations.csv": correlations_module.COLUMNS,
+    "comparison.csv": comparison_module.COLUMNS,
+}
 
 #: Figure file name -> (section heading, caption).
 FIGURES: dict[str, tuple[str, str]] = {
     "optimizer_comparison.png": (
-        "Smoothness against convexity, per optimizer",
-        "For each optimizer, the fraction of its probed steps (pooled over its runs) on which: "
-        + "; ".join(label for _, label in COMPARISON_MEASURES)
-        + f". Whiskers are {INTERVALS}, not a spread over runs.",
+        "Smoothness against convexity, per setting and optimizer",
+        "For each setting and optimizer, the mean over its included runs of the fraction of "
+        "probed steps on which each deciding entry of the two findings held. Whiskers: "
+        f"{INTERVALS}.",
     ),
     "held_fractions.png": (
         "Fraction held, per run and assumption",
-        "Fraction of probed steps on which each assumption held, one bar per run (coloured by "
-        "optimizer), with its 95% Wilson interval over the run's probed steps.",
+        "Fraction of probed steps on which each assumption held, one bar per included run "
+        "(coloured by optimizer), with that run's own 95% interval from verdicts.csv.",
     ),
     "trajectories.png": (
         "Per-step trajectories",
@@ -77,8 +89,9 @@ FIGURES: dict[str, tuple[str, str]] = {
     ),
     "constants_vs_performance.png": (
         "Fitted constants against performance",
-        "Each fitted constant against the final training loss, one point per run, with Spearman's "
-        "rank correlation and its bootstrap 95% interval.",
+        "Each fitted constant against the final training loss, one point per included run, with "
+        "the within-optimizer Spearman ρ and its Holm-adjusted permutation p-value where the "
+        "constant is pre-declared.",
     ),
 }
 
@@ -127,6 +140,17 @@ def _draw_figures(out: Path, runs, verdicts, correlations, comparison, histories
     return failures
 
 
+def _included(runs: pd.DataFrame, verdicts: pd.DataFrame, histories: dict):
+    """The runs, verdicts and histories of the included runs."""
+    if runs.empty or not {"included", "run_id"} <= set(runs.columns):
+        return runs, verdicts, histories
+    keep = runs[runs["included"].astype(bool)]
+    ids = {str(r) for r in keep["run_id"]}
+    if "run_id" in verdicts.columns:
+        verdicts = verdicts[verdicts["run_id"].astype(str).isin(ids)]
+    return keep, verdicts, {k: v for k, v in histories.items() if str(k) in ids}
+
+
 def _head(title: str, meta: str) -> list[str]:
     return [
         "<!DOCTYPE html>",
@@ -172,22 +196,38 @@ def _figure_sections(out: Path, failures: Mapping[str, str]) -> list[str]:
 def _table_sections(runs, verdicts, correlations, comparison, labels) -> list[str]:
     h = [
         '<section id="tables">',
-        "<h2>Table: optimizer comparison</h2>",
-        f'<p class="small">In brackets: {escape(INTERVALS)}.</p>',
+        "<h2>Table: run-level comparison</h2>",
+        f'<p class="small">Mean of run fractions: each included run counts once; interval: '
+        f"{escape(comparison_module.INTERVAL)}; pooled steps are shown for reference and are "
+        "not an interval (steps are autocorrelated). “Held on most steps?”: "
+        f"{escape(', '.join(comparison_module.LABELS))} (the interval above, below or across "
+        f"{comparison_module.THRESHOLD:.0%}; fewer than {comparison_module.MIN_RUNS} runs).</p>",
         comparison_table(comparison),
-        "<h2>Table: fitted constants against performance, sorted by |ρ|</h2>",
-        '<p class="small">Spearman rank correlation across runs with a bootstrap 95% interval; '
-        "highlighted rows have an interval that excludes 0.</p>",
+        "<h2>Table: fitted constants against performance, within optimizer</h2>",
+        f'<p class="small">{escape(correlation_sentence(correlations))} Correction: '
+        f"{escape(correlations_module.CORRECTION)} over every test of this table.</p>",
         correlation_table(correlations),
         "<h2>Table: per-run verdicts</h2>",
-        '<p class="small">Fraction of probed steps on which each assumption held, its 95% '
-        "Wilson interval over the run's probed steps and (held/checked) steps.</p>",
+        '<p class="small">Fraction of probed steps on which each assumption held, the run\'s '
+        "own 95% interval and (held/checked) steps.</p>",
         verdict_matrix(verdicts, runs, labels),
     ]
     if labels:
         h += ["<h3>What “held” means</h3>", '<ul id="glossary">', *glossary(labels), "</ul>"]
     h += ["<h2>Table: runs</h2>", runs_table(runs), "</section>"]
     return h
+
+
+def _excluded_section(runs: pd.DataFrame) -> list[str]:
+    legend = "; ".join(f"{k}: {v}" for k, v in REASONS.items())
+    return [
+        '<section id="excluded">',
+        "<h2>Excluded runs</h2>",
+        '<p class="small">Listed here and in runs.csv; they enter no comparison, finding or '
+        f"correlation. Reasons: {escape(legend)}.</p>",
+        excluded_table(runs),
+        "</section>",
+    ]
 
 
 def write_report(
@@ -199,9 +239,11 @@ def write_report(
     histories: Mapping[str, pd.DataFrame] | None,
     title: str = "optprobe report",
     notes: Iterable[str] = (),
+    findings: Mapping | None = None,
 ) -> Path:
-    """Write the CSVs, the four figures and ``report.html`` into ``out_dir``; return the path of
-    ``report.html``."""
+    """Write the CSVs, ``findings.json`` (when ``findings`` is given), the four figures and
+    ``report.html`` into ``out_dir``; return the path of ``report.html``. Figures show the
+    included runs only (runs without an ``included`` column count as included)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     runs, verdicts = frame(runs), frame(verdicts)
@@ -209,8 +251,13 @@ def write_report(
     histories = dict(histories or {})
 
     for name, df in zip(TABLES, (runs, verdicts, correlations, comparison)):
+        if df.empty and not len(df.columns) and name in _HEADERS:
+            df = pd.DataFrame(columns=list(_HEADERS[name]))
         df.to_csv(out / name, index=False)
-    failures = _draw_figures(out, runs, verdicts, correlations, comparison, histories)
+    if findings is not None:
+        JobFolder.write_json(out / FINDINGS_JSON, dict(findings))
+    used, used_verdicts, used_histories = _included(runs, verdicts, histories)
+    failures = _draw_figures(out, used, used_verdicts, correlations, comparison, used_histories)
 
     labels = assumption_labels(verdicts, runs)
     optimizers = sorted({str(o) for o in runs.get("optimizer", pd.Series(dtype=str)).dropna()})
@@ -227,9 +274,12 @@ def write_report(
     notes = [str(n) for n in notes]
     if notes:
         h += _list_section("notes", "Notes", notes)
+    if "included" in runs.columns:
+        h += _excluded_section(runs)
     h += _figure_sections(out, failures)
     h += _table_sections(runs, verdicts, correlations, comparison, labels)
-    links = " · ".join(f'<a href="{escape(t, quote=True)}">{escape(t)}</a>' for t in TABLES)
+    files = [*TABLES, *([FINDINGS_JSON] if findings is not None else [])]
+    links = " · ".join(f'<a href="{escape(t, quote=True)}">{escape(t)}</a>' for t in files)
     h += [f'<p class="meta">Data: {links}</p>', "</body>", "</html>", ""]
 
     path = out / "report.html"

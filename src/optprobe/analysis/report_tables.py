@@ -1,5 +1,5 @@
-"""The report's HTML tables (optimizer comparison, correlations, per-run verdicts, runs) and
-its glossary of what "held" means, taken from the assumptions registry."""
+"""The report's HTML tables (run-level comparison, correlations, excluded runs, per-run
+verdicts, runs) and its glossary of what "held" means, taken from the assumptions registry."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ from html import escape
 import numpy as np
 import pandas as pd
 
-from optprobe.analysis.figures.comparison import COMPARISON_MEASURES
 from optprobe.analysis.figures.ordering import assumption_label, assumption_order, run_order
-from optprobe.analysis.report_text import cell, excludes_zero, num, pct, pct_interval
+from optprobe.analysis.report_text import cell, num, pct, pct_interval
 from optprobe.assumptions import ASSUMPTIONS
 
 __all__ = [
@@ -19,6 +18,7 @@ __all__ = [
     "assumption_labels",
     "comparison_table",
     "correlation_table",
+    "excluded_table",
     "glossary",
     "runs_table",
     "table_html",
@@ -51,37 +51,80 @@ def table_html(header: list[str], rows: list[list[str]], *, text_cols: int = 1, 
 
 
 def comparison_table(comp: pd.DataFrame) -> str:
-    """Per optimizer: runs and each comparison measure as ``fraction [interval]``."""
-    if comp.empty or "optimizer" not in comp.columns:
+    """Per setting × optimizer × entry: runs, the mean run fraction, its t interval over runs,
+    the pooled steps (for reference) and the label."""
+    need = {"setting", "optimizer", "mean_run_fraction", "ci_low", "ci_high"}
+    if comp.empty or not need <= set(comp.columns):
         return '<p class="missing">No optimizer comparison table.</p>'
-    measures = [(c, label) for c, label in COMPARISON_MEASURES if c in comp.columns]
-    header = ["optimizer", "runs"] + [label for _, label in measures]
-    rows = [
-        [str(r["optimizer"]), cell(r.get("n_runs"))]
-        + [pct_interval(r.get(c), r.get(f"{c}_low"), r.get(f"{c}_high")) for c, _ in measures]
-        for _, r in comp.iterrows()
-    ]
-    return table_html(header, rows)
+    header = [
+        "setting", "optimizer", "assumption", "runs", "excluded runs", "mean of run fractions",
+        "95% t interval over runs", "pooled steps (held/checked)", "held on most steps?",
+    ]  # fmt: skip
+    rows = []
+    for _, r in comp.iterrows():
+        pooled = pct(r.get("pooled_fraction"))
+        if math.isfinite(num(r.get("pooled_checked"))):
+            pooled += f" ({cell(r.get('pooled_held'))}/{cell(r.get('pooled_checked'))})"
+        rows.append(
+            [
+                str(r["setting"]),
+                str(r["optimizer"]),
+                str(r.get("assumption_label", r.get("assumption"))),
+                cell(r.get("runs")),
+                cell(r.get("runs_excluded")),
+                pct(r.get("mean_run_fraction")),
+                f"[{pct(r.get('ci_low'))}, {pct(r.get('ci_high'))}]",
+                pooled,
+                str(r.get("label", "")),
+            ]
+        )
+    return table_html(header, rows, text_cols=3)
 
 
 def correlation_table(corr: pd.DataFrame) -> str:
-    """Constant-performance correlations sorted by |ρ|; rows whose interval excludes 0 marked."""
+    """Within-optimizer correlations, sorted by Holm-adjusted p then |ρ|; rows that pass the
+    correction marked."""
     if corr.empty:
         return '<p class="missing">No correlations.</p>'
     corr = corr.copy()
-    corr["_abs"] = pd.to_numeric(corr.get("rho", np.nan), errors="coerce").abs()
-    corr = corr.sort_values("_abs", ascending=False, na_position="last")
-    header = ["constant", "performance", "n", "Spearman ρ", "95% CI", "p-value", "CI excludes 0"]
+    corr["_abs"] = -pd.to_numeric(corr.get("rho", np.nan), errors="coerce").abs()
+    corr["_p"] = pd.to_numeric(corr.get("pvalue_adjusted", np.nan), errors="coerce")
+    corr = corr.sort_values(["_p", "_abs"], na_position="last")
+    header = [
+        "setting", "optimizer", "constant", "performance", "n", "Spearman ρ",
+        "permutation p", "Holm-adjusted p", "passes",
+    ]  # fmt: skip
     rows, classes = [], []
     for _, r in corr.iterrows():
-        lo, hi = r.get("ci_low"), r.get("ci_high")
-        excl = excludes_zero(lo, hi)
+        sig = bool(r.get("significant", False))
         rows.append(
-            [cell(r.get(c)) for c in ("constant", "performance", "n", "rho")]
-            + [f"[{cell(lo)}, {cell(hi)}]", cell(r.get("pvalue")), "yes" if excl else "no"]
+            [cell(r.get(c)) for c in ("setting", "optimizer", "constant", "performance", "n")]
+            + [cell(r.get("rho")), cell(r.get("pvalue")), cell(r.get("pvalue_adjusted"))]
+            + ["yes" if sig else "no"]
         )
-        classes.append("robust" if excl else "")
-    return table_html(header, rows, text_cols=2, row_classes=classes)
+        classes.append("robust" if sig else "")
+    return table_html(header, rows, text_cols=4, row_classes=classes)
+
+
+def excluded_table(runs: pd.DataFrame) -> str:
+    """The runs the analysis left out, with why."""
+    if runs.empty or "included" not in runs.columns:
+        return '<p class="missing">No run status (runs table without "included").</p>'
+    out = runs[~runs["included"].astype(bool)]
+    if out.empty:
+        return "<p>None: every run was used.</p>"
+    cols = [
+        "run_id",
+        "setting",
+        "optimizer",
+        "seed",
+        "status",
+        "exclusion_reason",
+        "exclusion_detail",
+    ]
+    cols = [c for c in cols if c in out.columns]
+    rows = [[cell(r.get(c)) for c in cols] for _, r in out.iterrows()]
+    return table_html(cols, rows, text_cols=len(cols))
 
 
 def assumption_labels(verdicts: pd.DataFrame, runs: pd.DataFrame) -> dict[str, str]:
@@ -112,7 +155,8 @@ def _verdict_cells(verdicts: pd.DataFrame) -> dict[tuple[str, str], str]:
 
 
 def verdict_matrix(verdicts: pd.DataFrame, runs: pd.DataFrame, labels: dict[str, str]) -> str:
-    """Runs × assumptions: fraction held [interval] and held/checked."""
+    """Runs × assumptions: whether the run is used, fraction held [interval] and
+    held/checked."""
     if not labels:
         return '<p class="missing">No verdicts.</p>'
     run_ids = [str(r) for df in (runs, verdicts) if "run_id" in df.columns for r in df["run_id"]]
@@ -124,17 +168,25 @@ def verdict_matrix(verdicts: pd.DataFrame, runs: pd.DataFrame, labels: dict[str,
         for a in labels:
             if (rid, a) not in cells and f"held:{a}" in runs.columns:
                 cells[(rid, a)] = pct(r[f"held:{a}"])
-    header = ["run_id", "optimizer", "seed"] + [
+    header = ["run_id", "optimizer", "seed", "used"] + [
         lab if lab == a else f"{lab} ({a})" for a, lab in labels.items()
     ]
     rows = []
     for rid in run_order(run_ids, runs):
         info = run_info.get(rid, {})
         rows.append(
-            [rid, cell(info.get("optimizer")), cell(info.get("seed"))]
+            [rid, cell(info.get("optimizer")), cell(info.get("seed")), _used(info)]
             + [cells.get((rid, a), "—") for a in labels]
         )
     return table_html(header, rows, text_cols=2)
+
+
+def _used(info) -> str:
+    """``yes``, ``no: <reasons>`` or ``—`` when the runs table has no status."""
+    included = info.get("included") if hasattr(info, "get") else None
+    if included is None or (isinstance(included, float) and math.isnan(included)):
+        return "—"
+    return "yes" if bool(included) else f"no: {info.get('exclusion_reason', '')}"
 
 
 def glossary(labels: dict[str, str]) -> list[str]:

@@ -1,5 +1,5 @@
-"""The report's words: number formatting and the answer sentences (one per optimizer of the
-comparison table, one on the constant-performance correlations)."""
+"""The report's words: number formatting and the answer sentences (one per setting ×
+optimizer of the run-level comparison table, one on the constant-performance correlations)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
+from optprobe.analysis.correlations import correlation_note
+
 __all__ = [
     "answer_sentences",
     "cell",
@@ -16,7 +18,7 @@ __all__ = [
     "excludes_zero",
     "frame",
     "num",
-    "optimizer_sentence",
+    "pair_sentence",
     "pct",
     "pct_interval",
 ]
@@ -30,15 +32,6 @@ _OPTIMIZER_NAMES = {
     "rmsprop": "RMSprop",
     "adagrad": "Adagrad",
 }
-
-_PERFORMANCE_NAMES = {
-    "final_train_loss": "final training loss",
-    "steps_to_target": "steps to the target loss",
-    "final_val_loss": "final validation loss",
-    "final_val_acc": "final validation accuracy",
-}
-
-_MAX_LISTED = 5  # robust correlations named in the answer
 
 
 # --------------------------------------------------------------------------------------------
@@ -111,119 +104,49 @@ def _pretty_optimizer(name) -> str:
 # the answer in words
 
 
-def _clauses(row: Mapping) -> list[str]:
-    def part(col: str) -> str | None:
-        if not math.isfinite(num(row.get(col))):
-            return None
-        return pct_interval(row.get(col), row.get(f"{col}_low"), row.get(f"{col}_high"))
-
-    smooth, conv = part("smoothness_predicts"), part("convexity_holds")
-    conv_old, ref = part("convexity_old_holds"), part("ref_convexity_holds")
-    clauses = []
-    if smooth:
-        clauses.append(f"L-smoothness predicted the progress on {smooth} of probed steps")
-    if conv and conv_old:
-        clauses.append(
-            f"convexity along the step held on {conv} (seen from x_{{t+1}}) and on {conv_old} "
-            "(seen from x_t)"
-        )
-    elif conv:
-        clauses.append(f"convexity along the step held on {conv} (seen from x_{{t+1}})")
-    elif conv_old:
-        clauses.append(f"convexity along the step held on {conv_old} (seen from x_t)")
-    if ref:
-        clauses.append(f"convexity with respect to the reference point held on {ref}")
-    return clauses
-
-
-def _contrast(row: Mapping) -> str:
-    """Whether the smoothness and convexity intervals are apart, and which way."""
-    ends = [
-        num(row.get(f"{c}_{end}"))
-        for c in ("smoothness_predicts", "convexity_holds")
-        for end in ("low", "high")
-    ]
-    if not all(math.isfinite(v) for v in ends):
-        return ""
-    s_lo, s_hi, c_lo, c_hi = ends
-    if c_lo > s_hi:
-        return (
-            " Convexity along the step held clearly more often than L-smoothness predicted "
-            "progress (the intervals do not overlap), as the reference study reports."
-        )
-    if s_lo > c_hi:
-        return (
-            " L-smoothness predicted progress clearly more often than convexity along the "
-            "step held (the intervals do not overlap), unlike the reference study."
-        )
-    return " The two intervals overlap: no clear difference between the two analyses."
-
-
-def optimizer_sentence(row: Mapping) -> str:
-    """One or two sentences on one optimizer's row of the comparison table."""
-    name = _pretty_optimizer(row.get("optimizer", "?"))
-    n_runs = num(row.get("n_runs"))
-    head = (
-        f"{name} ({int(n_runs)} run{'s' if n_runs != 1 else ''})" if math.isfinite(n_runs) else name
-    )
-    clauses = _clauses(row)
-    if not clauses:
-        return f"{head}: no assumption was measured."
-    both = all(math.isfinite(num(row.get(c))) for c in ("smoothness_predicts", "convexity_holds"))
-    return f"{head}: " + "; ".join(clauses) + "." + (_contrast(row) if both else "")
-
-
-def _describe_correlation(r) -> str:
-    perf = _PERFORMANCE_NAMES.get(str(r.get("performance")), str(r.get("performance")))
-    n = num(r.get("n"))
-    n_txt = f", n = {int(n)}" if math.isfinite(n) else ""
+def _entry_clause(row: Mapping) -> str:
+    runs = int(num(row.get("runs"))) if math.isfinite(num(row.get("runs"))) else 0
+    interval = ""
+    if math.isfinite(num(row.get("ci_low"))) and math.isfinite(num(row.get("ci_high"))):
+        interval = f" [{pct(row.get('ci_low'))}–{pct(row.get('ci_high'))}]"
     return (
-        f"{r.get('constant')} with {perf} (ρ = {num(r.get('rho')):.2f} "
-        f"[{num(r.get('ci_low')):.2f}, {num(r.get('ci_high')):.2f}]{n_txt})"
+        f"{row.get('assumption_label')}: {pct(row.get('mean_run_fraction'))}{interval} "
+        f"({row.get('label')}; pooled steps {pct(row.get('pooled_fraction'))}, "
+        f"{runs} run{'s' if runs != 1 else ''})"
+    )
+
+
+def pair_sentence(rows: pd.DataFrame) -> str:
+    """One sentence on one setting × optimizer of the comparison table: each entry's mean run
+    fraction, its t interval over runs, its label and the pooled fraction."""
+    first = rows.iloc[0]
+    name = f"{first.get('setting')}, {_pretty_optimizer(first.get('optimizer'))}"
+    excluded = int(num(first.get("runs_excluded"))) if "runs_excluded" in rows else 0
+    if excluded:
+        name += f" ({excluded} run{'s' if excluded != 1 else ''} excluded)"
+    clauses = [_entry_clause(r) for _, r in rows.iterrows()]
+    return (
+        f"{name}: mean over runs of the fraction of probed steps held, with its 95% t interval "
+        "over runs: " + "; ".join(clauses) + "."
     )
 
 
 def correlation_sentence(correlations: pd.DataFrame | None) -> str:
-    """Whether any fitted constant's Spearman correlation with performance is robust."""
+    """The correlations in one plain sentence (see ``correlations.correlation_note``)."""
     corr = frame(correlations)
-    if corr.empty or not {"rho", "ci_low", "ci_high"} <= set(corr.columns):
-        return "No correlation between a fitted constant and performance was computed."
-    robust = corr[[excludes_zero(lo, hi) for lo, hi in zip(corr["ci_low"], corr["ci_high"])]]
-    total = len(corr)
-    if robust.empty:
-        text = (
-            f"None of the {total} Spearman correlation{'s' if total != 1 else ''} between a fitted "
-            "constant and a performance measure has a 95% interval that excludes 0"
-        )
-        rho_abs = pd.to_numeric(corr["rho"], errors="coerce").abs()
-        if rho_abs.notna().any():
-            text += f"; the strongest is {_describe_correlation(corr.loc[rho_abs.idxmax()])}"
-        text += (
-            ". No fitted constant predicts performance robustly, as the reference study reports."
-        )
-    else:
-        order = pd.to_numeric(robust["rho"], errors="coerce").abs().sort_values(ascending=False)
-        listed = "; ".join(_describe_correlation(robust.loc[i]) for i in order.index[:_MAX_LISTED])
-        if len(order) > _MAX_LISTED:
-            listed += f"; and {len(order) - _MAX_LISTED} more (see the table below)"
-        text = (
-            f"{len(robust)} of {total} Spearman correlations between a fitted constant and a "
-            f"performance measure have a 95% interval that excludes 0: {listed}."
-        )
-    if "n" in corr.columns:
-        n_max = pd.to_numeric(corr["n"], errors="coerce").max()
-        if math.isfinite(num(n_max)) and n_max < 10:
-            text += f" With at most {int(n_max)} runs per correlation the intervals are rough."
-    return text
+    if not corr.empty and not {"n", "tests", "significant"} <= set(corr.columns):
+        return "The correlation table lacks permutation p-values; rerun the analysis."
+    return correlation_note(corr)
 
 
 def answer_sentences(comparison: pd.DataFrame | None, correlations: pd.DataFrame | None):
-    """The report's "answer": one sentence per optimizer, then one on the correlations."""
+    """The report's "answer": one sentence per setting × optimizer, then the correlations."""
     comp = frame(comparison)
     sentences = []
-    if comp.empty or "optimizer" not in comp.columns:
+    if comp.empty or not {"setting", "optimizer", "assumption_label"} <= set(comp.columns):
         sentences.append("No optimizer comparison was available.")
     else:
-        sentences += [optimizer_sentence(row.to_dict()) for _, row in comp.iterrows()]
+        for _, rows in comp.groupby(["setting", "optimizer"], sort=False):
+            sentences.append(pair_sentence(rows))
     sentences.append(correlation_sentence(correlations))
     return sentences

@@ -1,5 +1,8 @@
-"""Small statistics used by the verdicts: Wilson intervals, Spearman correlation with a paired
-bootstrap interval, and a linear quantile-regression line fitted as a linear program.
+"""Small statistics used by the verdicts and the cross-run analysis: Wilson intervals, the t
+interval of a mean over runs, Spearman correlation with an exact (or Monte Carlo) permutation
+p-value (never the t approximation, too optimistic on a handful of runs) and a paired
+bootstrap interval, the Holm and Benjamini-Hochberg corrections, and a
+linear quantile-regression line fitted as a linear program.
 
 Pure numpy/scipy. The paired functions drop pairs where either input is NaN (the quantile line
 also drops infinite values) before computing.
@@ -7,7 +10,10 @@ also drops infinite values) before computing.
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Callable
+from functools import lru_cache
 from typing import NamedTuple
 
 import numpy as np
@@ -15,14 +21,18 @@ from scipy import optimize
 from scipy import stats as sps
 
 __all__ = [
-    "SpearmanResult",
+    "EXACT_MAX_N",
+    "TInterval",
     "average_ranks",
+    "benjamini_hochberg",
     "bootstrap_ci",
+    "holm",
+    "min_exact_spearman_pvalue",
     "pinball_loss",
     "quantile_regression_line",
     "spearman",
-    "spearman_pvalue",
-    "spearman_with_ci",
+    "spearman_permutation_pvalue",
+    "t_interval",
     "wilson_interval",
 ]
 
@@ -111,18 +121,6 @@ def spearman(x, y) -> float:
     return float(_spearman_rows(x, y))
 
 
-def spearman_pvalue(rho: float, n: int) -> float:
-    """Two-sided p-value of a Spearman ``rho`` on ``n`` pairs by the t approximation
-    (t = rho sqrt((n-2)/(1-rho^2)) with n-2 degrees of freedom), as scipy.stats.spearmanr."""
-    if not np.isfinite(rho) or n < 3:
-        return float("nan")
-    if abs(rho) >= 1.0:
-        return 0.0
-    dof = n - 2
-    t = rho * np.sqrt(dof / ((1.0 - rho) * (1.0 + rho)))
-    return float(2.0 * sps.t.sf(abs(t), dof))
-
-
 def bootstrap_ci(
     x,
     y,
@@ -156,33 +154,6 @@ def bootstrap_ci(
         return (float("nan"), float("nan"))
     low, high = np.percentile(values, [100.0 * alpha / 2.0, 100.0 * (1.0 - alpha / 2.0)])
     return (float(low), float(high))
-
-
-class SpearmanResult(NamedTuple):
-    """Spearman correlation across runs with its bootstrap interval and t-approximation
-    p-value; ``n`` is the number of pairs used (NaN pairs dropped)."""
-
-    rho: float
-    low: float
-    high: float
-    n: int
-    pvalue: float
-
-
-def spearman_with_ci(
-    x,
-    y,
-    n_resamples: int = 2000,
-    confidence: float = 0.95,
-    seed: int | None = 0,
-) -> SpearmanResult:
-    """Spearman rho, its paired-bootstrap percentile interval and its p-value."""
-    x, y = _paired_finite(x, y)
-    rho = spearman(x, y)
-    low, high = bootstrap_ci(
-        x, y, statistic=spearman, n_resamples=n_resamples, confidence=confidence, seed=seed
-    )
-    return SpearmanResult(rho, low, high, int(x.size), spearman_pvalue(rho, int(x.size)))
 
 
 def pinball_loss(residuals, q: float) -> float:
@@ -224,3 +195,124 @@ def quantile_regression_line(x, y, q: float) -> tuple[float, float]:
         raise RuntimeError(f"quantile regression LP failed: {res.message}")
     a, b = -res.ineqlin.marginals
     return (float(max(a, 0.0) * sy), float(max(b, 0.0) * sy / sx))
+
+
+# --------------------------------------------------------------------------- over runs
+
+
+class TInterval(NamedTuple):
+    """Mean of ``n`` values, their sample standard deviation and the t interval of the mean."""
+
+    n: int
+    mean: float
+    sd: float
+    low: float
+    high: float
+
+
+def t_interval(
+    values, confidence: float = 0.95, bounds: tuple[float, float] | None = None
+) -> TInterval:
+    """Student-t interval of the mean of independent ``values`` (NaN dropped): mean ±
+    t_{n-1, (1+confidence)/2} · s / √n, clipped to ``bounds`` when given. The interval is NaN
+    below 2 values; with identical values it has zero width."""
+    _two_sided_z(confidence)  # validates confidence
+    v = np.asarray(values, dtype=float).ravel()
+    v = v[~np.isnan(v)]
+    n = int(v.size)
+    if n == 0:
+        return TInterval(0, math.nan, math.nan, math.nan, math.nan)
+    mean = float(v.mean())
+    if n < 2:
+        return TInterval(1, mean, math.nan, math.nan, math.nan)
+    sd = float(v.std(ddof=1))
+    half = float(sps.t.ppf(0.5 + confidence / 2.0, n - 1)) * sd / math.sqrt(n)
+    low, high = mean - half, mean + half
+    if bounds is not None:
+        low, high = max(low, bounds[0]), min(high, bounds[1])
+    return TInterval(n, mean, sd, float(low), float(high))
+
+
+# --------------------------------------------------------------------------- permutation p
+
+EXACT_MAX_N = 9
+"""Up to this many pairs the permutation p-value enumerates all n! pairings (9! = 362880)."""
+
+_REL_TOL = 1e-9  # a permuted statistic equal to the observed one up to round-off counts
+
+
+@lru_cache(maxsize=4)
+def _all_permutations(n: int) -> np.ndarray:
+    return np.array(list(itertools.permutations(range(n))), dtype=np.int8)
+
+
+def spearman_permutation_pvalue(
+    x, y, exact_max_n: int = EXACT_MAX_N, n_resamples: int = 20000, seed: int | None = 0
+) -> tuple[float, str]:
+    """Two-sided p-value of Spearman's rho under the null that the pairing is random:
+    P(|rho(x, y_perm)| >= |rho(x, y)|) over the permutations of y (ties keep their average
+    ranks, so the test is conditional on them).
+
+    Exact (every one of the n! pairings) for n <= ``exact_max_n``; otherwise a Monte Carlo
+    estimate from ``n_resamples`` random pairings, (1 + hits) / (1 + n_resamples), which is
+    never below the true p-value's resolution. Returns ``(p, method)`` with method ``"exact"``
+    or ``"permutation (N resamples)"``; ``(nan, "")`` with fewer than 3 pairs or a constant
+    input.
+    """
+    x, y = _paired_finite(x, y)
+    n = int(x.size)
+    if n < 3:
+        return (math.nan, "")
+    rx = average_ranks(x) - (n + 1) / 2.0
+    ry = average_ranks(y) - (n + 1) / 2.0
+    if not rx.any() or not ry.any():
+        return (math.nan, "")
+    observed = abs(float(rx @ ry))
+    tol = _REL_TOL * float(np.sqrt((rx @ rx) * (ry @ ry)))
+    if n <= exact_max_n:
+        stats_ = np.abs(ry[_all_permutations(n)] @ rx)
+        return (float(np.mean(stats_ >= observed - tol)), "exact")
+    rng = np.random.default_rng(seed)
+    perms = rng.permuted(np.tile(ry, (n_resamples, 1)), axis=1)
+    hits = int(np.count_nonzero(np.abs(perms @ rx) >= observed - tol))
+    return ((1.0 + hits) / (1.0 + n_resamples), f"permutation ({n_resamples} resamples)")
+
+
+def min_exact_spearman_pvalue(n: int) -> float:
+    """The smallest two-sided exact permutation p-value Spearman's rho can reach on n pairs
+    without ties: 2 / n! (only the identity and the reversal reach |rho| = 1)."""
+    return math.nan if n < 3 else 2.0 / math.factorial(n)
+
+
+# --------------------------------------------------------------------------- corrections
+
+
+def _adjust(pvalues, scale: Callable[[np.ndarray, int], np.ndarray], step_down: bool):
+    """Adjusted p-values: ``scale(sorted p, m)`` made monotone (running max for a step-down
+    procedure, running min from the top for a step-up one), capped at 1, in input order; NaN
+    entries are left NaN and not counted in the family."""
+    p = np.asarray(pvalues, dtype=float).ravel()
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(~np.isnan(p))
+    if ok.size == 0:
+        return out
+    order = ok[np.argsort(p[ok], kind="mergesort")]
+    scaled = scale(p[order], ok.size)
+    if step_down:
+        monotone = np.maximum.accumulate(scaled)
+    else:
+        monotone = np.minimum.accumulate(scaled[::-1])[::-1]
+    out[order] = np.minimum(monotone, 1.0)
+    return out
+
+
+def holm(pvalues) -> np.ndarray:
+    """Holm's step-down adjusted p-values (family-wise error control), in the input order.
+    NaN entries are left NaN and not counted in the family."""
+    return _adjust(pvalues, lambda p, m: (m - np.arange(m)) * p, step_down=True)
+
+
+def benjamini_hochberg(pvalues) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values (false discovery rate), in the input order; NaN
+    entries are left NaN and not counted."""
+    return _adjust(pvalues, lambda p, m: p * m / np.arange(1, m + 1), step_down=False)

@@ -1,41 +1,51 @@
-"""Tidy tables of a sweep: one row per run (config, performance, verdicts, constants), the
-rank correlation of every fitted constant with performance, and the optimizer comparison."""
+"""Tidy tables of a sweep: one row per run (config, status, performance, verdicts,
+constants), the run-level comparison per setting × optimizer × verdict entry, the study's
+findings, and the within-optimizer correlations of the pre-declared constants with
+performance. Excluded runs (:mod:`optprobe.analysis.run_status`) are in the runs and verdicts
+tables and nowhere else."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from optprobe.analysis.comparison import MIN_RUNS, comparison
+from optprobe.analysis.correlations import correlation_note, correlations
+from optprobe.analysis.findings import findings_data, findings_lines
+from optprobe.analysis.fits import slope_comparison
+from optprobe.analysis.run_status import status_columns
 from optprobe.analysis.runs import RunRecord
-from optprobe.analysis.stats import spearman_with_ci, wilson_interval
+from optprobe.analysis.verdict_keys import KEY_COLUMN, verdict_key
 from optprobe.analysis.verdicts import verdict_from_metrics
 from optprobe.assumptions import ASSUMPTIONS
 
 PERFORMANCE = ("final_train_loss", "steps_to_target", "final_val_loss", "final_val_acc")
-# the study's comparison: does the smoothness analysis predict the progress, do the convexity
-# identities hold (column of the comparison table -> assumption id; labels from the registry)
-COMPARED = {
-    "smoothness_predicts": "descent_bound",
-    "convexity_holds": "inst_gap",
-    "convexity_old_holds": "inst_gap_old",
-    "ref_convexity_holds": "ref_gap",
-}
-MIN_RUNS = 5  # fewer runs give no usable rank correlation or bootstrap interval
 FINAL_WINDOW = 10  # final training loss = mean of the last this many logged steps
 
 
 @dataclass
 class SweepTables:
-    """Everything the report shows."""
+    """Everything the report shows: ``findings`` is findings.json's content and
+    ``correlation_note`` the sentence on the correlations."""
 
     runs: pd.DataFrame
     verdicts: pd.DataFrame
     correlations: pd.DataFrame
     comparison: pd.DataFrame
     histories: dict[str, pd.DataFrame]
+    findings: dict[str, Any] = field(default_factory=dict)
+    correlation_note: str = ""
+
+    @property
+    def included(self) -> pd.DataFrame:
+        """The runs the comparison, findings and correlations use."""
+        if self.runs.empty or "included" not in self.runs:
+            return self.runs
+        return self.runs[self.runs["included"].astype(bool)]
 
 
 def _choice(config: dict, group: str) -> str:
@@ -65,42 +75,72 @@ def performance(history: pd.DataFrame, target_loss: float | None) -> dict[str, f
     return out
 
 
+def slope_columns(history: pd.DataFrame, quantile: float) -> dict[str, Any]:
+    """Per fitted form with a slope term (registry ``fit`` with an x key): whether the line
+    beats a constant-only fit out of sample on interleaved blocks (:mod:`.fits`):
+    ``oos_gain:<id>`` (1 − pinball loss of the line / of the constant) and
+    ``oos_beats_constant:<id>``."""
+    out: dict[str, Any] = {}
+    for a in ASSUMPTIONS.values():
+        if a.fit is None or a.fit[0] is None:
+            continue
+        x_key, y_key, _ = a.fit
+        if x_key not in history or y_key not in history:
+            continue
+        pairs = history[[x_key, y_key]].dropna()
+        result = slope_comparison(pairs[x_key], pairs[y_key], quantile)
+        if result.n_check:
+            out[f"oos_gain:{a.id}"] = result.gain
+            out[f"oos_beats_constant:{a.id}"] = result.beats_constant
+    return out
+
+
+def _run_row(rec: RunRecord) -> dict[str, Any]:
+    cfg = rec.config
+    row = {
+        "run_id": rec.run_id,
+        "source": rec.source,
+        "status": rec.status,
+        "optimizer": _choice(cfg, "optimizer"),
+        "model": _choice(cfg, "model"),
+        "data": _choice(cfg, "data"),
+        "seed": cfg.get("seed"),
+        "lr": cfg.get("optimizer.lr"),
+        "weight_decay": cfg.get("optimizer.weight_decay"),
+        "scheduler": _choice(cfg, "scheduler"),
+        "location": rec.location,
+    }
+    row["setting"] = f"{row['model']}/{row['data']}"
+    return row
+
+
 def run_rows(records: list[RunRecord], quantile: float) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The runs table (without steps_to_target) and the long verdicts table."""
+    """The runs table (without steps_to_target) and the long verdicts table (one row per run
+    and verdict entry, with the run's ``included``)."""
     rows, verdict_rows = [], []
     for rec in records:
-        cfg = rec.config
-        verdict = verdict_from_metrics(rec.history, quantile=quantile)
-        row = {
-            "run_id": rec.run_id,
-            "source": rec.source,
-            "status": rec.status,
-            "optimizer": _choice(cfg, "optimizer"),
-            "model": _choice(cfg, "model"),
-            "data": _choice(cfg, "data"),
-            "seed": cfg.get("seed"),
-            "lr": cfg.get("optimizer.lr"),
-            "weight_decay": cfg.get("optimizer.weight_decay"),
-            "scheduler": _choice(cfg, "scheduler"),
-            "location": rec.location,
-        }
-        row["setting"] = f"{row['model']}/{row['data']}"
+        row = _run_row(rec)
         row.update(performance(rec.history, None))
+        row.update(status_columns(rec, row["final_train_loss"]))
+        verdict = verdict_from_metrics(rec.history, quantile=quantile)
         for a in verdict.assumptions:
-            row[f"held:{a.assumption}"] = a.fraction
-            verdict_rows.append({"run_id": rec.run_id, **a.__dict__})
+            row[f"held:{verdict_key(a)}"] = a.fraction
+            entry = {**a.__dict__, KEY_COLUMN: verdict_key(a), "base_assumption": a.assumption}
+            verdict_rows.append({"run_id": rec.run_id, **entry, "included": row["included"]})
         row.update({f"const:{k}": v for k, v in verdict.constants.items()})
+        row.update(slope_columns(rec.history, quantile))
         rows.append(row)
     return pd.DataFrame(rows), pd.DataFrame(verdict_rows)
 
 
 def add_steps_to_target(runs: pd.DataFrame, records: list[RunRecord], target_loss: float | None):
     """``steps_to_target`` per run; the target defaults, per setting, to the median final
-    training loss of that setting's runs (so about half of the runs reach it)."""
+    training loss of that setting's included runs (so about half of them reach it)."""
     targets = {}
     for setting, group in runs.groupby("setting"):
+        used = group[group["included"].astype(bool)]
         targets[setting] = (
-            target_loss if target_loss is not None else float(group["final_train_loss"].median())
+            target_loss if target_loss is not None else float(used["final_train_loss"].median())
         )
     by_id = {r.run_id: r for r in records}
     runs["target_loss"] = runs["setting"].map(targets)
@@ -110,156 +150,60 @@ def add_steps_to_target(runs: pd.DataFrame, records: list[RunRecord], target_los
     ]
 
 
-def correlations(runs: pd.DataFrame, n_resamples: int = 2000, seed: int = 0) -> pd.DataFrame:
-    """Spearman correlation (with a bootstrap 95% interval over runs) between every fitted
-    constant and every performance measure, within each setting (model/data)."""
-    rows = []
-    constants = [c for c in runs.columns if c.startswith("const:")]
-    for setting, group in runs.groupby("setting"):
-        for const in constants:
-            for perf in PERFORMANCE:
-                x, y = group[const].to_numpy(float), group[perf].to_numpy(float)
-                keep = np.isfinite(x) & np.isfinite(y)
-                if keep.sum() < MIN_RUNS:
-                    continue
-                res = spearman_with_ci(x[keep], y[keep], n_resamples=n_resamples, seed=seed)
-                rows.append(
-                    {
-                        "setting": setting,
-                        "constant": const.removeprefix("const:"),
-                        "performance": perf,
-                        "n": res.n,
-                        "rho": res.rho,
-                        "ci_low": res.low,
-                        "ci_high": res.high,
-                        "pvalue": res.pvalue,
-                    }
-                )
-    return pd.DataFrame(rows)
-
-
-def comparison(runs: pd.DataFrame, verdicts: pd.DataFrame) -> pd.DataFrame:
-    """Per setting and optimizer: the fraction of all probed steps (pooled over its runs) on
-    which the smoothness analysis predicted the progress and the convexity identities held,
-    with Wilson 95% intervals."""
-    if verdicts.empty:
-        return pd.DataFrame()
-    merged = verdicts.merge(runs[["run_id", "setting", "optimizer"]], on="run_id")
-    several = runs["setting"].nunique() > 1
-    rows = []
-    for (setting, optimizer), group in merged.groupby(["setting", "optimizer"]):
-        row = {
-            "optimizer": f"{setting}: {optimizer}" if several else optimizer,
-            "setting": setting,
-            "n_runs": int(group["run_id"].nunique()),
-        }
-        for column, assumption in COMPARED.items():
-            sub = group[group["assumption"] == assumption]
-            held, checked = int(sub["held"].sum()), int(sub["checked"].sum())
-            low, high = wilson_interval(held, checked)
-            row[column] = held / checked if checked else math.nan
-            row[f"{column}_low"], row[f"{column}_high"] = low, high
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
 def build_tables(
-    records: list[RunRecord], target_loss: float | None = None, quantile: float = 0.95
+    records: list[RunRecord],
+    target_loss: float | None = None,
+    quantile: float = 0.95,
+    min_runs: int = MIN_RUNS,
 ) -> SweepTables:
     """All tables of a sweep from its run records."""
     if not records:
         raise ValueError("no runs found: point the analysis at a sweep folder with job folders")
     runs, verdicts = run_rows(records, quantile)
     add_steps_to_target(runs, records, target_loss)
+    comp = comparison(runs, verdicts, min_runs=min_runs)
+    corr = correlations(runs)
+    note = correlation_note(corr)
     return SweepTables(
         runs=runs,
         verdicts=verdicts,
-        correlations=correlations(runs),
-        comparison=comparison(runs, verdicts),
+        correlations=corr,
+        comparison=comp,
         histories={r.run_id: r.history for r in records},
+        findings=findings_data(runs, comp, verdicts, note, min_runs=min_runs),
+        correlation_note=note,
     )
-
-
-CONVEX_MODELS = ("logreg", "logisticregression")  # the convex sanity case, not a finding
 
 
 def findings(tables: SweepTables) -> list[str]:
-    """Whether this sweep supports the study's two headline findings, judged on every
-    (setting, optimizer) pair except the convex sanity case (logistic regression)."""
-    comp = tables.comparison
-    if comp.empty:
-        return []
-    models = comp["setting"].str.split("/").str[0]
-    deep = comp[~models.isin(CONVEX_MODELS)]
-    out = []
-    if len(deep) < len(comp):
-        sanity = comp[models.isin(CONVEX_MODELS)]
-        out.append(
-            "Sanity check (convex logistic regression): convexity along the step held on "
-            + ", ".join(f"{_pct(v)}" for v in sanity["convexity_holds"])
-            + " of probed steps."
-        )
-    if deep.empty:
-        return out
-    fails = deep[deep["smoothness_predicts"] < 0.5]
-    holds = deep[deep["convexity_holds"] > 0.5]
-    out.append(
-        "Finding 1, smoothness analyses fail to predict the progress on most steps: "
-        f"{'supported' if len(fails) == len(deep) else 'partly supported' if len(fails) else 'not supported'}"
-        f" ({len(fails)} of {len(deep)} setting/optimizer pairs; L-smoothness predicted the "
-        "progress on "
-        + ", ".join(f"{_pct(r.smoothness_predicts)} ({r.optimizer})" for r in deep.itertuples())
-        + " of probed steps)."
-    )
-    out.append(
-        "Finding 2, the convexity identity along the step holds on most steps: "
-        f"{'supported' if len(holds) == len(deep) else 'partly supported' if len(holds) else 'not supported'}"
-        f" ({len(holds)} of {len(deep)} pairs; it held on "
-        + ", ".join(f"{_pct(r.convexity_holds)} ({r.optimizer})" for r in deep.itertuples())
-        + ")."
-    )
-    return out
+    """The findings in words (one line per finding and setting × optimizer, then the
+    excluded runs); see :mod:`optprobe.analysis.findings`."""
+    return findings_lines(tables.findings) if tables.findings else []
 
 
 def markdown_summary(tables: SweepTables, command: str = "") -> str:
-    """The comparison, the strongest correlations and the findings as Markdown (report/summary.md)."""
-    lines = []
-    if command:
-        lines += [f"Produced by `{command}`.", ""]
+    """The run-level comparison, the correlations that pass the correction and the findings
+    as Markdown (report/summary.md)."""
+    lines = [f"Produced by `{command}`.", ""] if command else []
     comp = tables.comparison
     if not comp.empty:
-        labels = [ASSUMPTIONS[a].label for a in COMPARED.values()]
         lines += [
-            "| " + " | ".join(["setting: optimizer", "runs", *labels]) + " |",
-            "|---" * (2 + len(labels)) + "|",
-        ]
-        for _, r in comp.iterrows():
-            cells = [
-                f"{_pct(r[c])} [{_pct(r[c + '_low'])}, {_pct(r[c + '_high'])}]" for c in COMPARED
-            ]
-            lines.append(f"| {r['optimizer']} | {r['n_runs']} | " + " | ".join(cells) + " |")
-        lines.append("")
-    corr = (
-        tables.correlations.dropna(subset=["rho"])
-        if not tables.correlations.empty
-        else tables.correlations
-    )
-    if not corr.empty:
-        top = corr.reindex(corr["rho"].abs().sort_values(ascending=False).index).head(10)
-        robust = int(((corr["ci_low"] > 0) | (corr["ci_high"] < 0)).sum())
-        lines += [
-            f"Constant vs performance, Spearman ρ with 95% bootstrap interval ({robust} of "
-            f"{len(corr)} intervals exclude 0; the 10 largest |ρ|):",
+            "Mean over runs of the fraction of probed steps held, 95% t interval over runs "
+            "(pooled steps for reference; label: held on most steps?).",
             "",
-            "| setting | constant | performance | n | ρ | 95% interval |",
-            "|---|---|---|---|---|---|",
+            "| setting | optimizer | assumption | runs | mean of run fractions | "
+            "95% interval over runs | pooled steps | label |",
+            "|---|---|---|---|---|---|---|---|",
         ]
-        for r in top.itertuples():
+        for r in comp.itertuples():
             lines.append(
-                f"| {r.setting} | {r.constant} | {r.performance} | {r.n} | {r.rho:.2f} | "
-                f"[{r.ci_low:.2f}, {r.ci_high:.2f}] |"
+                f"| {r.setting} | {r.optimizer} | {r.assumption_label} | {r.runs} | "
+                f"{_pct(r.mean_run_fraction)} | [{_pct(r.ci_low)}, {_pct(r.ci_high)}] | "
+                f"{_pct(r.pooled_fraction)} | {r.label} |"
             )
         lines.append("")
+    if tables.correlation_note:
+        lines += [tables.correlation_note, ""]
     lines += [f"- {line}" for line in findings(tables)]
     return "\n".join(lines) + "\n"
 

@@ -1,18 +1,32 @@
-"""Per-run verdicts: on what fraction of probed steps each assumption held, fitted constants,
-and skip counts, computed from a run's logged metrics (one row per optimizer step).
+"""Per-run verdicts: on what fraction of probed steps each assumption variant held, fitted
+constants, skip counts, computed from a run's logged metrics (one row per optimizer step).
 
-Sign checks (``inst_gap``, ``inst_gap_old``, ``descent_bound``, ``ref_gap``) count the probed
-steps on which the inequality held. Fitted-constant forms (``l0l1_smooth``,
-``bounded_variance``, ``affine_variance``) are judged out of sample: the constants are fitted
-at quantile q on the first half of the probed steps (by step order) and "held" counts the
-second-half steps that satisfy the inequality with those constants. Every fraction comes with
-a 95% Wilson interval.
+One entry per registry assumption *and* variant (``optprobe.assumptions``: the L of the
+descent bound, the batch scheme, valid / valid and informative), with its verdict id, e.g.
+``descent_bound:path:same_batch``. Sign checks count the scored probed steps on which the
+inequality held (the descent bound scores the steps that made progress and counts the others
+apart) and judge the summed version too; fitted-constant forms (``l0l1_smooth``,
+``bounded_variance``, ``affine_variance``) are judged out of sample on interleaved blocks
+(:mod:`optprobe.analysis.fits`: fitted at quantile q on the even blocks of the step-ordered
+probed steps, counted on the odd ones). Every fraction comes with a
+per-run interval that respects the autocorrelation of consecutive steps
+(:mod:`optprobe.analysis.run_intervals`), its method named in the entry.
+
+``verdicts.json`` (``RunVerdict.to_dict``)::
+
+    {"assumptions": [{"id", "assumption", "label", "held", "checked", "fraction",
+                      "ci_low", "ci_high", "interval_method", "variant", "headline",
+                      "no_progress", "sum_lhs", "sum_rhs", "sum_held", "note"}, ...],
+     "constants": {name: value}, "skipped": {family: n}, "probed": {family: n},
+     "undefined": {key: n}}
+
+NaN is written as null.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from os import PathLike
 from types import MappingProxyType
@@ -21,8 +35,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from optprobe.analysis.stats import quantile_regression_line, wilson_interval
-from optprobe.assumptions import ASSUMPTIONS, Assumption
+from optprobe.analysis.columns import present, rows
+from optprobe.analysis.run_constants import run_constants, undefined_smooth_eff
+from optprobe.analysis.run_intervals import METHOD as INTERVAL_METHOD
+from optprobe.analysis.variant_checks import CONFIDENCE, AssumptionVerdict, variant_verdicts
+from optprobe.assumptions import ASSUMPTIONS, SCHEMES
 
 __all__ = [
     "CONFIDENCE",
@@ -33,62 +50,74 @@ __all__ = [
     "verdict_table",
 ]
 
-CONFIDENCE = 0.95
-"""Confidence level of the Wilson interval reported with every fraction."""
-
 FAMILY_MAIN_KEYS: Mapping[str, str] = MappingProxyType(
     {
         "step": "step/loss_change",
+        "step_fresh": "step_fresh/loss_change",
         "ref": "ref/gap",
         "noise": "noise/trace_cov",
         "curv": "curv/lambda_max",
     }
 )
-"""Probe family -> the key whose non-NaN rows count the family's probed steps."""
-
-# Relative slack when checking a value against a fitted bound, so that a point lying exactly on
-# the fitted line (up to solver round-off) counts as covered.
-_FIT_RTOL = 1e-7
+"""Probe family (key prefix) -> the key whose non-NaN rows count the family's probed steps."""
 
 
-@dataclass
-class AssumptionVerdict:
-    """How often one assumption held: ``held`` of ``checked`` probed steps, the fraction and
-    its Wilson interval (NaN when nothing was checked)."""
-
-    assumption: str
-    label: str
-    held: int
-    checked: int
-    fraction: float
-    ci_low: float
-    ci_high: float
-
-
-def _nan_to_none(value: float) -> float | None:
-    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+def _nan_to_none(value: Any) -> Any:
+    return None if isinstance(value, float) and math.isnan(value) else value
 
 
 def _none_to_nan(value: Any) -> float:
     return float("nan") if value is None else float(value)
 
 
+def _entry_from_dict(a: Mapping[str, Any]) -> AssumptionVerdict:
+    """One ``verdicts.json`` entry; entries written before variants existed (no ``id``) read
+    as the headline of their assumption with the pooled Wilson interval they carried."""
+    floats = {k: _none_to_nan(a.get(k)) for k in ("fraction", "ci_low", "ci_high")}
+    sums = {k: (None if a.get(k) is None else float(a[k])) for k in ("sum_lhs", "sum_rhs")}
+    return AssumptionVerdict(
+        id=str(a.get("id", a["assumption"])),
+        assumption=str(a["assumption"]),
+        label=str(a["label"]),
+        held=int(a["held"]),
+        checked=int(a["checked"]),
+        interval_method=str(a.get("interval_method", "wilson")),
+        variant=dict(a.get("variant", {})),
+        headline=bool(a.get("headline", True)),
+        no_progress=None if a.get("no_progress") is None else int(a["no_progress"]),
+        sum_held=None if a.get("sum_held") is None else bool(a["sum_held"]),
+        note=str(a.get("note", "")),
+        **floats,
+        **sums,
+    )
+
+
 @dataclass
 class RunVerdict:
-    """Verdicts of one run: per-assumption fractions, fitted constants (see
-    ``verdict_from_metrics``), skipped-step counts and probed-step counts per probe family."""
+    """Verdicts of one run: per-variant fractions, fitted constants (see
+    ``run_constants``), skipped-step counts and probed-step counts per probe family, and per
+    key the probed steps on which it was undefined (rounding floor: ``<prefix>/smooth_eff``)."""
 
     assumptions: list[AssumptionVerdict] = field(default_factory=list)
     constants: dict[str, float] = field(default_factory=dict)
     skipped: dict[str, int] = field(default_factory=dict)
     probed: dict[str, int] = field(default_factory=dict)
+    undefined: dict[str, int] = field(default_factory=dict)
 
-    def get(self, assumption: str) -> AssumptionVerdict | None:
-        """The verdict for assumption id ``assumption``, or None when it was not judged."""
+    def get(self, verdict_id: str) -> AssumptionVerdict | None:
+        """The entry with id ``verdict_id``; given an assumption id, its first headline entry
+        (the same-batch one when it ran). None when not judged."""
         for verdict in self.assumptions:
-            if verdict.assumption == assumption:
+            if verdict.id == verdict_id:
+                return verdict
+        for verdict in self.assumptions:
+            if verdict.assumption == verdict_id and verdict.headline:
                 return verdict
         return None
+
+    def headlines(self) -> list[AssumptionVerdict]:
+        """The headline entries (one per assumption and batch scheme), in registry order."""
+        return [a for a in self.assumptions if a.headline]
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (NaN written as None)."""
@@ -99,28 +128,18 @@ class RunVerdict:
             "constants": {k: _nan_to_none(float(v)) for k, v in self.constants.items()},
             "skipped": {k: int(v) for k, v in self.skipped.items()},
             "probed": {k: int(v) for k, v in self.probed.items()},
+            "undefined": {k: int(v) for k, v in self.undefined.items()},
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunVerdict:
         """Inverse of ``to_dict`` (None read back as NaN)."""
-        assumptions = [
-            AssumptionVerdict(
-                assumption=str(a["assumption"]),
-                label=str(a["label"]),
-                held=int(a["held"]),
-                checked=int(a["checked"]),
-                fraction=_none_to_nan(a["fraction"]),
-                ci_low=_none_to_nan(a["ci_low"]),
-                ci_high=_none_to_nan(a["ci_high"]),
-            )
-            for a in data.get("assumptions", [])
-        ]
         return cls(
-            assumptions=assumptions,
+            assumptions=[_entry_from_dict(a) for a in data.get("assumptions", [])],
             constants={k: _none_to_nan(v) for k, v in data.get("constants", {}).items()},
             skipped={k: int(v) for k, v in data.get("skipped", {}).items()},
             probed={k: int(v) for k, v in data.get("probed", {}).items()},
+            undefined={k: int(v) for k, v in data.get("undefined", {}).items()},
         )
 
 
@@ -144,7 +163,7 @@ def read_metrics_csv(path: str | PathLike[str]) -> pd.DataFrame:
     return df.sort_values("step", kind="mergesort").reset_index(drop=True)
 
 
-# --------------------------------------------------------------------------- helpers
+# --------------------------------------------------------------------------- verdicts
 
 
 def _ordered(df: pd.DataFrame) -> pd.DataFrame:
@@ -153,186 +172,16 @@ def _ordered(df: pd.DataFrame) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
-def _present(df: pd.DataFrame, *keys: str) -> bool:
-    return all(k in df.columns and df[k].notna().any() for k in keys)
-
-
-def _rows(df: pd.DataFrame, *keys: str) -> list[np.ndarray]:
-    """The values of ``keys`` (as float arrays, in step order) on rows where none is NaN."""
-    block = df[list(keys)].apply(pd.to_numeric, errors="coerce").astype(float)
-    block = block[block.notna().all(axis=1)]
-    return [block[k].to_numpy() for k in keys]
-
-
-def _finite(*arrays: np.ndarray) -> list[np.ndarray]:
-    keep = np.ones(arrays[0].shape, dtype=bool)
-    for a in arrays:
-        keep &= np.isfinite(a)
-    return [a[keep] for a in arrays]
-
-
-def _covered(values: np.ndarray, bound: np.ndarray | float) -> np.ndarray:
-    """values <= bound, with a small relative slack for points on a fitted line."""
-    bound = np.asarray(bound, dtype=float)
-    return values <= bound + _FIT_RTOL * np.abs(bound)
-
-
-def _verdict(assumption: Assumption, held: np.ndarray) -> AssumptionVerdict:
-    n_held, n = int(np.count_nonzero(held)), int(held.size)
-    low, high = wilson_interval(n_held, n, CONFIDENCE)
-    return AssumptionVerdict(
-        assumption=assumption.id,
-        label=assumption.label,
-        held=n_held,
-        checked=n,
-        fraction=n_held / n if n else float("nan"),
-        ci_low=low,
-        ci_high=high,
-    )
-
-
-# A fit takes (x, y) of the fitting half and returns a function bound(x) of the checked half.
-_Fit = Callable[[np.ndarray, np.ndarray], Callable[[np.ndarray], np.ndarray] | None]
-
-
-def _out_of_sample(
-    assumption: Assumption, x: np.ndarray, y: np.ndarray, fit: _Fit
-) -> AssumptionVerdict | None:
-    """Fit on the first half of the (step-ordered) pairs, count the second half on or under."""
-    n_fit = x.size // 2
-    if n_fit == 0:
-        return None
-    bound = fit(x[:n_fit], y[:n_fit])
-    if bound is None:
-        return None
-    x_test, y_test = x[n_fit:], y[n_fit:]
-    return _verdict(assumption, _covered(y_test, bound(x_test)))
-
-
-def _line_fit(q: float) -> _Fit:
-    def fit(x: np.ndarray, y: np.ndarray) -> Callable[[np.ndarray], np.ndarray] | None:
-        xf, yf = _finite(x, y)
-        if xf.size == 0:
-            return None
-        a, b = quantile_regression_line(xf, yf, q)
-        return lambda xs: a + b * xs
-
-    return fit
-
-
-def _constant_fit(q: float) -> _Fit:
-    def fit(x: np.ndarray, y: np.ndarray) -> Callable[[np.ndarray], np.ndarray] | None:
-        (yf,) = _finite(y)
-        if yf.size == 0:
-            return None
-        level = float(np.quantile(yf, q))
-        return lambda xs: np.full(xs.shape, level)
-
-    return fit
-
-
-# --------------------------------------------------------------------------- verdicts
-
-
-def _sign_check(df: pd.DataFrame, assumption: Assumption) -> AssumptionVerdict:
-    """Held on each probed step (rows where every key was logged), within the losses'
-    rounding (the family's ``float_tol``; 0 for runs logged without it)."""
-    rows = df[df[list(assumption.keys)].notna().all(axis=1)]
-    values = {k: rows[k] for k in assumption.keys}
-    tol_key = assumption.tolerance_key
-    values[tol_key] = rows[tol_key].fillna(0.0) if tol_key in rows.columns else 0.0
-    return _verdict(assumption, np.asarray(assumption.held(values), dtype=bool))
-
-
-def _fitted_form(df: pd.DataFrame, assumption: Assumption, q: float) -> AssumptionVerdict | None:
-    """Constants fitted at quantile q on the first half of the probed steps, checked on the
-    second: ``y <= c`` without an x key, else ``y <= c0 + c1 x``."""
-    x_key, y_key, _ = assumption.fit
-    if x_key is None:
-        (y,) = _rows(df, y_key)
-        return _out_of_sample(assumption, y, y, _constant_fit(q))
-    x, y = _rows(df, x_key, y_key)
-    return _out_of_sample(assumption, x, y, _line_fit(q))
-
-
-def _assumption_verdicts(df: pd.DataFrame, q: float) -> list[AssumptionVerdict]:
-    """One verdict per registry assumption whose keys the run logged, in registry order."""
-    out: list[AssumptionVerdict | None] = []
-    for assumption in ASSUMPTIONS.values():
-        if not _present(df, *assumption.keys):
-            continue
-        if assumption.kind == "sign":
-            out.append(_sign_check(df, assumption))
-        else:
-            out.append(_fitted_form(df, assumption, q))
-    return [v for v in out if v is not None]
-
-
-def _finite_values(df: pd.DataFrame, key: str) -> np.ndarray | None:
-    if key not in df.columns:
-        return None
-    (values,) = _finite(*_rows(df, key))
-    return values if values.size else None
-
-
-def _constants(df: pd.DataFrame, q: float) -> dict[str, float]:
-    c: dict[str, float] = {}
-    for prefix, key in (("L_lip", "step/smooth_lip"), ("L_eff", "step/smooth_eff")):
-        values = _finite_values(df, key)
-        if values is not None:
-            c[f"{prefix}_q50"] = float(np.quantile(values, 0.5))
-            c[f"{prefix}_q90"] = float(np.quantile(values, 0.9))
-            c[f"{prefix}_max"] = float(np.max(values))
-    if _present(df, "step/grad_norm", "step/smooth_lip"):
-        g, s = _finite(*_rows(df, "step/grad_norm", "step/smooth_lip"))
-        if g.size:
-            l0, l1 = quantile_regression_line(g, s, q)
-            c["L0"], c["L1"] = l0, l1
-            total = float(np.sum((s - s.mean()) ** 2))
-            if total > 0:
-                c["l0l1_r2"] = 1.0 - float(np.sum((s - (l0 + l1 * g)) ** 2)) / total
-    ratio = _finite_values(df, "ref/ratio")
-    if ratio is not None:
-        c["gamma"] = float(ratio[-1])
-    weak = _finite_values(df, "ref/weak_cvx")
-    if weak is not None:
-        c["rho"] = float(np.quantile(weak, q))
-    pl = _finite_values(df, "ref/pl")
-    if pl is not None and np.any(pl > 0):
-        c["pl"] = float(np.quantile(pl[pl > 0], 1.0 - q))
-    cov = _finite_values(df, "noise/trace_cov")
-    if cov is not None:
-        c["sigma_sq"] = float(np.quantile(cov, q))
-    if _present(df, "noise/grad_sq_norm", "noise/trace_cov"):
-        g2, cov2 = _finite(*_rows(df, "noise/grad_sq_norm", "noise/trace_cov"))
-        if g2.size:
-            c["sigma0_sq"], c["sigma1_sq"] = quantile_regression_line(g2, cov2, q)
-    lam = _finite_values(df, "curv/lambda_max")
-    if lam is not None:
-        c["lambda_max_max"] = float(np.max(lam))
-    return c
-
-
 def verdict_from_metrics(df: pd.DataFrame, quantile: float = 0.95) -> RunVerdict:
     """Verdicts of one run from its metrics table (one row per step, NaN where not measured).
 
-    Assumptions whose columns are absent or all NaN are left out, as are fitted-constant forms
+    Variants whose columns are absent or all NaN are left out, as are fitted-constant forms
     with fewer than two probed steps. NaN rows of a key are ignored; fits and quantiles also
-    ignore infinite values. Constants (each omitted when its inputs are missing):
-
-    - ``L_lip_q50``, ``L_lip_q90``, ``L_lip_max``: median, 90% quantile and max of
-      ``step/smooth_lip``; ``L_eff_*`` the same of ``step/smooth_eff`` (both in loss per
-      squared parameter distance, like a Hessian norm).
-    - ``L0``, ``L1``: the quantile-q line of ``smooth_lip`` on ``grad_norm`` (a, b >= 0);
-      ``l0l1_r2``: 1 - sum (s - s_hat)^2 / sum (s - mean s)^2 of that line (may be negative).
-    - ``gamma``: last ``ref/ratio``; ``rho``: q quantile of ``ref/weak_cvx``; ``pl``: the
-      (1 - q) quantile of the positive ``ref/pl`` values (a lower bound holding on a fraction q).
-    - ``sigma_sq``: q quantile of ``noise/trace_cov``; ``sigma0_sq``, ``sigma1_sq``: the
-      quantile-q line of ``trace_cov`` on ``grad_sq_norm``.
-    - ``lambda_max_max``: max of ``curv/lambda_max``.
+    ignore infinite values. Constants: see :func:`optprobe.analysis.run_constants.run_constants`.
 
     ``skipped`` is the max of ``<family>/skipped`` and ``probed`` the number of non-NaN rows of
-    each family's main key (``FAMILY_MAIN_KEYS``), for the families whose columns exist.
+    each family's main key (``FAMILY_MAIN_KEYS``), for the families whose columns exist;
+    ``undefined`` counts, per scheme, the probed steps whose ``smooth_eff`` is undefined.
     """
     if not 0.0 < quantile < 1.0:
         raise ValueError(f"quantile must be in (0, 1), got {quantile}")
@@ -341,15 +190,21 @@ def verdict_from_metrics(df: pd.DataFrame, quantile: float = 0.95) -> RunVerdict
     probed: dict[str, int] = {}
     for family, key in FAMILY_MAIN_KEYS.items():
         skip_key = f"{family}/skipped"
-        if _present(df, skip_key):
-            skipped[family] = int(np.nanmax(_rows(df, skip_key)[0]))
+        if present(df, skip_key):
+            skipped[family] = int(np.nanmax(rows(df, skip_key)[0]))
         if key in df.columns:
             probed[family] = int(df[key].notna().sum())
+    undefined = {}
+    for prefix in SCHEMES.values():
+        count = undefined_smooth_eff(df, prefix)
+        if count is not None:
+            undefined[f"{prefix}/smooth_eff"] = count
     return RunVerdict(
-        assumptions=_assumption_verdicts(df, quantile),
-        constants=_constants(df, quantile),
+        assumptions=variant_verdicts(df, quantile),
+        constants=run_constants(df, quantile),
         skipped=skipped,
         probed=probed,
+        undefined=undefined,
     )
 
 
@@ -360,31 +215,77 @@ def _fmt_fraction(value: float) -> str:
     return "nan" if math.isnan(value) else f"{value:.3f}"
 
 
-def verdict_table(verdict: RunVerdict) -> str:
-    """A fixed-width text table: each assumption's held/checked, fraction and 95% interval,
-    then the fitted constants, the skipped and the probed step counts."""
-    rows = [
-        (
-            a.label,
-            f"{a.held}/{a.checked}",
-            _fmt_fraction(a.fraction),
-            f"[{_fmt_fraction(a.ci_low)}, {_fmt_fraction(a.ci_high)}]",
-        )
-        for a in verdict.assumptions
-    ]
-    header = ("assumption", "held/checked", "fraction", f"{CONFIDENCE:.0%} CI")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+def _summed(a: AssumptionVerdict) -> str:
+    if a.sum_held is None:
+        return "-"
+    text = "held" if a.sum_held else "failed"
+    if a.sum_lhs is not None and a.sum_rhs is not None:
+        text += f" ({a.sum_lhs:.3g} vs {a.sum_rhs:.3g})"
+    return text
 
-    def line(r: tuple[str, str, str, str]) -> str:
-        return f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]:>{widths[3]}}"
+
+def _row(a: AssumptionVerdict) -> tuple[str, ...]:
+    apart = "" if a.no_progress is None else f"{a.no_progress}"
+    return (
+        f"  {a.id}",
+        f"{a.held}/{a.checked}",
+        _fmt_fraction(a.fraction),
+        f"[{_fmt_fraction(a.ci_low)}, {_fmt_fraction(a.ci_high)}]",
+        apart,
+        _summed(a),
+    )
+
+
+def _assumption_rows(verdict: RunVerdict) -> list[tuple[str, ...]]:
+    """One title line per assumption (its registry label), then one row per variant."""
+    out: list[tuple[str, ...]] = []
+    for assumption in ASSUMPTIONS.values():
+        entries = [a for a in verdict.assumptions if a.assumption == assumption.id]
+        if entries:
+            out.append((assumption.label, "", "", "", "", ""))
+            out += [_row(a) for a in entries]
+    known = set(ASSUMPTIONS)
+    out += [_row(a) for a in verdict.assumptions if a.assumption not in known]
+    return out
+
+
+def verdict_table(verdict: RunVerdict) -> str:
+    """A fixed-width text table: per assumption (its label), one row per variant id with
+    held/checked, the fraction and its per-run interval, the steps without progress set apart
+    and the summed version (Σ lhs vs Σ rhs of the inequality lhs ≤ rhs); then the notes, the
+    fitted constants, the skipped, undefined and probed step counts."""
+    rows_ = _assumption_rows(verdict)
+    methods = sorted({a.interval_method for a in verdict.assumptions}) or [INTERVAL_METHOD]
+    header = (
+        "assumption / verdict id",
+        "held/checked",
+        "fraction",
+        f"{CONFIDENCE:.0%} interval ({', '.join(methods)})",
+        "D>=0 apart",
+        "summed (lhs vs rhs)",
+    )
+    widths = [max(len(r[i]) for r in [header, *rows_]) for i in range(len(header))]
+
+    def line(r: tuple[str, ...]) -> str:
+        if not any(r[1:]):
+            return r[0].ljust(sum(widths) + 2 * (len(widths) - 1))
+        cells = [r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:-1], widths[1:-1])]
+        return "  ".join([*cells, r[-1].ljust(widths[-1])])
 
     out = [line(header), "  ".join("-" * w for w in widths)]
-    out += [line(r) for r in rows] if rows else ["(no assumption could be checked)"]
+    out += [line(r) for r in rows_] if rows_ else ["(no assumption could be checked)"]
+    notes = [f"  {a.id}: {a.note}" for a in verdict.assumptions if a.note]
+    if notes:
+        out += ["", "notes", *notes]
     if verdict.constants:
         out += ["", "constants"]
         width = max(len(k) for k in verdict.constants)
         out += [f"  {k:<{width}}  {v:.4g}" for k, v in verdict.constants.items()]
-    for title, counts in (("skipped steps", verdict.skipped), ("probed steps", verdict.probed)):
+    for title, counts in (
+        ("skipped steps", verdict.skipped),
+        ("undefined (rounding floor)", verdict.undefined),
+        ("probed steps", verdict.probed),
+    ):
         if counts:
             out += ["", f"{title}: " + ", ".join(f"{k}={v}" for k, v in counts.items())]
     return "\n".join(out)

@@ -240,7 +240,7 @@ class OverheadBudget(Callback):
     takes effect at the start of the next step, never between a probe's two halves of one step:
     a probe that fired on the step just finished keeps its old cadence for one more step (or,
     at cadence 1, fires once more on the next step), so step probes that carry state from one
-    step to the next (the next-batch scheme, ``update_cos_prev``) stay exact.
+    step to the next (the fresh-batch scheme, ``update_cos_prev``) stay exact.
 
     Logged every check (rank zero, through the trainer's loggers): ``probe/budget`` (the
     fraction asked for), ``probe/overhead_realized`` (cumulative probe seconds / training

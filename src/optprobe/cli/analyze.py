@@ -2,29 +2,29 @@
 
 Collects the runs of a sweep (the local run store by default, W&B offline run folders with
 ``--source wandb-offline``, or the W&B API with ``--source wandb --entity E --project P
---group G``), builds the tidy tables and writes ``<sweep>/report/`` (CSV tables, PNG figures
-and report.html).
+--group G``), decides which runs to use (failed, unfinished, truncated, diverged... runs are
+listed and left out), builds the tidy tables and writes ``<sweep>/report/`` (CSV tables,
+findings.json, PNG figures and report.html; with ``--readme`` also findings.md, README's
+reproduction text generated from findings.json).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
-from optprobe.analysis.report import write_report
+from optprobe.analysis.comparison import MIN_RUNS
+from optprobe.analysis.findings import findings_markdown
+from optprobe.analysis.report import FINDINGS_JSON, write_report
 from optprobe.analysis.runs import load_local_runs, load_wandb_api_runs, load_wandb_offline_runs
-from optprobe.analysis.sweep import (
-    COMPARED,
-    SweepTables,
-    build_tables,
-    findings,
-    markdown_summary,
-)
+from optprobe.analysis.sweep import SweepTables, build_tables, findings, markdown_summary
 from optprobe.log import say
 from optprobe.run.sweep_table import format_table
 
 SOURCES = ("local", "wandb-offline", "wandb")
+FINDINGS_MD = "findings.md"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -43,6 +43,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--quantile", type=float, default=0.95, help="coverage of the fitted constants"
     )
+    parser.add_argument(
+        "--min-runs",
+        type=int,
+        default=MIN_RUNS,
+        help=f"fewest included runs per setting and optimizer for a label (default {MIN_RUNS})",
+    )
+    parser.add_argument(
+        "--readme",
+        action="store_true",
+        help="also write report/findings.md: README's reproduction text, from findings.json",
+    )
     args = parser.parse_args(argv)
     if args.source != "wandb" and not args.sweep:
         parser.error("give the sweep folder, e.g. logs/train/multiruns/<timestamp>")
@@ -50,6 +61,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--source wandb needs --entity (and --project, --group)")
     if not 0 < args.quantile < 1:
         parser.error(f"--quantile must lie in (0, 1), got {args.quantile}")
+    if args.min_runs < 2:
+        parser.error(
+            f"--min-runs must be at least 2 (a t interval needs 2 runs), got {args.min_runs}"
+        )
     return args
 
 
@@ -65,21 +80,18 @@ def collect(args: argparse.Namespace):
 
 
 def print_summary(tables: SweepTables) -> None:
-    """The optimizer comparison and the strongest correlations, in the terminal."""
+    """The run statuses, the run-level comparison, the correlations and the findings."""
+    runs = tables.runs
+    excluded = runs[~runs["included"].astype(bool)]
+    say(f"runs: {len(runs)}, included: {len(runs) - len(excluded)}, excluded: {len(excluded)}")
+    if len(excluded):
+        say(format_table(excluded.to_dict("records"), ("run_id", "status", "exclusion_reason")))
     comp = tables.comparison
     if not comp.empty:
-        say("\nFraction of probed steps (pooled over runs):")
-        say(format_table(comp.to_dict("records"), ("optimizer", "n_runs", *COMPARED)))
-    corr = tables.correlations
-    if not corr.empty:
-        top = corr.reindex(corr["rho"].abs().sort_values(ascending=False).index).head(8)
-        say("\nStrongest constant-performance rank correlations (95% bootstrap interval):")
-        say(
-            format_table(
-                top.to_dict("records"),
-                ("setting", "constant", "performance", "n", "rho", "ci_low", "ci_high"),
-            )
-        )
+        say("\nMean over runs of the fraction of probed steps held (95% t interval over runs):")
+        columns = ("setting", "optimizer", "assumption", "runs", "mean_run_fraction")
+        say(format_table(comp.to_dict("records"), (*columns, "ci_low", "ci_high", "label")))
+    say("\n" + tables.correlation_note)
     for line in findings(tables):
         say(line)
 
@@ -92,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
             f"optprobe-analyze: no runs found under {args.sweep} (source {args.source})"
         )
     say(f"collected {len(records)} runs ({args.source})")
-    tables = build_tables(records, target_loss=args.target_loss, quantile=args.quantile)
+    tables = build_tables(
+        records, target_loss=args.target_loss, quantile=args.quantile, min_runs=args.min_runs
+    )
     out = Path(args.out) if args.out else Path(args.sweep or ".") / "report"
     report = write_report(
         out,
@@ -103,9 +117,14 @@ def main(argv: list[str] | None = None) -> int:
         tables.histories,
         title=f"optprobe report: {args.sweep or args.group}",
         notes=findings(tables),
+        findings=tables.findings,
     )
-    command = "python -m optprobe.analyze " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "optprobe-analyze " + " ".join(argv if argv is not None else sys.argv[1:])
     (report.parent / "summary.md").write_text(markdown_summary(tables, command))
+    if args.readme:
+        data = json.loads((report.parent / FINDINGS_JSON).read_text())
+        (report.parent / FINDINGS_MD).write_text(findings_markdown(data, command))
+        say(f"README text: {report.parent / FINDINGS_MD}")
     print_summary(tables)
     say(f"\nreport: {report}")
     return 0

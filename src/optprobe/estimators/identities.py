@@ -5,20 +5,49 @@ For the step x_t -> x_{t+1} = x_t + Δ_t on mini-batch loss f_t, and a reference
     D_t = f_t(x_{t+1}) - f_t(x_t)                      progress made (nats)
     inst_gap = D_t - <g⁺_t, Δ_t>   (≤ 0 if f_t is convex along the step, seen from x_{t+1})
     inst_gap_old = D_t - <g_t, Δ_t>  (≥ 0 if convex along the step, seen from x_t)
-    smooth_eff = 2 (D_t - <g_t, Δ_t>) / ‖Δ_t‖²   (smallest L for the descent lemma here)
+    smooth_eff = 2 (D_t - <g_t, Δ_t>) / ‖Δ_t‖²   (smallest L for the descent lemma here;
+                                                  undefined within the losses' rounding)
     descent_bound = <g_t, Δ_t> + L/2 ‖Δ_t‖²       (holds when ≥ D_t and < 0)
     ref gap = f_t(x_t) - f_t(x*) - <g_t, x_t - x*>   (≤ 0 when convex w.r.t. x*; nats)
+    weak_cvx = gap / (½‖x_t - x*‖²) when gap > tol, else 0
 
 Inputs are flat float64 vectors (parameters, gradients in nats per parameter unit); every
-function is pure.
+function is pure. ``effective_smoothness``, ``weak_convexity`` and ``descent_bound`` also take
+numpy arrays (the verdicts recompute them over a run from the logged keys).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
+
+
+def _scalar_or_array(out: np.ndarray) -> Any:
+    return float(out) if out.ndim == 0 else out
+
+
+def effective_smoothness(remainder: Any, sq_norm: Any, tol: Any) -> Any:
+    """``smooth_eff`` = 2 (D_t - <g_t, Δ_t>) / ‖Δ_t‖² from the remainder D_t - <g_t, Δ_t>
+    (nats), ‖Δ_t‖² and the losses' rounding ``tol`` (nats): NaN where |remainder| ≤ tol (the
+    remainder is rounding noise there) or ‖Δ_t‖ = 0. Floats or numpy arrays."""
+    remainder, sq_norm = np.asarray(remainder, dtype=float), np.asarray(sq_norm, dtype=float)
+    defined = (np.abs(remainder) > tol) & (sq_norm > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.where(defined, 2.0 * remainder / sq_norm, np.nan)
+    return _scalar_or_array(out)
+
+
+def weak_convexity(gap: Any, dist: Any, tol: Any) -> Any:
+    """``weak_cvx`` = gap / (½‖x_t - x*‖²) when the gap exceeds the rounding ``tol`` under
+    which ``ref_gap`` counts as held, else 0; NaN at distance 0. Floats or numpy arrays."""
+    gap, dist = np.asarray(gap, dtype=float), np.asarray(dist, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.where(gap > tol, gap / (0.5 * dist**2), 0.0)
+    return _scalar_or_array(np.where(dist > 0, out, np.nan))
 
 
 def _cos(a: Tensor, b: Tensor) -> float:
@@ -33,11 +62,13 @@ def step_quantities(
     delta: Tensor,
     grad_old: Tensor | None = None,
     delta_prev: Tensor | None = None,
+    tol: float = 0.0,
 ) -> dict[str, float]:
     """Per-step keys (without the ``step/`` prefix) from flat float64 vectors.
 
     ``grad_old`` = g_t at x_t, ``grad_new`` = g⁺_t at x_{t+1}, both on the same batch;
-    without ``grad_old`` only the keys that need no old-point gradient are returned.
+    without ``grad_old`` only the keys that need no old-point gradient are returned. ``tol``:
+    the losses' rounding (nats), below which ``smooth_eff`` is NaN (undefined).
     """
     d = loss_new - loss_old
     sq = float(delta @ delta)
@@ -55,7 +86,7 @@ def step_quantities(
             lin_old=lin_old,
             inst_gap_old=d - lin_old,
             smooth_lip=float((grad_new - grad_old).norm()) / math.sqrt(sq),
-            smooth_eff=2 * (d - lin_old) / sq,
+            smooth_eff=effective_smoothness(d - lin_old, sq, tol),
             update_cos_old=_cos(grad_old, delta),
             grad_norm=float(grad_old.norm()),
         )
@@ -64,8 +95,9 @@ def step_quantities(
     return out
 
 
-def descent_bound(lin_old: float, update_norm: float, smoothness: float) -> float:
-    """What an L-smooth analysis predicts for the loss change: <g,Δ> + L/2 ‖Δ‖² (nats)."""
+def descent_bound(lin_old: Any, update_norm: Any, smoothness: Any) -> Any:
+    """What an L-smooth analysis predicts for the loss change: <g,Δ> + L/2 ‖Δ‖² (nats);
+    floats or numpy arrays."""
     return lin_old + 0.5 * smoothness * update_norm**2
 
 
@@ -76,9 +108,10 @@ def float_tolerance(dtype: torch.dtype, loss_abs: float) -> float:
 
 
 def reference_quantities(
-    loss_x: float, loss_ref: float, grad: Tensor, x: Tensor, x_ref: Tensor
+    loss_x: float, loss_ref: float, grad: Tensor, x: Tensor, x_ref: Tensor, tol: float = 0.0
 ) -> dict[str, float]:
-    """Per-step reference keys (without the ``ref/`` prefix) from flat float64 vectors."""
+    """Per-step reference keys (without the ``ref/`` prefix) from flat float64 vectors;
+    ``tol``: the losses' rounding (nats) within which the gap counts as 0 (``weak_cvx``)."""
     diff = x - x_ref
     lin = float(grad @ diff)
     excess = loss_x - loss_ref
@@ -89,6 +122,6 @@ def reference_quantities(
         "excess": excess,
         "lin": lin,
         "pl": float(grad @ grad) / (2 * excess) if excess > 0 else math.nan,
-        "weak_cvx": max(0.0, gap) / (0.5 * dist_sq) if dist_sq > 0 else math.nan,
+        "weak_cvx": weak_convexity(gap, math.sqrt(dist_sq), tol),
         "dist": math.sqrt(dist_sq),
     }

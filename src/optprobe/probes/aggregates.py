@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Mapping
 from typing import Any
+
+from optprobe.assumptions import variants_logged_under
 
 
 class RunningAggregates:
@@ -47,6 +50,20 @@ class RunningAggregates:
         self.checked[name] = self.checked.get(name, 0) + 1
         self.held[name] = self.held.get(name, 0) + int(held)
         return self.held[name] / self.checked[name]
+
+    def record_variants(self, family: str, logged: Mapping[str, float]) -> dict[str, float]:
+        """Judge one probed step on every registry sign check a probe logging under
+        ``family`` can judge online (``logged``: its values, ``<family>/<key>``); returns the
+        running fractions (``<family>/frac_<...>_held``) of the checks that scored this step
+        (a descent bound is scored on steps that made progress only)."""
+        out = {}
+        for variant in variants_logged_under(family, kind="sign"):
+            if not variant.online:
+                continue
+            held = variant.judge_step(logged)
+            if held is not None:
+                out[variant.running_key] = self.record_held(variant.id, held)
+        return out
 
     def fractions(self) -> dict[str, dict[str, float]]:
         """``{name: {"held": k, "checked": n, "fraction": k/n}}`` for every checked assumption."""

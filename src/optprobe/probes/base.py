@@ -5,6 +5,12 @@ explicit parameter tensors with *cloned* buffers (BatchNorm running statistics o
 network never change), gradients are taken with ``torch.autograd.grad`` (``.grad`` is never
 touched), random draws use the probe's own ``torch.Generator``, and the global RNG streams and
 the train/eval mode of every module are snapshotted and restored around every probe call.
+
+Precision: probe passes run outside autocast, in the parameters' dtype. Under mixed precision
+(``trainer.precision=bf16-mixed`` / ``16-mixed``) the training step's own loss and gradient
+come from autocast, so a probe that puts them in a difference with one of its own passes
+recomputes them at x_t in the parameters' dtype (``training_loss_and_grad``): both points of
+every difference are evaluated in the same precision.
 """
 
 from __future__ import annotations
@@ -22,7 +28,13 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from optprobe.dist import from_rank_zero, rank_mean
-from optprobe.estimators.functional import ParamDict, functional_loss, trainable_params
+from optprobe.estimators.functional import (
+    ParamDict,
+    flatten,
+    functional_loss,
+    loss_and_grad,
+    trainable_params,
+)
 from optprobe.isolation import isolated
 from optprobe.validate import check_choice, check_int, check_optional_int
 
@@ -34,6 +46,11 @@ def is_log_spaced_step(step: int, per_decade: int) -> bool:
     return step == 0 or math.floor(per_decade * math.log10(step + 1)) > math.floor(
         per_decade * math.log10(step)
     )
+
+
+def is_mixed_precision(trainer: pl.Trainer) -> bool:
+    """True when the training step runs under autocast (``bf16-mixed``, ``16-mixed``)."""
+    return str(getattr(trainer, "precision", "32-true")).endswith("-mixed")
 
 
 def has_active_dropout(net: nn.Module) -> bool:
@@ -187,6 +204,35 @@ class ProbeCallback(Callback):
             ).mean()
         return float(self.global_mean(local))
 
+    def window_loss_and_grad(
+        self, pl_module: pl.LightningModule, params: ParamDict
+    ) -> tuple[float, Tensor]:
+        """Mean loss (nats) and flat gradient of f_t at ``params`` over the step's
+        micro-batches (and the DDP ranks): one forward+backward per micro-batch."""
+        losses, grads = [], []
+        for inputs, targets in self.window:
+            fn = functional_loss(pl_module.net, inputs, targets, pl_module.loss_fn)
+            loss, grad = loss_and_grad(fn, params)
+            losses.append(loss.reshape(1))
+            grads.append(grad)
+        local = torch.cat([torch.stack(grads).mean(0), torch.cat(losses).mean().reshape(1)])
+        packed = self.global_mean(local)  # one all-reduce for both
+        return float(packed[-1]), packed[:-1]
+
+    def training_loss_and_grad(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, params: ParamDict
+    ) -> tuple[float, Tensor]:
+        """f_t(x_t) and g_t (flat) of the training step on its batch, at ``params`` = x_t and
+        in the precision of the probe's own passes: the step's loss and raw ``.grad`` as they
+        are (no extra cost), or, under mixed precision (autocast), recomputed in the
+        parameters' dtype outside autocast (one forward+backward)."""
+        if is_mixed_precision(trainer):
+            return self.window_loss_and_grad(pl_module, params)
+        grad = flatten(
+            torch.zeros_like(p) if p.grad is None else p.grad.detach() for p in params.values()
+        )
+        return self.window_loss(), grad
+
     def global_mean(self, value: Tensor) -> Tensor:
         """A probe pass on this rank's part of the step's batch, averaged over the DDP ranks so
         it is the value on the global batch. A fixed probe batch is the same on every rank and
@@ -249,10 +295,17 @@ class ProbeCallback(Callback):
 
     @contextlib.contextmanager
     def timed(self, net: nn.Module) -> Iterator[None]:
-        """Isolate and time one probe call (adds to ``probe_seconds``)."""
+        """Isolate and time one probe call (adds to ``probe_seconds``); autocast is off inside,
+        so every probe pass runs in the parameters' dtype."""
         start = time.perf_counter()
+        device = next(net.parameters()).device.type
+        no_autocast = (
+            torch.autocast(device_type=device, enabled=False)
+            if device in ("cpu", "cuda")
+            else contextlib.nullcontext()
+        )
         try:
-            with isolated(net):
+            with isolated(net), no_autocast:
                 yield
         finally:
             self.probe_seconds += time.perf_counter() - start

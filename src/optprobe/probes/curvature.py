@@ -122,7 +122,7 @@ class CurvatureProbe(ProbeCallback):
         **schedule: Any,
     ) -> None:
         super().__init__(every_n_steps, **schedule)
-        self.last_lambda_max: float | None = None  # read by the step probe (lambda_max source)
+        self.last_lambda_max: float | None = None
         self.max_lambda_max = -math.inf
         key = self.config_key
         self.lanczos_iters = check_int(f"{key}.lanczos_iters", lanczos_iters, 1)

@@ -10,6 +10,8 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
 
+from optprobe.run.checkpoint_files import load_checkpoint
+
 # config parts a resumed run must share with the run that wrote the checkpoint
 RESUME_KEYS = ("data", "model", "optimizer", "scheduler", "seed")
 
@@ -53,7 +55,7 @@ def config_fingerprint(resolved: dict[str, Any]) -> dict[str, Any]:
 def check_resume_compatible(ckpt_path: str, resolved: dict[str, Any]) -> dict[str, Any]:
     """Fail before training when ``ckpt_path`` was written by a run with another config;
     returns the loaded checkpoint."""
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    checkpoint = load_checkpoint(ckpt_path)
     saved = checkpoint.get("optprobe_config")
     if saved is None:
         return checkpoint  # not written by optprobe: Lightning's own checks apply

@@ -14,6 +14,13 @@ from typing import Any
 SWEEP_SUMMARY = "sweep_summary.csv"
 REPORT_DIR = "report"
 REFERENCE_RUNS_DIR = "reference_runs"
+# Hydra's record of a sweep and the submitit launcher's folder, in a sweep folder
+MULTIRUN_RECORD = "multirun.yaml"
+SUBMITIT_DIR = ".submitit"
+# the lock a folder's writer holds (a job or sweep folder; <hash>.lock for a reference run)
+LOCK = ".optprobe.lock"
+# where Lightning saves and finds the checkpoint of a SLURM requeue (in the job folder)
+HPC_CHECKPOINT_GLOB = "hpc_ckpt_*.ckpt"
 
 
 def write_atomically(path: Path, text: str) -> None:
@@ -35,6 +42,7 @@ class JobFolder:
     CHECKPOINTS = "checkpoints"
     LAST_CHECKPOINT = "last.ckpt"
     HYDRA = ".hydra"
+    LOCK = LOCK
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -74,6 +82,21 @@ class JobFolder:
     @property
     def wandb(self) -> Path:
         return self.path / "wandb"
+
+    @property
+    def lock(self) -> Path:
+        """The lock file of the run that writes this folder (``optprobe.run.locks``)."""
+        return self.path / LOCK
+
+    def hpc_checkpoints(self) -> list[Path]:
+        """``hpc_ckpt_<n>.ckpt`` of a SLURM requeue, by ``n`` (Lightning resumes from the last)."""
+        found = [p for p in self.path.glob(HPC_CHECKPOINT_GLOB) if p.stem[9:].isdigit()]
+        return sorted(found, key=lambda p: int(p.stem[9:]))
+
+    def checkpoint_files(self) -> list[Path]:
+        """Every checkpoint of the job: ``checkpoints/*.ckpt``, then ``hpc_ckpt_<n>.ckpt``."""
+        saved = sorted(self.checkpoints.glob("*.ckpt")) if self.checkpoints.is_dir() else []
+        return [*saved, *self.hpc_checkpoints()]
 
     def is_job(self) -> bool:
         """True when the folder holds a job's summary or Hydra's records of one."""

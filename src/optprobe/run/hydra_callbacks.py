@@ -1,38 +1,73 @@
-"""Hydra callbacks: refuse an unwritable output folder before any job; tabulate a sweep."""
+"""Hydra callbacks: refuse an unwritable, taken or busy output folder (and a SLURM sweep without
+a controller) before any job; tabulate a sweep."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from optprobe.dist import is_primary
 from optprobe.log import say
 from optprobe.run.checks import make_writable_dir
 from optprobe.run.folder import SWEEP_SUMMARY
+from optprobe.run.launcher_check import slurm_unreachable_message
+from optprobe.run.locks import FolderInUseError
+from optprobe.run.ownership import (
+    FolderTakenError,
+    claim_job_folder,
+    claim_sweep_folder,
+    release_job_folder,
+    release_sweep_folder,
+)
 from optprobe.run.sweep_table import format_table, summarize_sweep
 
 
 class OutputDirCheck(Callback):
-    """Hydra callback: stop before any job starts when the run or sweep folder is not writable.
+    """Hydra callback: before any job starts, stop when the run or sweep folder is not
+    writable, belongs to another run or sweep, or is being written by another process; for a
+    SLURM sweep, when no SLURM controller answers. Holds the folder's lock until the run or
+    sweep ends (``optprobe.run.ownership``), so Hydra's own files (``.hydra/``) of a refused
+    run never overwrite another run's.
 
-    Exits (SystemExit) with the message: Hydra turns exceptions of callbacks into warnings.
+    Exits (SystemExit) with one line: Hydra turns exceptions of callbacks into warnings.
     """
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._check(config.hydra.run.dir)
+        folder = config.hydra.run.dir
+        with exit_with_message(PermissionError, FolderInUseError, FolderTakenError):
+            make_writable_dir(folder)
+            if is_primary():  # under srun -n N / torchrun every rank starts Hydra
+                ckpt = OmegaConf.select(config, "ckpt_path", throw_on_resolution_failure=False)
+                claim_job_folder(folder, ckpt)
+
+    def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+        release_job_folder(config.hydra.run.dir)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._check(config.hydra.sweep.dir)
+        message = slurm_unreachable_message(config)
+        if message:
+            raise SystemExit(f"Error: {message}")
+        with exit_with_message(PermissionError, FolderInUseError, FolderTakenError):
+            make_writable_dir(config.hydra.sweep.dir)
+            claim_sweep_folder(config.hydra.sweep.dir)
 
-    @staticmethod
-    def _check(folder: str) -> None:
-        try:
-            make_writable_dir(folder)
-        except PermissionError as err:
-            raise SystemExit(f"Error: {err}") from err
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        release_sweep_folder(config.hydra.sweep.dir)
+
+
+@contextlib.contextmanager
+def exit_with_message(*errors: type[BaseException]) -> Iterator[None]:
+    """Turn ``errors`` into SystemExit("Error: <message>"): one line, no traceback."""
+    try:
+        yield
+    except errors as err:
+        raise SystemExit(f"Error: {err}") from err
 
 
 class SweepSummaryCallback(Callback):

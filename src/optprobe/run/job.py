@@ -45,6 +45,8 @@ from optprobe.run.ddp import WORKER_FLAG, DDPWorkers, ddp_process_count
 from optprobe.run.folder import JobFolder
 from optprobe.run.history import MetricHistory
 from optprobe.run.hydra_context import hydra_choices, in_multirun
+from optprobe.run.input_checks import check_job_inputs
+from optprobe.run.ownership import claim_job_folder, release_job_folder
 from optprobe.run.reference_run import (
     check_reference_resume,
     obtain_reference,
@@ -78,6 +80,7 @@ def open_job(cfg: DictConfig) -> Job:
     job = Job(cfg, folder, is_primary(), processes, start_summary(cfg, processes))
     if job.primary:
         make_writable_dir(folder.path)
+        claim_job_folder(folder.path, cfg.get("ckpt_path"))  # before a file is written
         keep_resumed_metrics(job)
         folder.write_summary(job.summary)
     return job
@@ -97,6 +100,7 @@ def prepare(job: Job) -> None:
     """Expand shorthands, obtain x* when the reference probe needs it, check the config."""
     cfg = job.cfg
     expand_shorthands(cfg)
+    check_job_inputs(cfg)
     reference = (cfg.get("probes") or {}).get("reference")
     if reference is not None and not reference.get("ckpt"):
         if not job.primary:
@@ -243,6 +247,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             job.summary["wall_time_s"] = round(time.perf_counter() - start, 3)
             if job.primary:
                 job.folder.write_summary(job.summary)
+                release_job_folder(job.folder.path)
 
 
 def main(cfg: DictConfig) -> float | None:

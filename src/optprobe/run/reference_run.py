@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from optprobe.log import say
 from optprobe.probes.reference import x_star_changed
+from optprobe.run import locks
+from optprobe.run.checkpoint_files import checkpoint_problem
 from optprobe.run.folder import REFERENCE_RUNS_DIR, JobFolder
 
 # Config parts that determine the training trajectory (and so x*).
@@ -96,17 +99,43 @@ def check_reference_resume(cfg: DictConfig, fingerprint: str) -> None:
         raise ValueError(x_star_changed(f"ckpt_path={ckpt_path}", recorded, now))
 
 
+def cache_problem(folder: JobFolder) -> str | None:
+    """None when ``folder`` holds a completed reference run with a readable x*, else why not."""
+    try:
+        summary = folder.read_summary()
+    except (OSError, ValueError) as err:
+        return f"its summary.json cannot be read: {err}"
+    if summary is None or summary.get("status") != "completed":
+        status = None if summary is None else summary.get("status")
+        return f"the run did not complete (status {status!r})"
+    if not folder.last_checkpoint.is_file():
+        return "it has no checkpoints/last.ckpt"
+    problem = checkpoint_problem(folder.last_checkpoint)
+    return None if problem is None else f"its checkpoints/last.ckpt is damaged ({problem})"
+
+
 def obtain_reference(cfg: DictConfig, train: Callable[[DictConfig], Any]) -> str:
     """Path of x* for ``cfg``: reuse a completed reference run with the same trajectory
     fingerprint under ``<log_dir>/reference_runs/``, or run it now with ``train`` (same seed,
-    same data order, no probes). Returns the checkpoint path."""
+    same data order, no probes). Returns the checkpoint path.
+
+    One process at a time looks at and writes an entry (``reference_runs/<hash>.lock``; the
+    others wait, then reuse it). An entry that cannot be used (an incomplete or failed run, an
+    unreadable summary or checkpoint) is deleted and run again."""
     root = reference_root(cfg)
     folder = JobFolder(root)
-    summary = folder.read_summary() if folder.last_checkpoint.is_file() else None
-    if summary is not None and summary.get("status") == "completed":
-        say(f"reference probe: reusing x* from {folder.last_checkpoint}")
-        return str(folder.last_checkpoint)
-    say(f"reference probe: running the reference run (same config, no probes) in {root}")
-    root.mkdir(parents=True, exist_ok=True)
-    train(reference_config(cfg, root))
+    with locks.waiting_lock(root.with_name(root.name + ".lock"), f"reference run {root}"):
+        if root.exists():
+            problem = cache_problem(folder)
+            if problem is None:
+                say(f"reference probe: reusing x* from {folder.last_checkpoint}")
+                return str(folder.last_checkpoint)
+            say(
+                f"reference probe: the cached reference run {root} is unusable ({problem}); "
+                "rebuilding it"
+            )
+            shutil.rmtree(root)
+        say(f"reference probe: running the reference run (same config, no probes) in {root}")
+        root.mkdir(parents=True, exist_ok=True)
+        train(reference_config(cfg, root))
     return str(folder.last_checkpoint)

@@ -11,16 +11,27 @@ from optprobe.run.folder import SWEEP_SUMMARY, JobFolder
 COLUMNS = ("job", "overrides", "status", "train/loss", "val/acc", "wall_s", "folder")
 
 
+def headline_entries(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One ``verdicts.json`` entry per assumption: its first headline variant (L = path, valid;
+    the same-batch scheme when it ran). Entries written before variants count as headlines."""
+    seen: set[str] = set()
+    out = []
+    for a in entries:
+        if a.get("headline", True) and a["assumption"] not in seen:
+            seen.add(a["assumption"])
+            out.append(a)
+    return out
+
+
 def job_row(job_dir: Path) -> dict[str, Any]:
     """The summary row of one job folder (status 'missing' when it has no summary.json)."""
     summary = JobFolder(job_dir).read_summary()
     if summary is None:
         return {"job": job_dir.name, "status": "missing", "folder": str(job_dir)}
     metrics = summary.get("metrics", {})
-    held = {
-        f"held:{a['assumption']}": a["fraction"]
-        for a in (summary.get("verdicts") or {}).get("assumptions", [])
-    }
+    held = {}
+    for a in headline_entries((summary.get("verdicts") or {}).get("assumptions", [])):
+        held[f"held:{a.get('id', a['assumption'])}"] = a["fraction"]
     return {
         **held,
         "job": job_dir.name,
@@ -42,8 +53,17 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+HELD_NOTE = (
+    "held:<id>: fraction of scored probed steps on which each assumption's headline variant "
+    "held (L = path, valid, same batch); every variant (the other L choices, valid and "
+    "informative, the fresh-batch scheme) with its per-run interval and summed version: "
+    "<folder>/verdicts.json"
+)
+
+
 def table_columns(rows: list[dict[str, Any]]) -> tuple[str, ...]:
-    """The fixed columns plus one ``held:<assumption>`` column per checked assumption."""
+    """The fixed columns plus one ``held:<id>`` column per headline verdict judged
+    (``headline_entries``)."""
     held = sorted({k for r in rows for k in r if k.startswith("held:")})
     return (*COLUMNS[:-1], *held, COLUMNS[-1])
 
@@ -51,7 +71,8 @@ def table_columns(rows: list[dict[str, Any]]) -> tuple[str, ...]:
 def format_table(rows: list[dict[str, Any]], columns: tuple[str, ...] | None = None) -> str:
     """A plain-text table (fixed-width columns) of ``rows``; errors are listed below it.
 
-    ``held:<name>`` columns give the fraction of probed steps on which that assumption held.
+    ``held:<id>`` columns give the fraction of scored probed steps on which that headline
+    variant held (``HELD_NOTE``, printed under the table when there are such columns).
     """
     columns = columns or table_columns(rows)
     cells = [[_cell(r.get(c)) for c in columns] for r in rows]
@@ -59,6 +80,8 @@ def format_table(rows: list[dict[str, Any]], columns: tuple[str, ...] | None = N
     line = "  ".join("-" * w for w in widths)
     out = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)), line]
     out += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    if any(c.startswith("held:") for c in columns):
+        out.append(HELD_NOTE)
     out += [f"{r['job']}: {r['error']}" for r in rows if r.get("error")]
     return "\n".join(out)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pandas as pd
@@ -9,6 +10,23 @@ from pytorch_lightning.loggers import Logger, WandbLogger
 
 from optprobe.analysis.verdicts import RunVerdict, verdict_from_metrics
 from optprobe.run.folder import JobFolder
+
+TABLE_COLUMNS = (
+    "id",
+    "assumption",
+    "label",
+    "held",
+    "checked",
+    "fraction",
+    "ci_low",
+    "ci_high",
+    "interval_method",
+    "no_progress",
+    "sum_lhs",
+    "sum_rhs",
+    "sum_held",
+)
+"""Columns of the W&B ``verdicts`` table (plus ``variant``, its axis values as JSON)."""
 
 
 def verdict_payload(verdict: RunVerdict, coverage: dict[str, Any] | None) -> dict[str, Any]:
@@ -29,8 +47,9 @@ def job_verdict(
 ) -> RunVerdict | None:
     """The verdict of a job's logged ``metrics`` (one row per step); written to
     ``verdicts.json`` (with ``coverage`` when given) and logged to W&B (summary values
-    ``verdict/<id>``, ``const/<name>``, ``skipped/<family>`` and the table ``verdicts``).
-    None, and a stale verdicts.json removed, when the job logged no probe key."""
+    ``verdict/<id>`` for every variant id, ``const/<name>``, ``skipped/<family>`` and the
+    table ``verdicts``). None, and a stale verdicts.json removed, when the job logged no
+    probe key."""
     verdict = verdict_from_metrics(metrics, quantile=quantile)
     if not verdict.assumptions and not verdict.constants:
         folder.write_verdicts(None)
@@ -43,12 +62,15 @@ def job_verdict(
 
 
 def log_verdict_to_wandb(logger: WandbLogger, verdict: RunVerdict) -> None:
-    """Verdicts and constants as W&B run-summary values (sortable in the runs table) and the
-    per-assumption rows as a W&B table."""
-    summary = {f"verdict/{a.assumption}": a.fraction for a in verdict.assumptions}
+    """Verdicts and constants as W&B run-summary values (sortable in the runs table) and one
+    row per verdict id as a W&B table."""
+    summary = {f"verdict/{a.id}": a.fraction for a in verdict.assumptions}
     summary.update({f"const/{k}": v for k, v in verdict.constants.items()})
     summary.update({f"skipped/{k}": v for k, v in verdict.skipped.items()})
     logger.experiment.summary.update(summary)
-    columns = ["assumption", "label", "held", "checked", "fraction", "ci_low", "ci_high"]
-    rows = [[getattr(a, c) for c in columns] for a in verdict.assumptions]
+    columns = [*TABLE_COLUMNS, "variant"]
+    rows = [
+        [*(getattr(a, c) for c in TABLE_COLUMNS), json.dumps(a.variant)]
+        for a in verdict.assumptions
+    ]
     logger.log_table(key="verdicts", columns=columns, data=rows)

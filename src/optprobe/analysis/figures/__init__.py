@@ -12,7 +12,7 @@ Assumption names, conditions and order come from :mod:`optprobe.assumptions`.
   figure each.
 """
 
-from optprobe.analysis.figures.comparison import COMPARISON_MEASURES, plot_optimizer_comparison
+from optprobe.analysis.figures.comparison import comparison_measures, plot_optimizer_comparison
 from optprobe.analysis.figures.constants import plot_constant_vs_performance
 from optprobe.analysis.figures.held_fractions import plot_held_fractions
 from optprobe.analysis.figures.ordering import ASSUMPTION_ORDER, optimizer_colors
@@ -20,7 +20,7 @@ from optprobe.analysis.figures.trajectories import DEFAULT_TRAJECTORY_KEYS, plot
 
 __all__ = [
     "ASSUMPTION_ORDER",
-    "COMPARISON_MEASURES",
+    "comparison_measures",
     "DEFAULT_TRAJECTORY_KEYS",
     "optimizer_colors",
     "plot_constant_vs_performance",

@@ -20,28 +20,31 @@ from optprobe.analysis.figures.canvas import (
 from optprobe.analysis.figures.ordering import optimizer_colors, optimizer_legend
 
 
-def _correlation_row(
+def _correlation_rows(
     correlations: pd.DataFrame | None, constant: str, performance: str
-) -> pd.Series | None:
+) -> pd.DataFrame:
     if is_empty(correlations) or not {"constant", "performance"} <= set(correlations.columns):
-        return None
+        return pd.DataFrame()
     bare = constant.removeprefix("const:")
     names = correlations["constant"].astype(str)
     perf = correlations["performance"].astype(str)
-    hit = correlations[names.isin([bare, constant]) & (perf == performance)]
-    return None if hit.empty else hit.iloc[0]
+    return correlations[names.isin([bare, constant]) & (perf == performance)]
 
 
-def _correlation_text(row: pd.Series | None) -> str:
-    """``Spearman ρ = 0.12 [-0.50, 0.70], n=6`` from a row of the correlations table."""
-    if row is None:
-        return "Spearman ρ: not computed"
-    rho, lo, hi = (
-        pd.to_numeric(row.get(c, np.nan), errors="coerce") for c in ("rho", "ci_low", "ci_high")
-    )
-    n = row.get("n", np.nan)
-    n_txt = f", n={int(n)}" if pd.notna(n) else ""
-    return f"Spearman ρ = {fmt_num(rho)} [{fmt_num(lo)}, {fmt_num(hi)}]{n_txt}"
+def _correlation_text(rows: pd.DataFrame) -> str:
+    """``within optimizer: sgdm ρ=0.12 (p=0.5, n=6)`` from rows of the correlations table
+    (one per setting × optimizer), or why there is none."""
+    if rows.empty:
+        return "Spearman ρ: not computed (not pre-declared or too few runs)"
+    parts = []
+    for _, r in rows.head(3).iterrows():
+        rho = pd.to_numeric(r.get("rho", np.nan), errors="coerce")
+        p = pd.to_numeric(r.get("pvalue_adjusted", np.nan), errors="coerce")
+        n = r.get("n", np.nan)
+        n_txt = f", n={int(n)}" if pd.notna(n) else ""
+        parts.append(f"{r.get('optimizer', '?')} ρ={fmt_num(rho)} (adj. p={fmt_num(p)}{n_txt})")
+    more = f" +{len(rows) - 3}" if len(rows) > 3 else ""
+    return "within optimizer:\n" + "\n".join(parts) + more
 
 
 def _draw_panel(
@@ -72,8 +75,8 @@ def plot_constant_vs_performance(
     performance: str = "final_train_loss",
 ) -> Path:
     """A scatter panel per fitted constant (``const:*`` column): constant (log x when all
-    positive) against ``performance``, coloured by optimizer, titled with Spearman's rho and its
-    bootstrap interval from ``correlations``."""
+    positive) against ``performance``, coloured by optimizer, titled with the within-optimizer
+    Spearman ρ and Holm-adjusted permutation p-values from ``correlations``."""
     title = f"Fitted constants against {performance} (one point per run)"
     if is_empty(runs):
         return no_data(path, title, "no runs")
@@ -96,8 +99,8 @@ def plot_constant_vs_performance(
     for ax, const in zip(axs, constants, strict=False):
         _draw_panel(ax, pd.to_numeric(runs[const], errors="coerce"), y, opts, colors)
         name = const.split(":", 1)[1]
-        stats = _correlation_text(_correlation_row(correlations, const, performance))
-        ax.set_title(f"{name}\n{stats}", fontsize=9)
+        stats = _correlation_text(_correlation_rows(correlations, const, performance))
+        ax.set_title(f"{name}\n{stats}", fontsize=7)
         ax.set_xlabel(name)
         ax.set_ylabel(performance)
     optimizer_legend(axs[0], colors, loc="best")

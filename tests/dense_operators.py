@@ -48,3 +48,9 @@ SKEWED_40 = np.concatenate([np.linspace(-0.5, 0.5, 30), np.linspace(1.0, 10.0, 1
 
 def identity(v: Tensor) -> Tensor:
     return v
+
+
+def spectrum_40_matrix() -> Tensor:
+    """The 40x40 symmetric matrix with spectrum ``SPECTRUM_40`` (torch seeded to 0 first)."""
+    torch.manual_seed(0)
+    return symmetric_with_spectrum(SPECTRUM_40, seed=1)

@@ -1,0 +1,152 @@
+"""Does a fitted constant predict optimization performance? (correlations.csv)
+
+Per docs/metrics.md §5: within one setting *and one optimizer* (pooling optimizers makes the
+optimizer itself look like a predictor), over the included runs only, the Spearman rank
+correlation of each pre-declared constant (``CONSTANTS``) with each pre-declared performance
+measure (``PERFORMANCE``), with an exact permutation p-value (all n! pairings up to
+``EXACT_MAX_N`` runs, else 20000 random ones) and Holm's correction over every test of the
+table (family-wise error rate ``ALPHA``). With too few runs for any test to pass the
+correction, :func:`correlation_note` says so instead of listing "significant" pairs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from optprobe.analysis.stats import (
+    EXACT_MAX_N,
+    holm,
+    min_exact_spearman_pvalue,
+    spearman,
+    spearman_permutation_pvalue,
+)
+
+__all__ = [
+    "ALPHA",
+    "COLUMNS",
+    "CONSTANTS",
+    "CORRECTION",
+    "PERFORMANCE",
+    "correlation_note",
+    "correlations",
+]
+
+CONSTANTS = ("L_lip_max", "L0", "L1", "gamma", "rho", "pl", "sigma_sq")
+"""The pre-declared constants (runs.csv ``const:<name>``): the global L, the (L0, L1) pair,
+the quasar-convexity γ, the weak-convexity ρ, the PL constant and the variance bound σ²."""
+
+PERFORMANCE = ("final_train_loss", "steps_to_target")
+"""The pre-declared measures of optimization performance."""
+
+ALPHA = 0.05
+CORRECTION = "holm"
+MIN_PAIRS = 3
+N_RESAMPLES = 20000  # random pairings above EXACT_MAX_N runs
+
+COLUMNS = (
+    "setting",
+    "optimizer",
+    "constant",
+    "performance",
+    "n",
+    "rho",
+    "pvalue",
+    "pvalue_method",
+    "pvalue_adjusted",
+    "correction",
+    "tests",
+    "significant",
+)
+"""correlations.csv's columns (written even when there is no row): ``pvalue`` the two-sided
+permutation p-value, ``pvalue_adjusted`` Holm's over the ``tests`` of the table,
+``significant`` whether that is at most ``ALPHA``."""
+
+
+def _pairs(group: pd.DataFrame, const: str, perf: str) -> tuple[np.ndarray, np.ndarray]:
+    x = pd.to_numeric(group.get(f"const:{const}"), errors="coerce").to_numpy(float)
+    y = pd.to_numeric(group.get(perf), errors="coerce").to_numpy(float)
+    keep = np.isfinite(x) & np.isfinite(y)
+    return x[keep], y[keep]
+
+
+def correlations(runs: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    """correlations.csv from the runs table (only rows with ``included`` true are used)."""
+    used = runs[runs["included"].astype(bool)] if "included" in runs else runs
+    rows = []
+    for (setting, optimizer), group in used.groupby(["setting", "optimizer"], sort=True):
+        for const in CONSTANTS:
+            if f"const:{const}" not in group:
+                continue
+            for perf in PERFORMANCE:
+                if perf not in group:
+                    continue
+                x, y = _pairs(group, const, perf)
+                rho = spearman(x, y) if x.size >= MIN_PAIRS else math.nan
+                if not math.isfinite(rho):
+                    continue
+                p, method = spearman_permutation_pvalue(x, y, n_resamples=N_RESAMPLES, seed=seed)
+                rows.append(
+                    {
+                        "setting": setting,
+                        "optimizer": optimizer,
+                        "constant": const,
+                        "performance": perf,
+                        "n": int(x.size),
+                        "rho": rho,
+                        "pvalue": p,
+                        "pvalue_method": method,
+                    }
+                )
+    table = pd.DataFrame(rows, columns=list(COLUMNS))
+    if table.empty:
+        return table
+    table["pvalue_adjusted"] = holm(table["pvalue"].to_numpy(float))
+    table["correction"] = CORRECTION
+    table["tests"] = int(table["pvalue"].notna().sum())
+    table["significant"] = table["pvalue_adjusted"] <= ALPHA
+    return table
+
+
+def _smallest_possible_p(corr: pd.DataFrame) -> float:
+    """The smallest p-value any row could have reached with its number of runs."""
+    floors = [
+        min_exact_spearman_pvalue(int(n)) if n <= EXACT_MAX_N else 1.0 / (N_RESAMPLES + 1)
+        for n in corr["n"]
+    ]
+    return float(np.nanmin(floors))
+
+
+def correlation_note(corr: pd.DataFrame) -> str:
+    """One plain sentence on the correlations table."""
+    head = (
+        f"Spearman correlations within each setting and optimizer over the pre-declared "
+        f"constants ({', '.join(CONSTANTS)}) and performance measures ({', '.join(PERFORMANCE)}), "
+        f"exact permutation p-values, Holm's correction over the table's tests at α = {ALPHA}"
+    )
+    if corr.empty:
+        return (
+            head + f": none computed (no setting and optimizer has {MIN_PAIRS} included runs "
+            "with both values, not constant)."
+        )
+    m = int(corr["tests"].iloc[0])
+    floor = _smallest_possible_p(corr)
+    n_max = int(corr["n"].max())
+    if floor > ALPHA / m:
+        return (
+            head + f": this sweep is too small for any correlation to pass. With at most "
+            f"{n_max} runs per setting and optimizer, the smallest possible p-value is "
+            f"{floor:.3g}, above the {ALPHA / m:.3g} (= {ALPHA}/{m}) the correction needs; "
+            "the ρ values are descriptive only."
+        )
+    sig = corr[corr["significant"].astype(bool)]
+    if sig.empty:
+        return head + f": none of the {m} tests passes the correction."
+    listed = "; ".join(
+        f"{r.constant} with {r.performance} ({r.setting} {r.optimizer}: ρ = {r.rho:.2f}, "
+        f"n = {r.n}, adjusted p = {r.pvalue_adjusted:.3g})"
+        for r in sig.itertuples()
+    )
+    return head + f": {len(sig)} of {m} tests pass the correction: {listed}."

@@ -1,0 +1,181 @@
+"""The constants fitted on one run (docs/metrics.md §2, §5), and the smoothness estimates the
+descent-bound verdicts use (the ``path`` and ``local`` L of §1a).
+
+Constants made of rounding noise are not reported: ``smooth_eff`` is undefined where
+|D_t − ⟨g_t, Δ_t⟩| is within the losses' rounding (``float_tol``), and ``weak_cvx`` is 0 where
+the gap is within it. Both are recomputed here from the logged keys with the probes' own
+formulas (``optprobe.estimators.identities``), so runs logged before the floor existed get it
+too. Step-probe constants are computed per batch scheme: unsuffixed for the same-batch keys
+(``step/*``), with the suffix ``_fresh`` for the fresh-batch keys (``step_fresh/*``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from optprobe.analysis.columns import finite, finite_values, present, rows, tolerance
+from optprobe.analysis.stats import quantile_regression_line
+from optprobe.assumptions import SCHEMES
+from optprobe.estimators.identities import effective_smoothness, weak_convexity
+
+LAMBDA_MAX_KEY = "curv/lambda_max"
+
+
+def scheme_suffix(prefix: str) -> str:
+    """Constant-name suffix of a step-probe key prefix: '' for ``step``, ``_fresh`` for
+    ``step_fresh``."""
+    return "" if prefix == SCHEMES["same_batch"] else "_" + prefix.removeprefix("step_")
+
+
+def defined_smooth_eff(df: pd.DataFrame, prefix: str) -> np.ndarray | None:
+    """``<prefix>/smooth_eff`` per row, NaN where undefined (the remainder D − ⟨g,Δ⟩ =
+    ``inst_gap_old`` within ``float_tol``) or not logged; recomputed from ``inst_gap_old`` and
+    ``update_norm`` when those were logged, else the logged values. None without either."""
+    gap_key, norm_key = f"{prefix}/inst_gap_old", f"{prefix}/update_norm"
+    if gap_key in df.columns and norm_key in df.columns:
+        tol = tolerance(df, f"{prefix}/float_tol")
+        norm = df[norm_key].to_numpy(dtype=float)
+        return effective_smoothness(df[gap_key].to_numpy(dtype=float), norm**2, tol)
+    key = f"{prefix}/smooth_eff"
+    return df[key].to_numpy(dtype=float) if key in df.columns else None
+
+
+def undefined_smooth_eff(df: pd.DataFrame, prefix: str) -> int | None:
+    """Probed steps with the old-point keys on which ``smooth_eff`` is undefined."""
+    gap_key = f"{prefix}/inst_gap_old"
+    eff = defined_smooth_eff(df, prefix)
+    if eff is None or gap_key not in df.columns:
+        return None
+    checked = df[gap_key].notna().to_numpy()
+    return int(np.count_nonzero(checked & np.isnan(eff)))
+
+
+def path_smoothness(df: pd.DataFrame, prefix: str) -> float | None:
+    """The ``path`` L: the max over the whole run of ``<prefix>/smooth_lip`` and
+    ``curv/lambda_max`` (every global L is at least this); None without either."""
+    found = [finite_values(df, k) for k in (f"{prefix}/smooth_lip", LAMBDA_MAX_KEY)]
+    found = [v for v in found if v is not None]
+    return float(max(v.max() for v in found)) if found else None
+
+
+def local_smoothness(df: pd.DataFrame, prefix: str) -> tuple[np.ndarray, str] | None:
+    """The ``local`` L per row: ``<prefix>/curv_dir`` where logged, else the defined
+    ``smooth_eff``; with a sentence saying which (with ``smooth_eff`` the descent bound equals
+    D_t by construction, so it only separates steps without progress)."""
+    eff = defined_smooth_eff(df, prefix)
+    curv_key = f"{prefix}/curv_dir"
+    curv = df[curv_key].to_numpy(dtype=float) if curv_key in df.columns else None
+    if curv is None and eff is None:
+        return None
+    if curv is None:
+        return eff, "L = smooth_eff (curv_dir not logged): the bound equals D_t by construction"
+    use_curv = np.isfinite(curv)
+    local = np.where(use_curv, curv, np.nan if eff is None else eff)
+    n_curv = int(np.count_nonzero(use_curv))
+    if n_curv == int(np.count_nonzero(np.isfinite(local))):
+        return local, "L = curv_dir (Δᵀ H_t Δ / ‖Δ‖², curvature along the step)"
+    return local, f"L = curv_dir on {n_curv} steps, smooth_eff (= D_t by construction) elsewhere"
+
+
+def _quantiles(c: dict[str, float], name: str, values: np.ndarray | None) -> None:
+    if values is not None and values.size:
+        c[f"{name}_q50"] = float(np.quantile(values, 0.5))
+        c[f"{name}_q90"] = float(np.quantile(values, 0.9))
+        c[f"{name}_max"] = float(np.max(values))
+
+
+def _step_constants(df: pd.DataFrame, prefix: str, q: float) -> dict[str, float]:
+    c: dict[str, float] = {}
+    _quantiles(c, "L_lip", finite_values(df, f"{prefix}/smooth_lip"))
+    eff = defined_smooth_eff(df, prefix)
+    _quantiles(c, "L_eff", None if eff is None else eff[np.isfinite(eff)])
+    path = path_smoothness(df, prefix) if present(df, f"{prefix}/smooth_lip") else None
+    if path is not None:
+        c["L_path"] = path
+    if present(df, f"{prefix}/grad_norm", f"{prefix}/smooth_lip"):
+        g, s = finite(*rows(df, f"{prefix}/grad_norm", f"{prefix}/smooth_lip"))
+        if g.size:
+            l0, l1 = quantile_regression_line(g, s, q)
+            c["L0"], c["L1"] = l0, l1
+            total = float(np.sum((s - s.mean()) ** 2))
+            if total > 0:
+                c["l0l1_r2"] = 1.0 - float(np.sum((s - (l0 + l1 * g)) ** 2)) / total
+    suffix = scheme_suffix(prefix)
+    return {f"{k}{suffix}": v for k, v in c.items()}
+
+
+def _excess_rows(df: pd.DataFrame, *keys: str) -> list[np.ndarray] | None:
+    """``keys`` on the rows where ``ref/excess`` exceeds its rounding (``ref/float_tol``)."""
+    if not present(df, "ref/excess", *keys):
+        return None
+    block = df.assign(_tol=tolerance(df, "ref/float_tol"))
+    excess, tol, *values = rows(block, "ref/excess", "_tol", *keys)
+    keep = excess > tol
+    return [excess[keep], *(v[keep] for v in values)]
+
+
+def _reference_constants(df: pd.DataFrame, q: float) -> dict[str, float]:
+    c: dict[str, float] = {}
+    ratio_rows = _excess_rows(df, "ref/lin")
+    if ratio_rows is not None:
+        (ratio,) = finite(ratio_rows[1] / ratio_rows[0])
+        if ratio.size:
+            c["gamma"] = float(np.quantile(ratio, 1.0 - q))
+    if present(df, "ref/gap", "ref/dist"):
+        block = df.assign(_tol=tolerance(df, "ref/float_tol"))
+        gap, dist, tol = rows(block, "ref/gap", "ref/dist", "_tol")
+        (weak,) = finite(np.asarray(weak_convexity(gap, dist, tol), dtype=float))
+        if weak.size:
+            c["rho"] = float(np.quantile(weak, q))
+    corrected = _excess_rows(df, "noise/grad_sq_norm_unbiased")
+    if corrected is not None:
+        (pl,) = finite(corrected[1] / (2.0 * corrected[0]))
+        if pl.size:
+            c["pl"] = float(np.quantile(pl, 1.0 - q))
+    raw = _excess_rows(df, "ref/pl") if present(df, "ref/excess") else None
+    pl_raw = finite(raw[1])[0] if raw is not None else finite_values(df, "ref/pl")
+    if pl_raw is not None and np.any(pl_raw > 0):
+        c["pl_raw"] = float(np.quantile(pl_raw[pl_raw > 0], 1.0 - q))
+    return c
+
+
+def _noise_constants(df: pd.DataFrame, q: float) -> dict[str, float]:
+    c: dict[str, float] = {}
+    cov = finite_values(df, "noise/trace_cov")
+    if cov is not None:
+        c["sigma_sq"] = float(np.quantile(cov, q))
+    if present(df, "noise/grad_sq_norm", "noise/trace_cov"):
+        g2, cov2 = finite(*rows(df, "noise/grad_sq_norm", "noise/trace_cov"))
+        if g2.size:
+            c["sigma0_sq"], c["sigma1_sq"] = quantile_regression_line(g2, cov2, q)
+    lam = finite_values(df, LAMBDA_MAX_KEY)
+    if lam is not None:
+        c["lambda_max_max"] = float(np.max(lam))
+    return c
+
+
+def run_constants(df: pd.DataFrame, q: float) -> dict[str, float]:
+    """The constants of one run (rows in step order), each omitted when its inputs are missing.
+
+    - ``L_lip_q50/q90/max``: quantiles and max of ``smooth_lip``; ``L_eff_*`` the same of the
+      defined ``smooth_eff`` (rounding-noise steps left out); ``L_path``: the path L.
+    - ``L0``, ``L1``: the quantile-q line of ``smooth_lip`` on ``grad_norm``; ``l0l1_r2``:
+      1 − Σ(s − ŝ)² / Σ(s − s̄)² of that line. (All of these also with ``_fresh`` for the
+      fresh-batch keys.)
+    - ``gamma``: the (1 − q) quantile of the per-step ratio ⟨g_t, x_t − x*⟩ / (f_t(x_t) −
+      f_t(x*)) over steps whose excess exceeds ``ref/float_tol`` (the quasar constant).
+    - ``rho``: the q quantile of ``weak_cvx`` (0 where the gap is within ``float_tol``).
+    - ``pl``: the (1 − q) quantile of (‖g_t‖² − tr Σ/B) / (2 (f_t(x_t) − f_t(x*))) over the
+      steps on which the noise probe ran (``noise/grad_sq_norm_unbiased``; may be ≤ 0 where
+      the gradient is below its noise level); ``pl_raw``: the same quantile of the positive
+      ``ref/pl`` values (the raw minibatch ‖g_t‖², biased up by the noise).
+    - ``sigma_sq``: q quantile of ``noise/trace_cov``; ``sigma0_sq``, ``sigma1_sq``: the
+      quantile-q line of ``trace_cov`` on ``grad_sq_norm``; ``lambda_max_max``.
+    """
+    c: dict[str, float] = {}
+    for prefix in SCHEMES.values():
+        c.update(_step_constants(df, prefix, q))
+    c.update(_reference_constants(df, q))
+    c.update(_noise_constants(df, q))
+    return c
