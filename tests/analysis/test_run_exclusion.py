@@ -166,6 +166,19 @@ def test_unfinished_and_replay_mismatched_runs(tmp_path):
     }
 
 
+def test_a_run_resumed_with_other_probes_is_left_out(tmp_path):
+    """Its verdicts cover only the steps its probes ran on (``coverage`` in the summary)."""
+    write_sweep(tmp_path, optimizers=("sgdm",), seeds=(0, 1))
+    summary = read_json(JobFolder(tmp_path / "1").summary)
+    segments = [{"first_step": 0, "probes": ["step"]}, {"first_step": 20, "probes": []}]
+    summary["verdicts"] = {"coverage": {"steps": 40, "segments": segments, "note": "..."}}
+    JobFolder(tmp_path / "1").write_summary(summary)
+    tables = build_tables(load_local_runs(tmp_path))
+    assert statuses(tables) == {"0": (True, ""), "1": (False, "probes changed")}
+    detail = tables.runs.set_index("run_id").loc["1", "exclusion_detail"]
+    assert "step from step 0; no probes from step 20" in detail
+
+
 def test_a_finding_with_too_few_included_runs_says_so(tmp_path):
     write_sweep(tmp_path, optimizers=("sgdm",), seeds=(0, 1, 2))
     JobFolder(tmp_path / "2").write_summary({"status": "failed", "error": "x"})

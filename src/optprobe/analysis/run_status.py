@@ -19,6 +19,8 @@ finding or a correlation. The rules, each a reason of ``REASONS``:
 - ``replay mismatch``: the reference probe's replay did not end at x*
   (summary ``probes.<name>.replay.matches`` false): its ``ref/*`` values compare against a
   point of another trajectory.
+- ``probes changed``: the job was resumed with other probes (summary
+  ``verdicts.coverage``): its verdicts cover only part of the run.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ REASONS: Mapping[str, str] = {
     "non-finite": "the training loss became NaN or infinite",
     "diverged": "the final training loss is over 10x the initial one",
     "replay mismatch": "the reference replay did not end at x*",
+    "probes changed": "resumed with other probes: the verdicts cover part of the run",
 }
 """Exclusion reason -> what it means (the report's legend)."""
 
@@ -121,6 +124,19 @@ def _replay_problems(summary: Mapping[str, Any]) -> list[Problem]:
     return out
 
 
+def _coverage_problems(summary: Mapping[str, Any]) -> list[Problem]:
+    verdicts = summary.get("verdicts")
+    coverage = verdicts.get("coverage") if isinstance(verdicts, Mapping) else None
+    if not isinstance(coverage, Mapping):
+        return []
+    segments = [
+        f"{', '.join(s.get('probes') or []) or 'no probes'} from step {s.get('first_step')}"
+        for s in coverage.get("segments") or []
+        if isinstance(s, Mapping)
+    ]
+    return [("probes changed", "; ".join(segments) or "the probes changed at a resume")]
+
+
 def exclusion_problems(record: RunRecord, final_loss: float) -> list[Problem]:
     """Every reason to leave the run out, with its facts (empty: the run is included)."""
     problems = [*_status_problems(record.status, record.summary), *record.problems]
@@ -129,6 +145,7 @@ def exclusion_problems(record: RunRecord, final_loss: float) -> list[Problem]:
     problems += _truncation(record)
     problems += _loss_problems(record, final_loss)
     problems += _replay_problems(record.summary)
+    problems += _coverage_problems(record.summary)
     return problems
 
 
