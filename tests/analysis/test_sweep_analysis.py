@@ -15,7 +15,7 @@ from optprobe.analysis.correlations import COLUMNS as CORRELATION_COLUMNS
 from optprobe.analysis.correlations import CONSTANTS
 from optprobe.analysis.runs import load_local_runs, load_wandb_offline_runs
 from optprobe.analysis.sweep import build_tables, findings
-from optprobe.assumptions import ASSUMPTIONS
+from optprobe.assumptions import variant_by_id
 from optprobe.cli.analyze import main as analyze_main
 from optprobe.run.job import train
 
@@ -154,7 +154,7 @@ def test_analyze_cli_writes_the_report(sweep, capsys):
     finding2 = [line for line in lines if line.startswith("Finding 2")]
     assert len(finding2) == 2 and all("[sanity check]: supported (" in x for x in finding2)
     summary = (report / "summary.md").read_text()
-    label = ASSUMPTIONS["inst_gap"].label
+    label = variant_by_id("inst_gap:valid:same_batch").label
     assert f"| sgdm | {label} | 3 | 100% | [100%, 100%] | 100% | supported |" in summary
     assert "| sgdm | 3/3 | **supported** |" in (report / "findings.md").read_text()
 
