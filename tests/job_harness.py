@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -118,6 +119,43 @@ def run_train(
         timeout=timeout,
         stdin=subprocess.DEVNULL,
     )
+
+
+def start_train(args: list[str], log_dir: Path) -> subprocess.Popen:
+    """``train.py`` as a process of its own, for a test to signal: tests/ importable (for
+    ``step_marker.StepMarker``), no SLURM variables (SIGUSR1 is then an interruption)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env["OPTPROBE_LOG_DIR"] = str(log_dir)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests"), env.get("PYTHONPATH", "")])
+    return subprocess.Popen(
+        [sys.executable, "train.py", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+
+
+def marked_at_step(marker: Path, step: int) -> list[str]:
+    """Overrides that add ``step_marker.StepMarker``: ``marker`` exists from ``step`` on."""
+    return [
+        "+callbacks.marker._target_=step_marker.StepMarker",
+        f"+callbacks.marker.path={marker}",
+        f"+callbacks.marker.step={step}",
+    ]
+
+
+def signal_while_training(proc: subprocess.Popen, marker: Path, signal_name: str) -> str:
+    """Send ``signal_name`` to ``proc`` once ``marker`` exists (it trains); its output once
+    it ended."""
+    deadline = time.monotonic() + 600
+    while not marker.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0][-4000:]
+        time.sleep(0.1)
+    proc.send_signal(getattr(signal, signal_name))
+    return proc.communicate(timeout=600)[0]
 
 
 def job_folder(log_dir: Path) -> Path:

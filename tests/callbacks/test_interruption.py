@@ -4,17 +4,21 @@ signal's number, and a resume from the checkpoint equals the uninterrupted run."
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT
-from job_harness import SMOKE_WITH_PROBES, assert_same_steps, metric_rows, signal_at_step
+from job_harness import (
+    SMOKE_WITH_PROBES,
+    assert_same_steps,
+    marked_at_step,
+    metric_rows,
+    signal_at_step,
+    signal_while_training,
+    start_train,
+)
 
 from optprobe.run.folder import JobFolder
 from optprobe.run.job import train
@@ -83,35 +87,15 @@ def test_a_signal_before_training_stops_the_job_at_once(make_cfg):
 SUBPROCESS_RUN = [*FINITE, "trainer.max_steps=12", "callbacks.checkpoint.every_n_steps=1000"]
 
 
-def start_train(args: list[str], log_dir: Path) -> subprocess.Popen:
-    """``python train.py`` as a process of its own (no SLURM variables, tests/ importable)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
-    env.update(
-        OPTPROBE_LOG_DIR=str(log_dir),
-        PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), env.get("PYTHONPATH", "")]),
-        OMP_NUM_THREADS="1",
-    )
-    return subprocess.Popen(
-        [sys.executable, "train.py", *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        text=True,
-    )
-
-
-def finish(proc: subprocess.Popen, timeout: float = 600) -> str:
-    output, _ = proc.communicate(timeout=timeout)
-    return output
+def finished(proc: subprocess.Popen) -> str:
+    return proc.communicate(timeout=600)[0]
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("full") / "job"
     proc = start_train([*SUBPROCESS_RUN, f"hydra.run.dir={folder}"], folder.parent)
-    output = finish(proc)
+    output = finished(proc)
     assert proc.returncode == 0, output[-4000:]
     return folder
 
@@ -123,22 +107,9 @@ def test_signal_to_a_training_process_checkpoints_and_resumes_exactly(
 ):
     job = JobFolder(tmp_path / "job")
     marker = tmp_path / "training"
-    proc = start_train(
-        [
-            *SUBPROCESS_RUN,
-            f"hydra.run.dir={job.path}",
-            "+callbacks.marker._target_=step_marker.StepMarker",
-            f"+callbacks.marker.path={marker}",
-            "+callbacks.marker.step=3",
-        ],
-        tmp_path,
-    )
-    deadline = time.monotonic() + 300
-    while not marker.exists():
-        assert proc.poll() is None and time.monotonic() < deadline, finish(proc)[-4000:]
-        time.sleep(0.1)
-    proc.send_signal(getattr(signal, signal_name))
-    output = finish(proc)
+    args = [*SUBPROCESS_RUN, f"hydra.run.dir={job.path}"]
+    proc = start_train([*args, *marked_at_step(marker, 3)], tmp_path)
+    output = signal_while_training(proc, marker, signal_name)
     assert proc.returncode == 128 + getattr(signal, signal_name), output[-4000:]
     summary = job.read_summary()
     assert summary["status"] == "interrupted", summary
@@ -148,9 +119,8 @@ def test_signal_to_a_training_process_checkpoints_and_resumes_exactly(
     assert 3 <= stopped < 12
     assert torch.load(job.last_checkpoint, weights_only=False)["global_step"] == stopped
     assert sorted(metric_rows(job.path)) == list(range(stopped))
-    resume = [*SUBPROCESS_RUN, f"hydra.run.dir={job.path}", f"ckpt_path={job.last_checkpoint}"]
-    proc = start_train(resume, tmp_path)
-    output = finish(proc)
+    proc = start_train([*args, f"ckpt_path={job.last_checkpoint}"], tmp_path)
+    output = finished(proc)
     assert proc.returncode == 0, output[-4000:]
     assert job.read_summary()["status"] == "completed"
     assert_same_steps(uninterrupted, job.path, 12)

@@ -7,18 +7,21 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import ROOT
-from job_harness import assert_same_steps, job_folder, metric_rows, run_train
+from job_harness import (
+    assert_same_steps,
+    job_folder,
+    marked_at_step,
+    metric_rows,
+    run_train,
+    signal_while_training,
+    start_train,
+)
 
 from optprobe.estimators.functional import functional_loss, loss_and_grad, trainable_params
 from optprobe.estimators.noise_stats import two_batch_from_shards
@@ -250,25 +253,10 @@ def test_ddp_resume_with_finite_epochs_equals_the_uninterrupted_run(
 def test_ddp_sigterm_to_rank_zero_stops_every_rank_at_one_step(ddp_uninterrupted, tmp_path):
     """SIGTERM reaches rank 0 only: the ranks agree at the end of the step, checkpoint it and
     stop; rank 0 exits 143, and the resumed job equals the uninterrupted one."""
-    marker = tmp_path / "training"
-    marker_cb = ["+callbacks.marker._target_=step_marker.StepMarker", "+callbacks.marker.step=3"]
-    env = {"PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
     args = [*RESUME_RUN, f"trainer.max_steps={RESUME_STEPS}", reference_of(ddp_uninterrupted)]
-    proc = subprocess.Popen(
-        [sys.executable, "train.py", *args, *marker_cb, f"+callbacks.marker.path={marker}"],
-        cwd=ROOT,
-        env={**os.environ, "OPTPROBE_LOG_DIR": str(tmp_path), **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        text=True,
-    )
-    deadline = time.monotonic() + 600
-    while not marker.exists():
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0][-4000:]
-        time.sleep(0.1)
-    proc.send_signal(signal.SIGTERM)
-    output, _ = proc.communicate(timeout=600)
+    marker = tmp_path / "training"
+    proc = start_train([*args, *marked_at_step(marker, 3)], tmp_path)
+    output = signal_while_training(proc, marker, "SIGTERM")
     assert proc.returncode == 128 + signal.SIGTERM, output[-4000:]
     job = job_folder(tmp_path)
     record = json.loads((job / "summary.json").read_text())["interruption"]

@@ -13,7 +13,7 @@ from typing_extensions import override
 
 from optprobe.callbacks.checkpoints import LastStepCheckpoint, save_atomically
 from optprobe.callbacks.preemption import PreemptionCheckpoint
-from optprobe.dist import rank_max
+from optprobe.dist import rank_max, world_size
 from optprobe.log import say
 from optprobe.run.folder import JobFolder
 from optprobe.run.signals import SIGNALS, Interrupted
@@ -70,8 +70,9 @@ class InterruptionCheckpoint(Checkpoint):
 
     def stop_if_signalled(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """When a signal arrived on any rank: checkpoint this step and stop (all ranks)."""
-        received = int(getattr(signal, SIGNALS.received)) if SIGNALS.received else 0
-        signum = int(rank_max(torch.tensor(received, device=pl_module.device)))
+        signum = int(getattr(signal, SIGNALS.received)) if SIGNALS.received else 0
+        if world_size() > 1:  # one all-reduce per step; none (and no device sync) alone
+            signum = int(rank_max(torch.tensor(signum, device=pl_module.device)))
         if not signum:
             return
         path = self.save(trainer)
