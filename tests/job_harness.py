@@ -121,9 +121,10 @@ def run_train(
     )
 
 
-def start_train(args: list[str], log_dir: Path) -> subprocess.Popen:
-    """``train.py`` as a process of its own, for a test to signal: tests/ importable (for
-    ``step_marker.StepMarker``), no SLURM variables (SIGUSR1 is then an interruption)."""
+def start_train(args: list[str], log_dir: Path, *, merge_stderr: bool = True) -> subprocess.Popen:
+    """``train.py`` as a process of its own, for a test to signal or race: tests/ importable
+    (for ``step_marker.StepMarker``), no SLURM variables (SIGUSR1 is then an interruption).
+    ``merge_stderr=False`` keeps stderr on its own pipe (a test reading the error alone)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     env["OPTPROBE_LOG_DIR"] = str(log_dir)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests"), env.get("PYTHONPATH", "")])
@@ -132,7 +133,7 @@ def start_train(args: list[str], log_dir: Path) -> subprocess.Popen:
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+        stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
         stdin=subprocess.DEVNULL,
         text=True,
     )

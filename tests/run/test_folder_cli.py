@@ -7,15 +7,11 @@ from __future__ import annotations
 import csv
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-
-# ROOT through job_harness: in a full run `from conftest` may get tests/estimators/conftest.py
-from job_harness import ROOT, folder_bytes, metric_rows, run_train
+from job_harness import folder_bytes, metric_rows, run_train, start_train
 
 pytestmark = pytest.mark.slow
 
@@ -24,22 +20,9 @@ SMOKE = ["debug=smoke", "probes=none"]
 LONGER = ["debug=smoke", "trainer.max_steps=40", "trainer.max_epochs=-1", "probes=standard"]
 
 
-def start_train(args: list[str], log_dir: Path) -> subprocess.Popen:
-    env = {**os.environ, "OPTPROBE_LOG_DIR": str(log_dir)}
-    return subprocess.Popen(
-        [sys.executable, "train.py", *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        stdin=subprocess.DEVNULL,
-    )
-
-
 def race(runs: dict[str, list[str]], log_dir: Path) -> dict[str, tuple[int, str, float, int]]:
     """Start every run at once; name -> (exit code, stderr, end time, pid)."""
-    procs = {name: start_train(args, log_dir) for name, args in runs.items()}
+    procs = {name: start_train(args, log_dir, merge_stderr=False) for name, args in runs.items()}
     ends: dict[str, tuple[int, str, float, int]] = {}
     while len(ends) < len(procs):
         for name, proc in procs.items():
