@@ -46,18 +46,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def why_offline() -> str | None:
-    """Why the W&B server cannot be used now (no credentials, unreachable), or None."""
-    from optprobe.run.wandb_setup import DEFAULT_BASE_URL, has_wandb_credentials
-    from optprobe.run.wandb_setup import server_reachable
+    """Why the W&B server cannot be used now (``WANDB_MODE``, no credentials, unreachable),
+    or None."""
+    from optprobe.run.wandb_setup import unusable_reason
 
-    if os.environ.get("WANDB_MODE") in ("offline", "disabled"):
-        return f"WANDB_MODE={os.environ['WANDB_MODE']}"
-    if not has_wandb_credentials():
-        return "no W&B credentials (set WANDB_API_KEY or run `wandb login`)"
-    base_url = os.environ.get("WANDB_BASE_URL", DEFAULT_BASE_URL)
-    if not server_reachable(base_url):
-        return f"the W&B server {base_url} is unreachable"
-    return None
+    mode = os.environ.get("WANDB_MODE")
+    return f"WANDB_MODE={mode}" if mode in ("offline", "disabled") else unusable_reason()
 
 
 def apply_later_hint(path: Path, reason: str) -> str:
