@@ -106,7 +106,7 @@ def _verdict_bar(variant: Variant) -> wr.BarPlot:
 
 
 def _family_section(family: str, keep: _Keep) -> ws.Section | None:
-    series = [k for k in dict.fromkeys([*family_keys(family), *keep.extra(family)])]
+    series = list(dict.fromkeys([*family_keys(family), *keep.extra(family)]))
     panels: list = [
         wr.LinePlot(title=k, x=STEP_KEY, y=[k]) for k in series if keep.all(STEP_KEY, k)
     ]

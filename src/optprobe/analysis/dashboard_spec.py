@@ -34,24 +34,20 @@ def logged_keys(keys: Iterable[str]) -> frozenset[str]:
     return frozenset(k for k in keys - fields if not k.startswith("_")) | objects
 
 
+def run_keys(run_id: str, group: str | None, config: dict, keys: Iterable[str]) -> RunKeys:
+    """A run's dashboard record from its logged config (nested) and metric keys."""
+    flat = flatten({k: v for k, v in config.items() if not k.startswith("_")})
+    return RunKeys(run_id, group, setting_of(flat), logged_keys(keys), frozenset(flat))
+
+
 def offline_runs(root: str | Path, group: str | None = None) -> list[RunKeys]:
     """The W&B run folders under ``root`` (offline or synced), of one group when given."""
     runs = []
     for run_dir in offline_run_dirs(root):
         rec = read_wandb_run(run_dir)
-        if group is not None and rec.group != group:
-            continue
-        config = flatten({k: v for k, v in rec.config.items() if not k.startswith("_")})
-        keys = [*rec.summary, *(k for row in rec.history for k in row)]
-        runs.append(
-            RunKeys(
-                run_id=rec.run_id or run_dir.name,
-                group=rec.group,
-                setting=setting_of(config),
-                keys=logged_keys(keys),
-                config_keys=frozenset(config),
-            )
-        )
+        if group is None or rec.group == group:
+            keys = [*rec.summary, *(k for row in rec.history for k in row)]
+            runs.append(run_keys(rec.run_id or run_dir.name, rec.group, rec.config, keys))
     return runs
 
 
@@ -61,19 +57,10 @@ def api_runs(entity: str, project: str, group: str | None) -> list[RunKeys]:
     import wandb
 
     filters = {"group": group} if group else {}
-    runs = []
-    for run in wandb.Api().runs(f"{entity}/{project}", filters=filters):
-        config = flatten({k: v for k, v in run.config.items() if not k.startswith("_")})
-        runs.append(
-            RunKeys(
-                run_id=run.id,
-                group=run.group,
-                setting=setting_of(config),
-                keys=logged_keys(run.summary.keys()),
-                config_keys=frozenset(config),
-            )
-        )
-    return runs
+    return [
+        run_keys(run.id, run.group, run.config, run.summary.keys())
+        for run in wandb.Api().runs(f"{entity}/{project}", filters=filters)
+    ]
 
 
 def spec(workspace: ws.Workspace) -> dict[str, Any]:

@@ -76,18 +76,34 @@ def apply(path: str) -> int:
     return 0
 
 
+def read_api_runs(entity: str, project: str, group: str | None):
+    """The runs through the W&B API; a clear exit when the server refuses (no such project,
+    no access)."""
+    import wandb.errors
+
+    from optprobe.analysis.dashboard_spec import api_runs
+
+    try:
+        return api_runs(entity, project, group)
+    except (ValueError, wandb.errors.CommError, wandb.errors.AuthenticationError) as err:
+        raise SystemExit(
+            f"optprobe-dashboard: cannot read the runs of {entity}/{project} from W&B: {err} "
+            "(check --entity and --project; --runs <folder> reads offline runs instead)"
+        ) from err
+
+
 def build(args: argparse.Namespace) -> int:
     """Build the workspace, write its spec, and save it when the server can be used."""
     from optprobe.analysis.dashboard import build_workspace
-    from optprobe.analysis.dashboard_spec import api_runs, offline_runs, save, write_spec
+    from optprobe.analysis.dashboard_spec import offline_runs, save, write_spec
 
     reason = "--offline" if args.offline else why_offline()
     if args.runs:
         runs = offline_runs(args.runs, args.group)
         source = args.runs
     elif reason is None:
-        runs = api_runs(args.entity, args.project, args.group)
         source = f"{args.entity}/{args.project}"
+        runs = read_api_runs(args.entity, args.project, args.group)
     else:
         runs, source = None, None
     if runs == []:
