@@ -7,7 +7,9 @@ import json
 import os
 
 import pytest
+import wandb
 from job_harness import run_train
+from wandb_workspaces.workspaces import interface, internal
 
 from optprobe.analysis.dashboard import (
     OPTIMIZER,
@@ -23,6 +25,7 @@ from optprobe.analysis.dashboard_spec import (
     logged_keys,
     offline_runs,
     read_spec,
+    save,
     spec,
     view_name,
 )
@@ -150,3 +153,31 @@ def test_dashboard_of_an_offline_sweep_names_only_logged_keys(no_wandb, tmp_path
     assert {"step", "curv", "noise"} <= families
     assert {f"{f}/*" for f in families} <= {s.name for s in workspace.sections}
     assert set(workspace.runset_settings.run_settings) == {r.run_id for r in runs}
+
+
+def test_saving_again_updates_the_same_view(monkeypatch):
+    """The server stubbed at the library's two calls: look the view up, upsert it."""
+    stored: dict[str, str] = {}  # view name -> id, as the server keeps them
+    sent = []
+
+    def from_name(entity, project, name):
+        if name not in stored:
+            raise ValueError(f"Workspace `{name}` not found in project `{project}`")
+        return type("View", (), {"id": stored[name]})()
+
+    def upsert(view):
+        sent.append((view.name, view.id))
+        stored.setdefault(view.name, f"id-{len(stored)}")
+        return {"upsertView": {"view": {"name": view.name, "id": stored[view.name]}}}
+
+    monkeypatch.setattr(internal.View, "from_name", from_name)
+    monkeypatch.setattr(internal, "upsert_view2", upsert)
+    monkeypatch.setattr(wandb, "Api", lambda: None)
+    monkeypatch.setattr(interface, "get_app_url", lambda api: "https://wandb.example")
+    first = save(build_workspace("me", "optprobe", "sweep-1"))
+    again = save(build_workspace("me", "optprobe", "sweep-1"))
+    other = save(build_workspace("me", "optprobe", "sweep-2"))
+    name = view_name(build_workspace("me", "optprobe", "sweep-1"))
+    assert sent[:2] == [(name, ""), (name, "id-0")]  # created, then updated in place
+    assert sent[2][0] != name and sent[2][1] == ""
+    assert first == again == f"https://wandb.example/me/optprobe?nw={name[3:-2]}" != other

@@ -88,7 +88,8 @@ class _Keep:
         return next((k for k in keys if self.all(k)), None)
 
     def extra(self, family: str) -> list[str]:
-        """Logged keys of a family that no assumption reads (all of ``curv``)."""
+        """Logged keys of a family that no assumption reads (all of ``curv``), its moving
+        averages (``*_ema<decay>``) left out."""
         if self.logged is None:
             return []
         return sorted(k for k in self.logged if k.startswith(f"{family}/") and "_ema" not in k)
