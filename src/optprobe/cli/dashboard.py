@@ -18,10 +18,14 @@ from pathlib import Path
 from optprobe.log import say, warn
 
 DEFAULT_OUT = "dashboard.json"
+DESCRIPTION = (
+    "Create or update the W&B workspace of a sweep; without a W&B server, write its "
+    "specification to a file to apply later with --apply."
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="optprobe-dashboard", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="optprobe-dashboard", description=DESCRIPTION)
     parser.add_argument("--entity", help="W&B entity (user or team) that owns the project")
     parser.add_argument("--project", default="optprobe", help="W&B project (default optprobe)")
     parser.add_argument("--group", help="W&B group = the sweep (default: every run)")
