@@ -42,6 +42,17 @@ def server_reachable(base_url: str, timeout: float = REACH_TIMEOUT_S) -> bool:
         return False
 
 
+def unusable_reason() -> str | None:
+    """Why the W&B server cannot be used now: no credentials, or no connection to it within
+    ``REACH_TIMEOUT_S`` seconds; None when it can."""
+    if not has_wandb_credentials():
+        return "no credentials found (WANDB_API_KEY or `wandb login`)"
+    base_url = os.environ.get("WANDB_BASE_URL", DEFAULT_BASE_URL)
+    if not server_reachable(base_url):
+        return f"the server {base_url} is unreachable (no connection within {REACH_TIMEOUT_S:g} s)"
+    return None
+
+
 def resolve_mode(mode: str) -> str:
     """The W&B mode to use: ``auto`` honours ``WANDB_MODE``, else online only with credentials.
 
@@ -55,21 +66,14 @@ def resolve_mode(mode: str) -> str:
         mode = os.environ.get("WANDB_MODE") or "online"
     if mode != "online":
         return mode
-    sync_hint = "Upload later with `wandb sync <job folder>/wandb/offline-run-*`."
-    if not has_wandb_credentials():
-        warn(
-            "W&B: no credentials found (WANDB_API_KEY or `wandb login`); logging offline. "
-            + sync_hint
-        )
-        return "offline"
-    base_url = os.environ.get("WANDB_BASE_URL", DEFAULT_BASE_URL)
-    if not server_reachable(base_url):
-        warn(
-            f"W&B: the server {base_url} is unreachable (no connection within "
-            f"{REACH_TIMEOUT_S:g} s); logging offline. " + sync_hint
-        )
-        return "offline"
-    return "online"
+    reason = unusable_reason()
+    if reason is None:
+        return "online"
+    warn(
+        f"W&B: {reason}; logging offline. "
+        "Upload later with `wandb sync <job folder>/wandb/offline-run-*`."
+    )
+    return "offline"
 
 
 def run_name(overrides: Sequence[str]) -> str:
