@@ -11,7 +11,7 @@ from lightning_fabric.plugins.environments import LightningEnvironment, SLURMEnv
 from omegaconf import DictConfig, open_dict
 
 from optprobe.callbacks.interruption import InterruptionCheckpoint
-from optprobe.dist import is_primary
+from optprobe.rank import is_primary
 from optprobe.models.lit_module import TrainingModule
 from optprobe.probes.base import ProbeCallback
 from optprobe.run.history import MetricHistory

@@ -30,7 +30,7 @@ from optprobe.callbacks.interruption import (
 )
 from optprobe.callbacks.non_finite import NonFiniteLossGuard
 from optprobe.callbacks.preemption import PreemptionCheckpoint
-from optprobe.dist import is_primary
+from optprobe.rank import is_primary
 from optprobe.log import say, warn
 from optprobe.run.build import build, expand_shorthands, probes_of
 from optprobe.run.checks import (
@@ -39,10 +39,9 @@ from optprobe.run.checks import (
     check_resume_compatible,
     check_resume_trained,
     config_fingerprint,
-    make_writable_dir,
 )
 from optprobe.run.ddp import WORKER_FLAG, DDPWorkers, ddp_process_count
-from optprobe.run.folder import JobFolder
+from optprobe.run.folder import JobFolder, make_writable_dir
 from optprobe.run.history import MetricHistory
 from optprobe.run.hydra_context import hydra_choices, in_multirun
 from optprobe.run.input_checks import check_job_inputs
