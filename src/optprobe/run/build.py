@@ -11,9 +11,9 @@ from lightning_fabric.plugins.environments import LightningEnvironment, SLURMEnv
 from omegaconf import DictConfig, open_dict
 
 from optprobe.callbacks.interruption import InterruptionCheckpoint
-from optprobe.rank import is_primary
 from optprobe.models.lit_module import TrainingModule
 from optprobe.probes.base import ProbeCallback
+from optprobe.rank import is_primary
 from optprobe.run.history import MetricHistory
 
 BUDGET_TARGET = "optprobe.callbacks.budget.OverheadBudget"

@@ -12,8 +12,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from optprobe.rank import is_primary
 from optprobe.log import say
+from optprobe.rank import is_primary
 from optprobe.run.folder import SWEEP_SUMMARY, make_writable_dir
 from optprobe.run.launcher_check import slurm_unreachable_message
 from optprobe.run.locks import FolderInUseError

@@ -30,8 +30,8 @@ from optprobe.callbacks.interruption import (
 )
 from optprobe.callbacks.non_finite import NonFiniteLossGuard
 from optprobe.callbacks.preemption import PreemptionCheckpoint
-from optprobe.rank import is_primary
 from optprobe.log import say, warn
+from optprobe.rank import is_primary
 from optprobe.run.build import build, expand_shorthands, probes_of
 from optprobe.run.checks import (
     check_config,
