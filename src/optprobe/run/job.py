@@ -221,7 +221,8 @@ def record_verdicts(job: Job) -> None:
 
 def record_wall_time(job: Job) -> None:
     """``wall_time_s``: this segment (a start or a resume); ``wall_time_total_s``: every
-    segment, from the checkpointed clock (this segment alone before the clock was built)."""
+    segment, from the checkpointed clock (this segment alone when the job failed before its
+    checkpoint was restored)."""
     segment = time.perf_counter() - job.started
     clock = job.objects.get("clock")
     total = clock.total_s() if clock is not None else segment
