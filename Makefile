@@ -22,13 +22,19 @@ run: setup
 	$(PY) train.py -m optimizer=sgd,adam
 
 ## the reference study's grid at CPU scale (3 settings x SGD-momentum/AdamW x 5 seeds, ~1 h
-## on 2 cores), then the report: $(REPRO_DIR)/report/report.html
+## on 2 cores), then the report: $(REPRO_DIR)/report/report.html. Each job starts with
+## "[optprobe] job i of 30, ~T left" (T at the pace of the setting that runs).
 REPRO_DIR ?= logs/reproduce/$(shell date +%Y-%m-%d_%H-%M-%S)
 SEEDS ?= 0,1,2,3,4
+comma := ,
+SWEEP_JOBS = $(shell echo $$((2 * $(words $(subst $(comma), ,$(SEEDS))))))
+# "job i of N" over the three sweeps: $(call after_sweeps,K) for the sweep after K others
+after_sweeps = hydra.callbacks.progress.jobs_before=$(shell echo $$(($(1) * $(SWEEP_JOBS)))) \
+	hydra.callbacks.progress.jobs_total=$(shell echo $$((3 * $(SWEEP_JOBS))))
 reproduce: setup
-	$(PY) train.py -m experiment=logreg_digits optimizer=sgdm,adamw seed=$(SEEDS) hydra.sweep.dir=$(REPRO_DIR)/logreg
-	$(PY) train.py -m experiment=cnn_mnist5k optimizer=sgdm,adamw seed=$(SEEDS) hydra.sweep.dir=$(REPRO_DIR)/cnn
-	$(PY) train.py -m experiment=gpt_shakespeare optimizer=sgdm,adamw seed=$(SEEDS) hydra.sweep.dir=$(REPRO_DIR)/gpt
+	$(PY) train.py -m experiment=logreg_digits optimizer=sgdm,adamw seed=$(SEEDS) hydra.sweep.dir=$(REPRO_DIR)/logreg $(call after_sweeps,0)
+	$(PY) train.py -m experiment=cnn_mnist5k optimizer=sgdm,adamw seed=$(SEEDS) hydra.sweep.dir=$(REPRO_DIR)/cnn $(call after_sweeps,1)
+	$(PY) train.py -m experiment=gpt_shakespeare optimizer=sgdm,adamw seed=$(SEEDS) hydra.sweep.dir=$(REPRO_DIR)/gpt $(call after_sweeps,2)
 	$(PY) -m optprobe.cli.analyze $(REPRO_DIR) --readme
 
 ## probe overhead, cost per estimate and peers (Cockpit, PyHessian, curvlinops, BackPACK):

@@ -1,28 +1,13 @@
-"""Collectives for data-parallel jobs: this process's rank and the explicit all-reduces that
-probes use to evaluate on the global batch. Imports nothing of the training side."""
+"""Collectives for data-parallel jobs: the explicit all-reduces that probes use to evaluate on
+the global batch (this process's rank from its environment: ``optprobe.rank``). Imports
+nothing of the training side."""
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch.distributed as dist
 from torch import Tensor
-
-RANK_VARIABLES = ("RANK", "LOCAL_RANK", "SLURM_PROCID")
-
-
-def launch_rank() -> int:
-    """Global rank of this process from its environment (0 outside data-parallel jobs)."""
-    for name in RANK_VARIABLES:
-        if name in os.environ:
-            return int(os.environ[name])
-    return 0
-
-
-def is_primary() -> bool:
-    """True in the process that writes the job's files (rank 0)."""
-    return launch_rank() == 0
 
 
 def world_size() -> int:

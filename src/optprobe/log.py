@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from optprobe.dist import is_primary
+from optprobe.rank import is_primary
 
 LOGGER = logging.getLogger("optprobe")
 

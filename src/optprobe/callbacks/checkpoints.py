@@ -52,6 +52,6 @@ def save_atomically(trainer: pl.Trainer, path: str | Path) -> None:
     save never destroys the previous checkpoint (rank zero writes; every rank must call)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    trainer.save_checkpoint(tmp)
+    trainer.save_checkpoint(tmp, weights_only=False)  # the whole state, said explicitly
     if trainer.is_global_zero:
         os.replace(tmp, path)

@@ -3,6 +3,7 @@ trainer. Nothing is trained here."""
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import hydra
@@ -11,10 +12,12 @@ from lightning_fabric.plugins.environments import LightningEnvironment, SLURMEnv
 from omegaconf import DictConfig, open_dict
 
 from optprobe.callbacks.interruption import InterruptionCheckpoint
-from optprobe.dist import is_primary
+from optprobe.callbacks.progress import ProgressLine
 from optprobe.models.lit_module import TrainingModule
 from optprobe.probes.base import ProbeCallback
+from optprobe.rank import is_primary
 from optprobe.run.history import MetricHistory
+from optprobe.run.wall_clock import WallClock
 
 BUDGET_TARGET = "optprobe.callbacks.budget.OverheadBudget"
 
@@ -74,11 +77,22 @@ def trainer_plugins(own_ranks: bool) -> dict[str, Any]:
     return {}
 
 
-def build(cfg: DictConfig, own_ranks: bool = False) -> dict[str, Any]:
+def progress_display(cfg: DictConfig) -> tuple[list[pl.Callback], dict[str, Any]]:
+    """How ``trainer.enable_progress_bar=true`` shows progress: Lightning's bar on a terminal,
+    a ``ProgressLine`` now and then when standard output is a file or a pipe (a batch log).
+    Returns (extra callbacks, trainer keyword overrides)."""
+    if not cfg.trainer.get("enable_progress_bar", True) or sys.stdout.isatty():
+        return [], {}
+    return [ProgressLine()], {"enable_progress_bar": False}
+
+
+def build(cfg: DictConfig, own_ranks: bool = False, started: float | None = None) -> dict[str, Any]:
     """Every object of a job: ``datamodule``, ``module``, ``trainer``, ``loggers`` (rank 0
-    only) and ``history`` (everything logged, rank 0; None elsewhere). The trainer always has
-    an ``InterruptionCheckpoint`` (and, on rank 0, the history) besides the configured
-    callbacks.
+    only), ``history`` (everything logged, rank 0; None elsewhere) and ``clock`` (the job's
+    wall time since ``started``, a ``time.perf_counter`` value, and over earlier segments).
+    The trainer always has an ``InterruptionCheckpoint`` and the clock (and, on rank 0, the
+    history) besides the configured callbacks; a ``ProgressLine`` when a progress bar is
+    asked for and standard output is not a terminal.
 
     Probes are the entries of ``cfg.probes``; each gets its entry name (its identity).
     """
@@ -94,15 +108,19 @@ def build(cfg: DictConfig, own_ranks: bool = False) -> dict[str, Any]:
     callbacks = instantiate_named(cfg.get("callbacks"), "callbacks")
     callbacks += instantiate_named(cfg.get("probes"), "probes", name="<name>")
     callbacks.append(InterruptionCheckpoint())  # every job: signals stop it at a step's end
+    clock = WallClock(started)  # the job's wall time over its segments (checkpointed)
+    callbacks.append(clock)
     loggers = instantiate_named(cfg.get("logger"), "logger") if is_primary() else []
     history = MetricHistory() if is_primary() else None
     if history is not None:
         callbacks.append(history)
+    progress_callbacks, progress_args = progress_display(cfg)
     trainer = hydra.utils.instantiate(
         cfg.trainer,
-        callbacks=callbacks,
+        callbacks=callbacks + progress_callbacks,
         logger=[*loggers, history] if history is not None else False,
         **trainer_plugins(own_ranks),
+        **progress_args,
     )
     return {
         "datamodule": datamodule,
@@ -110,6 +128,7 @@ def build(cfg: DictConfig, own_ranks: bool = False) -> dict[str, Any]:
         "trainer": trainer,
         "loggers": loggers,
         "history": history,
+        "clock": clock,
     }
 
 

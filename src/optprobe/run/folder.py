@@ -122,3 +122,20 @@ class JobFolder:
     @staticmethod
     def write_json(path: Path, payload: dict[str, Any]) -> None:
         write_atomically(path, json.dumps(payload, indent=2, sort_keys=True, default=str))
+
+
+def make_writable_dir(path: str | Path) -> None:
+    """Create the folder ``path`` (and parents) and check a file can be written in it, or raise
+    a PermissionError that names the folder and the fix."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".optprobe-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise PermissionError(
+            f"output folder {path} is not writable ({err.strerror or err}); point runs at a "
+            "folder you can write, e.g. paths.log_dir=$HOME/optprobe-logs (or set "
+            "OPTPROBE_LOG_DIR), or fix the folder's permissions"
+        ) from err

@@ -1,21 +1,25 @@
 """Hydra callbacks: refuse an unwritable, taken or busy output folder (and a SLURM sweep without
-a controller) before any job; tabulate a sweep."""
+a controller) before any job; say which job of how many starts; tabulate a sweep."""
 
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from optprobe.dist import is_primary
 from optprobe.log import say
-from optprobe.run.checks import make_writable_dir
-from optprobe.run.folder import SWEEP_SUMMARY
+from optprobe.progress import sweep_line
+from optprobe.rank import is_primary
+from optprobe.run.folder import SWEEP_SUMMARY, make_writable_dir
 from optprobe.run.launcher_check import slurm_unreachable_message
 from optprobe.run.locks import FolderInUseError
 from optprobe.run.ownership import (
@@ -88,3 +92,48 @@ class SweepSummaryCallback(Callback):
                 f"{len(failed)} of {len(rows)} jobs did not complete (jobs {', '.join(failed)}); "
                 "the table above and each job's summary.json say why"
             )
+
+
+def sweep_size(config: DictConfig) -> int | None:
+    """Number of jobs of a multirun: the grid of its sweep overrides (``a=1,2 b=x,y``: 4) and
+    ``hydra.sweeper.params``, as Hydra's basic sweeper expands them; None when they do not
+    parse as a grid (another sweeper's syntax)."""
+    params = OmegaConf.select(config, "hydra.sweeper.params") or {}
+    arguments = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
+    try:
+        overrides = OverridesParser.create().parse_overrides(arguments)
+        return sum(len(batch) for batch in BasicSweeper.split_arguments(overrides, None))
+    except Exception:  # not a grid: the line says "job i" without a total
+        return None
+
+
+class SweepProgress(Callback):
+    """Hydra callback: as each job of a multirun starts, print ``[optprobe] job i of N, ~T
+    left``, T from the mean time of the jobs finished so far (in this process: the basic
+    launcher; a SLURM launcher's jobs print their number only).
+
+    ``jobs_before`` and ``jobs_total`` place this multirun in a longer series (``make
+    reproduce`` runs three: the second starts at job ``jobs_before + 1`` of ``jobs_total``);
+    by default the multirun stands alone.
+    """
+
+    def __init__(self, jobs_before: int = 0, jobs_total: int | None = None) -> None:
+        self.jobs_before = jobs_before
+        self.jobs_total = jobs_total
+        self.size: int | None = None
+        self.finished_s: list[float] = []
+        self.job_started = 0.0
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.size = sweep_size(config)
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if OmegaConf.select(config, "hydra.mode") != RunMode.MULTIRUN:
+            return
+        total = self.jobs_total or (self.size and self.jobs_before + self.size)
+        say(sweep_line(self.jobs_before + config.hydra.job.num + 1, total, self.finished_s))
+        self.job_started = time.perf_counter()
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        if OmegaConf.select(config, "hydra.mode") == RunMode.MULTIRUN:
+            self.finished_s.append(time.perf_counter() - self.job_started)

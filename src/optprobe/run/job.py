@@ -30,8 +30,8 @@ from optprobe.callbacks.interruption import (
 )
 from optprobe.callbacks.non_finite import NonFiniteLossGuard
 from optprobe.callbacks.preemption import PreemptionCheckpoint
-from optprobe.dist import is_primary
 from optprobe.log import say, warn
+from optprobe.rank import is_primary
 from optprobe.run.build import build, expand_shorthands, probes_of
 from optprobe.run.checks import (
     check_config,
@@ -39,14 +39,14 @@ from optprobe.run.checks import (
     check_resume_compatible,
     check_resume_trained,
     config_fingerprint,
-    make_writable_dir,
 )
 from optprobe.run.ddp import WORKER_FLAG, DDPWorkers, ddp_process_count
-from optprobe.run.folder import JobFolder
+from optprobe.run.folder import JobFolder, make_writable_dir
 from optprobe.run.history import MetricHistory
 from optprobe.run.hydra_context import hydra_choices, in_multirun
 from optprobe.run.input_checks import check_job_inputs
 from optprobe.run.ownership import claim_job_folder, release_job_folder
+from optprobe.run.quiet import quiet_lightning
 from optprobe.run.reference_run import (
     check_reference_resume,
     obtain_reference,
@@ -70,6 +70,7 @@ class Job:
     objects: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     resume_step: int | None = None  # the step of ckpt_path (rank 0, when resuming)
+    started: float = field(default_factory=time.perf_counter)  # this segment's start
 
 
 def open_job(cfg: DictConfig) -> Job:
@@ -134,7 +135,7 @@ def fit(job: Job) -> None:
     workers = DDPWorkers(job.processes) if job.processes > 1 else contextlib.nullcontext()
     with workers:
         pl.seed_everything(cfg.seed, workers=True)
-        job.objects = build(cfg, own_ranks=own_ranks)
+        job.objects = build(cfg, own_ranks=own_ranks, started=job.started)
         datamodule, module, trainer = (job.objects[k] for k in ("datamodule", "module", "trainer"))
         datamodule.setup("fit")
         check_model_fits_data(module.net, datamodule, cfg)
@@ -153,7 +154,9 @@ def fit(job: Job) -> None:
         # in the trainer's precision before a checkpoint is restored: Lightning restores the
         # weights first, and float64 weights loaded into float32 parameters lose their digits
         trainer.precision_plugin.convert_module(module)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        # our own checkpoints hold callback states and configs, not only tensors
+        ckpt_path = cfg.get("ckpt_path")
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=False)
     if job.resume_step is not None:  # a refused resume keeps the summary's metrics as they were
         check_resume_trained(cfg.ckpt_path, job.resume_step, trainer)
     job.metrics = final_metrics(job)
@@ -216,6 +219,16 @@ def record_verdicts(job: Job) -> None:
             warn(f"{coverage['note']}: {coverage['segments']}")
 
 
+def record_wall_time(job: Job) -> None:
+    """``wall_time_s``: this segment (a start or a resume); ``wall_time_total_s``: every
+    segment, from the checkpointed clock (this segment alone when the job failed before its
+    checkpoint was restored)."""
+    segment = time.perf_counter() - job.started
+    clock = job.objects.get("clock")
+    total = clock.total_s() if clock is not None else segment
+    job.summary.update(wall_time_s=round(segment, 3), wall_time_total_s=round(total, 3))
+
+
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Train one job; returns (final metrics, objects). Rank 0 always writes ``summary.json``.
 
@@ -226,7 +239,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     ``interrupted`` with the signal, the step and the checkpoint in summary.json, and
     ``Interrupted`` (a SystemExit with code 128 + the signal's number) raised on rank 0.
     """
-    start = time.perf_counter()
+    quiet_lightning()
     job = open_job(cfg)
     with watching_signals():
         try:
@@ -244,7 +257,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             job.summary.update(status="failed", error=f"{type(err).__name__}: {err}")
             raise
         finally:
-            job.summary["wall_time_s"] = round(time.perf_counter() - start, 3)
+            record_wall_time(job)
             if job.primary:
                 job.folder.write_summary(job.summary)
                 release_job_folder(job.folder.path)

@@ -39,7 +39,7 @@ def job_row(job_dir: Path) -> dict[str, Any]:
         "status": summary.get("status", "?"),
         "train/loss": metrics.get("train/loss"),
         "val/acc": metrics.get("val/acc"),
-        "wall_s": summary.get("wall_time_s"),
+        "wall_s": summary.get("wall_time_total_s", summary.get("wall_time_s")),  # every segment
         "folder": str(job_dir),
         "error": summary.get("error"),
     }

@@ -102,7 +102,7 @@ def wandb_logger(
     folder (a SLURM requeue, ``ckpt_path=``) continues its W&B run instead of starting another.
     """
     sweep_group, overrides = hydra_identity()
-    return WandbLogger(
+    logger = WandbLogger(
         save_dir=save_dir,
         id=os.environ.get("WANDB_RUN_ID") or job_run_id(save_dir),
         project=project,
@@ -112,3 +112,6 @@ def wandb_logger(
         tags=list(tags),
         mode=resolve_mode(mode),
     )
+    # Lightning always passes anonymous=None, which W&B warns has no effect: leave it out
+    logger._wandb_init.pop("anonymous", None)
+    return logger
