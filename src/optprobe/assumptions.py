@@ -14,7 +14,7 @@ metrics.md §1, §1a):
 
 - ``L`` (descent bound): ``path`` (hindsight: the run's max of max(smooth_lip, λ_max); the
   headline), ``past`` (online: max of smooth_lip over earlier probed steps), ``local``
-  (directional: ``curv_dir`` where logged, else ``smooth_eff``).
+  (directional: ``curv_dir`` where logged; never ``smooth_eff``, whose bound is D_t itself).
 - ``score`` (convexity along the step): ``valid`` (the identity holds; the headline) or
   ``valid_informative`` (it holds *and* certifies a decrease, ⟨g⁺_t, Δ_t⟩ < 0).
 - ``scheme`` (every step-probe assumption): ``same_batch`` (keys ``step/*``) or
@@ -55,7 +55,7 @@ AXIS_WORDS: Mapping[str, str] = MappingProxyType(
     {
         "path": "L = the run's max of smooth_lip and λ_max (hindsight)",
         "past": "L = max of smooth_lip over earlier probed steps (online)",
-        "local": "L = curvature along the step (curv_dir, else smooth_eff)",
+        "local": "L = curvature along the step (curv_dir; not judged where it is not logged)",
         "valid": "valid",
         "valid_informative": "valid and informative",
         "same_batch": "same batch",

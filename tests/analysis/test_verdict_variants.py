@@ -42,22 +42,30 @@ def step_frame(prefix: str = "step", curv_dir=None, lambda_max=None) -> pd.DataF
 def test_three_l_choices_side_by_side():
     out = verdict_from_metrics(step_frame(lambda_max=[np.nan, 6.0, np.nan, np.nan]))
     ids = [a.id for a in out.assumptions if a.assumption == "descent_bound"]
-    assert ids == [f"descent_bound:{c}:same_batch" for c in ("path", "past", "local")]
-    path, past, local = (out.get(i) for i in ids)
+    # local needs curv_dir: smooth_eff's bound is D_t itself, so without curv_dir it is not judged
+    assert ids == [f"descent_bound:{c}:same_batch" for c in ("path", "past")]
+    path, past = (out.get(i) for i in ids)
     # path: L = max(smooth_lip 4, λ_max 6) = 6: bounds -2+3, -1+3, ... all >= 0: none informative
     assert out.constants["L_path"] == 6.0 and "L = 6" in path.note
     assert (path.held, path.checked, path.no_progress) == (0, 3, 1)
     # past: bounds -1.5 (vs D -0.2: not valid), 1.4 (not < 0); the first step has no L_past
     assert (past.held, past.checked, past.no_progress) == (0, 2, 1)
-    # local without curv_dir: L = smooth_eff, the bound is D itself: held on every progress step
-    assert "smooth_eff" in local.note
-    assert (local.held, local.checked) == (3, 3)
     with_curv = verdict_from_metrics(step_frame(curv_dir=[1.0, 1.0, 1.0, 1.0]))
     local = with_curv.get("descent_bound:local:same_batch")
     assert local.note.startswith("L = curv_dir")
     # bounds -2+0.5 >= -1 ? no; -1+0.5 = -0.5 >= -0.2? no; -0.6+0.5 = -0.1 >= -0.5: held
     assert (local.held, local.checked) == (1, 3)
     assert path.headline and not past.headline and not local.headline
+
+
+def test_local_l_judges_only_the_steps_with_curv_dir():
+    """A step without curv_dir is not judged (never scored with smooth_eff's tautological
+    bound, which would hold on every progress step)."""
+    out = verdict_from_metrics(step_frame(curv_dir=[1.0, np.nan, np.nan, 1.0]))
+    local = out.get("descent_bound:local:same_batch")
+    # step 0: -2 + 0.5 = -1.5 >= D = -1? no; step 3: -0.6 + 0.5 = -0.1 >= -0.5: held
+    assert (local.held, local.checked) == (1, 2)
+    assert "on 2 steps" in local.note
 
 
 def test_path_l_is_a_hindsight_max_so_the_online_l_is_smaller_early():

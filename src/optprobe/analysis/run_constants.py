@@ -60,22 +60,18 @@ def path_smoothness(df: pd.DataFrame, prefix: str) -> float | None:
 
 
 def local_smoothness(df: pd.DataFrame, prefix: str) -> tuple[np.ndarray, str] | None:
-    """The ``local`` L per row: ``<prefix>/curv_dir`` where logged, else the defined
-    ``smooth_eff``; with a sentence saying which (with ``smooth_eff`` the descent bound equals
-    D_t by construction, so it only separates steps without progress)."""
-    eff = defined_smooth_eff(df, prefix)
+    """The ``local`` L per row: ``<prefix>/curv_dir`` (Δᵀ H_t Δ / ‖Δ‖²) where logged, NaN
+    (step not judged) elsewhere; None without any. ``smooth_eff`` is never used: it is the
+    secant curvature of the same two losses, so its descent bound equals D_t by construction
+    and would hold on every step that made progress."""
     curv_key = f"{prefix}/curv_dir"
-    curv = df[curv_key].to_numpy(dtype=float) if curv_key in df.columns else None
-    if curv is None and eff is None:
+    if curv_key not in df.columns:
         return None
-    if curv is None:
-        return eff, "L = smooth_eff (curv_dir not logged): the bound equals D_t by construction"
-    use_curv = np.isfinite(curv)
-    local = np.where(use_curv, curv, np.nan if eff is None else eff)
-    n_curv = int(np.count_nonzero(use_curv))
-    if n_curv == int(np.count_nonzero(np.isfinite(local))):
-        return local, "L = curv_dir (Δᵀ H_t Δ / ‖Δ‖², curvature along the step)"
-    return local, f"L = curv_dir on {n_curv} steps, smooth_eff (= D_t by construction) elsewhere"
+    curv = df[curv_key].to_numpy(dtype=float)
+    n_curv = int(np.count_nonzero(np.isfinite(curv)))
+    if n_curv == 0:
+        return None
+    return curv, f"L = curv_dir (Δᵀ H_t Δ / ‖Δ‖², curvature along the step) on {n_curv} steps"
 
 
 def _quantiles(c: dict[str, float], name: str, values: np.ndarray | None) -> None:
