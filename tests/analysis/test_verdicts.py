@@ -273,12 +273,13 @@ def test_assumptions_reported_in_registry_order():
         step__update_norm=np.ones(n),
         step__inst_gap_old=0.5 * np.ones(n),
         step__inst_gap=-0.5 * np.ones(n),
+        step__curv_dir=np.ones(n),
     )
     out = verdict_from_metrics(df)
     expected = [v.id for v in all_variants() if v.get("scheme") != "fresh_batch"]
     assert [a.id for a in out.assumptions] == expected
     assert [a.assumption for a in out.headlines()] == list(ASSUMPTIONS)
-    # consistent keys (D = -1.5, <g,Δ> = -2, smooth_lip = smooth_eff = 1): all hold
+    # consistent keys (D = -1.5, <g,Δ> = -2, smooth_lip = curv_dir = 1): all hold
     assert all(a.fraction == 1.0 for a in out.assumptions)
 
 

@@ -14,7 +14,6 @@ from optprobe.run.job import train
 RUN = [
     "debug=smoke",
     "probes=full",
-    "probes.step.curv_dir=false",
     "probes.curvature.every_n_steps=3",
     "probes.curvature.lanczos_iters=5",
     "probes.curvature.hutchinson_samples=2",
