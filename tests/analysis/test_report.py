@@ -23,6 +23,7 @@ from optprobe.analysis.correlations import COLUMNS as CORR_COLUMNS
 from optprobe.analysis.correlations import CONSTANTS as PREDECLARED
 from optprobe.analysis.report import FIGURES, TABLES, write_report
 from optprobe.analysis.report_text import answer_sentences
+from optprobe.analysis.run_intervals import METHOD as RUN_METHOD
 from optprobe.assumptions import ASSUMPTIONS
 
 
@@ -122,7 +123,32 @@ def test_captions_say_what_the_intervals_are(full_report):
     assert "t interval over runs" in words and "pooled steps are shown for reference" in words
     header = table[table.index("<thead>") : table.index("</thead>")]
     assert "95% t interval over runs" in header and "pooled steps (held/checked)" in header
-    assert "Wilson" not in html.split('id="tables"')[0].split('id="answer"')[1]
+    comparison_section = html.split('id="optimizer_comparison"')[1].split("</section>")[0]
+    assert "Wilson" not in comparison_section and "Wilson" not in html.split('id="answer"')[0]
+    # per run: the Wilson interval at the AR(1) effective sample size, said in full
+    held = escape(FIGURES["held_fractions.png"][1])
+    verdict_note = table[table.index("<h2>Table: per-run verdicts</h2>") :].split("</p>")[0]
+    for words in (held, verdict_note):
+        assert "95% Wilson interval at the run&#x27;s effective sample size" in words
+        assert escape("n(1 − ρ)/(1 + ρ)") in words and "lag-1 autocorrelation" in words
+        assert RUN_METHOD in words
+    # figures without intervals say so, and what their numbers are
+    assert "No intervals." in FIGURES["trajectories.png"][1]
+    constants = FIGURES["constants_vs_performance.png"][1]
+    assert "no interval is drawn" in constants and "Holm-adjusted" in constants
+    assert "one row of panels per setting and optimizer" in constants
+
+
+@pytest.mark.parametrize(
+    "table", [None, pd.DataFrame(), pd.DataFrame(index=[0, 1]), pd.DataFrame(columns=["rho"])]
+)
+def test_correlations_csv_always_has_its_header(tmp_path, table):
+    """A small sweep computes no correlation: correlations.csv still has its header."""
+    sw = make_sweep(seeds=(0, 1), steps=10, constants=("L0",))
+    assert sw["correlations"].empty
+    write_report(tmp_path, sw["runs"], sw["verdicts"], table, sw["comparison"], {})
+    text = (tmp_path / "correlations.csv").read_text()
+    assert text.splitlines()[0].split(",")[: len(CORR_COLUMNS)] == list(CORR_COLUMNS)
 
 
 def test_report_lists_excluded_runs(tmp_path):

@@ -32,17 +32,13 @@ from optprobe.analysis.figures.ordering import (
     run_optimizers,
     run_order,
 )
-from optprobe.analysis.run_intervals import METHOD
+from optprobe.analysis.run_intervals import DESCRIPTION
 from optprobe.analysis.verdict_keys import is_headline
 
 TITLE = "Fraction of probed steps on which each assumption held, per run"
 
-#: What the whiskers are (verdicts.csv's ``ci_low`` / ``ci_high``, ``interval_method``).
-INTERVALS = (
-    f"the run's own 95% Wilson interval at its effective sample size ({METHOD}: "
-    "n_eff = n(1 − ρ)/(1 + ρ), ρ the lag-1 autocorrelation of the held indicator over the run's "
-    "probed steps, clipped to [0, 0.99]); no whisker where the verdicts have no interval"
-)
+#: What the whiskers are (verdicts.csv's ``ci_low`` / ``ci_high``).
+INTERVALS = f"the run's own {DESCRIPTION}"
 _COLUMNS = ["run_id", "assumption", "label", "fraction", "ci_low", "ci_high"]
 
 
