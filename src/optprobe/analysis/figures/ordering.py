@@ -15,11 +15,10 @@ from matplotlib.lines import Line2D
 
 from optprobe.analysis.figures.canvas import is_empty
 from optprobe.analysis.verdict_keys import key_label
-from optprobe.assumptions import ASSUMPTIONS, all_variants
+from optprobe.assumptions import ASSUMPTIONS, verdict_rank
 
 #: Display order of the assumption ids (the registry's); unknown ids follow in sorted order.
 ASSUMPTION_ORDER: tuple[str, ...] = tuple(ASSUMPTIONS)
-_VARIANT_RANK = {v.id: i for i, v in enumerate(all_variants())}
 
 # no green or red: those mark held / violated steps in the trajectory plots
 _PALETTE = (
@@ -82,19 +81,10 @@ def run_order(run_ids: Sequence[str], runs: pd.DataFrame | None) -> list[str]:
     return sorted(ids, key=lambda r: keys.get(r, (1, "", "", math.inf, r)))
 
 
-def _key_rank(key: str) -> tuple:
-    """Registry assumption first, then its variant in the registry's order (a bare id before
-    its variants); keys of unknown assumptions last, sorted."""
-    base = key.split(":", 1)[0]
-    if base not in ASSUMPTION_ORDER:
-        return (len(ASSUMPTION_ORDER), 0, key)
-    return (ASSUMPTION_ORDER.index(base), _VARIANT_RANK.get(key, -1), key)
-
-
 def assumption_order(ids: Sequence[str]) -> list[str]:
     """Verdict keys (assumption ids or variant ids) without repeats, in the registry's order of
     assumptions and variants, then unknown ones sorted."""
-    return sorted(dict.fromkeys(str(i) for i in ids), key=_key_rank)
+    return sorted(dict.fromkeys(str(i) for i in ids), key=verdict_rank)
 
 
 def assumption_label(assumption: str, fallback: str | None = None) -> str:
