@@ -4,6 +4,7 @@ with known held fractions, for the cross-run analysis without training anything.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -96,3 +97,27 @@ def write_sweep(root: Path, optimizers=("sgdm", "adamw"), seeds=(0, 1, 2), **met
 
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+def execute_notebook(sweep: Path) -> str:
+    """Run notebooks/analysis.ipynb (outputs stripped in the repository) on ``sweep`` from the
+    repository root; return its outputs as JSON text."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    root = Path(__file__).resolve().parents[2]
+    nb = nbformat.read(root / "notebooks" / "analysis.ipynb", as_version=4)
+    assert all(not cell.get("outputs") for cell in nb.cells if cell.cell_type == "code")
+    old = os.environ.get("OPTPROBE_SWEEP")
+    os.environ["OPTPROBE_SWEEP"] = str(sweep)
+    try:
+        client = NotebookClient(
+            nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(root)}}
+        )
+        client.execute()
+    finally:
+        if old is None:
+            os.environ.pop("OPTPROBE_SWEEP")
+        else:
+            os.environ["OPTPROBE_SWEEP"] = old
+    return json.dumps([c.get("outputs", []) for c in nb.cells])

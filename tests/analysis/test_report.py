@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 from html import escape
 
 import matplotlib.image as mpimg
@@ -240,27 +239,53 @@ def test_report_with_partial_columns(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
-# rendering in a real browser (only where chromium is installed)
+# rendering in a real browser (Playwright driving Chromium: its own build where
+# `python -m playwright install chromium` fetched it, else the system's chromium)
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium not installed")
-def test_report_renders_in_chromium(full_report, tmp_path):
-    shot = tmp_path / "shot.png"
-    cmd = [
-        shutil.which("chromium"),
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        f"--user-data-dir={tmp_path / 'profile'}",
-        f"--screenshot={shot}",
-        "--window-size=1200,2000",
-        full_report.resolve().as_uri(),
-    ]
-    subprocess.run(cmd, check=False, timeout=60, capture_output=True)
-    assert shot.is_file() and shot.stat().st_size > 10_000
-    img = mpimg.imread(shot)
-    assert len(np.unique(img.reshape(-1, img.shape[-1])[::11], axis=0)) > 5
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[dev]'")
+    with sync_api.sync_playwright() as pw:
+        try:
+            launched = pw.chromium.launch()
+        except sync_api.Error:
+            exe = next(filter(None, map(shutil.which, ("chromium", "chromium-browser"))), None)
+            if exe is None:
+                pytest.skip("no Chromium: python -m playwright install chromium (or apt chromium)")
+            launched = pw.chromium.launch(executable_path=exe, args=["--no-sandbox"])
+        yield launched
+        launched.close()
+
+
+def browser_problems(browser, report) -> tuple[list[str], str]:
+    """Open ``report`` in the browser: (what went wrong, the answer section's text). Wrong:
+    console errors, page errors, failed requests, images that did not load."""
+    page = browser.new_page()
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}")
+            if m.type == "error" else None)  # fmt: skip
+    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url}"))
+    page.goto(report.resolve().as_uri(), wait_until="load")
+    images = page.evaluate(
+        "Array.from(document.images).map(i => [i.getAttribute('src'), i.naturalWidth])"
+    )
+    problems += [f"image {src} did not load" for src, width in images if not width > 0]
+    answer = page.inner_text("#answer")
+    page.close()
+    return problems, answer
+
+
+def test_report_renders_in_chromium(browser, full_report, sweep, tmp_path):
+    """Every figure loads, nothing fails, the answer names each optimizer; a broken copy of
+    the report (one figure missing) is caught."""
+    problems, answer = browser_problems(browser, full_report)
+    assert problems == []
+    for optimizer in sweep["runs"]["optimizer"].unique():
+        assert optimizer.lower() in answer.lower(), (optimizer, answer)
+    broken = tmp_path / "broken"
+    shutil.copytree(full_report.parent, broken)
+    (broken / "held_fractions.png").unlink()
+    problems, _ = browser_problems(browser, broken / "report.html")
+    assert "image held_fractions.png did not load" in problems
