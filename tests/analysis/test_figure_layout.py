@@ -84,24 +84,33 @@ def test_constants_one_panel_per_setting_optimizer_and_constant(three_settings):
             assert ax.get_ylabel().split("\n")[:2] == [setting, opt]
 
 
+def labelled_ticks(ax) -> int:
+    lo, hi = sorted(ax.get_xlim())
+    ticks = ax.get_xticklabels() + ax.get_xticklabels(minor=True)
+    return sum(1 for t in ticks if t.get_text() and lo <= t.get_position()[0] <= hi)
+
+
 @pytest.mark.parametrize(
-    "values",
+    ("values", "min_ticks"),
     [
-        np.linspace(1.0, 1.05, 6),  # narrow: a log axis labelled 1.01×10⁰ ... overprinted
-        1.0 + np.linspace(0, 1e-12, 6),  # equal up to rounding
-        np.linspace(4.95, 4.99, 6),
-        np.geomspace(1e-3, 1e4, 6),  # seven decades
-        np.linspace(-3.0, 2.0, 6),  # signed
-        np.linspace(12345.0, 12346.0, 6),
+        (np.linspace(1.0, 1.05, 6), 2),  # narrow: a log axis labelled 1.01×10⁰ ... overprinted
+        (1.0 + np.linspace(0, 1e-12, 6), 1),  # equal up to rounding: one tick
+        (np.linspace(4.95, 4.99, 6), 2),
+        (1.0 + np.linspace(0, 1e-7, 6), 2),  # tiny but real differences
+        (np.geomspace(0.2, 4.0, 6), 2),  # a decade and a bit: one log tick would be all
+        (np.geomspace(1e-3, 1e4, 6), 2),  # seven decades
+        (np.linspace(-3.0, 2.0, 6), 2),  # signed
+        (np.linspace(12345.0, 12346.0, 6), 2),
     ],
 )
-def test_constant_tick_labels_never_overprint(values):
+def test_constant_tick_labels_never_overprint(values, min_ticks):
     sw = make_sweep(seeds=(0, 1, 2), steps=10, constants=())
     runs = sw["runs"]
     for c in CONSTANTS:
         runs[f"const:{c}"] = values
     fig = constants_figure(runs, correlations(runs))
     assert tick_label_clashes(fig) == []
+    assert min(labelled_ticks(ax) for ax in fig.axes) >= min_ticks
 
 
 def test_small_sweep_says_once_why_there_is_no_rho():
@@ -111,6 +120,9 @@ def test_small_sweep_says_once_why_there_is_no_rho():
     assert "no ρ: no setting × optimizer has 3 runs" in fig.get_suptitle()
     titles = [ax.get_title() for ax in fig.axes]
     assert titles and all(t.endswith(": n = 2") for t in titles), titles
+    tied = make_sweep(seeds=(0, 1, 2), steps=10)["runs"].assign(final_train_loss=0.5)
+    fig = constants_figure(tied, correlations(tied))
+    assert "no ρ in correlations.csv for these runs: tied values" in fig.get_suptitle()
 
 
 @pytest.fixture(scope="module")

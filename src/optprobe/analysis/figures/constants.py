@@ -25,8 +25,8 @@ PANEL_STATS = (
     "ρ: Spearman rank correlation over the panel's n runs; adj. p: its exact permutation "
     "p-value, Holm-adjusted over every test of correlations.csv; no interval is drawn"
 )
-_DECADES_FOR_LOG = 1.0  # log x only when the values span at least one decade
-_SAME = 1e-4  # values closer than this (relative) are drawn as one value, with one tick
+_DECADES_FOR_LOG = 2.0  # log x only when the values span two decades (two labelled ticks)
+_SAME = 1e-9  # values closer than this (relative: float rounding) are one value, one tick
 
 
 def _groups(runs: pd.DataFrame) -> list[tuple[str, str]]:
@@ -85,8 +85,9 @@ def panel_title(constant: str, n: int, row) -> str:
 
 
 def _x_scale(ax: Axes, xs: np.ndarray) -> None:
-    """Log x when every value is positive and they span a decade or more, else linear; few
-    major ticks and no minor labels either way, so that tick labels never overprint."""
+    """Log x when every value is positive and they span two decades or more, else linear;
+    few major ticks and no minor labels either way, so that tick labels never overprint (one
+    tick where every value is the same)."""
     if xs.size and (xs > 0).all() and np.log10(xs.max() / xs.min()) >= _DECADES_FOR_LOG:
         ax.set_xscale("log")
         ax.xaxis.set_major_locator(LogLocator(base=10, numticks=4))
@@ -144,11 +145,13 @@ def constants_figure(
         (g, c): _stats_row(correlations, *g, c, performance) for g in groups for c in constants
     }
     computed = any(row is not None for row in stats.values())
+    most = 0  # the largest n of a panel
     for i, (setting, optimizer) in enumerate(groups):
         group = _in_group(runs, setting, optimizer)
         for j, constant in enumerate(constants):
             ax = axs[i, j]
             n = _draw_panel(ax, group, constant, performance, colors[optimizer])
+            most = max(most, n)
             row = stats[(setting, optimizer), constant]
             title = panel_title(constant, n, row) if computed else f"{constant}: n = {n}"
             ax.set_title(title, fontsize=8)
@@ -157,8 +160,10 @@ def constants_figure(
         head = f"{setting}\n{optimizer}" if setting else optimizer
         axs[i, 0].set_ylabel(f"{head}\n{performance}", fontsize=8)
     title = f"Pre-declared fitted constants against {performance}, one point per run"
-    if not computed:
+    if not computed and most < MIN_PAIRS:
         title += f"\n(no ρ: no setting × optimizer has {MIN_PAIRS} runs with both values)"
+    elif not computed:
+        title += "\n(no ρ in correlations.csv for these runs: tied values, or not computed)"
     fig.suptitle(title, fontsize=11)
     return fig
 
