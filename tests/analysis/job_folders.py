@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from unittest.mock import patch
 
 import numpy as np
 import pandas as pd
@@ -108,16 +109,9 @@ def execute_notebook(sweep: Path) -> str:
     root = Path(__file__).resolve().parents[2]
     nb = nbformat.read(root / "notebooks" / "analysis.ipynb", as_version=4)
     assert all(not cell.get("outputs") for cell in nb.cells if cell.cell_type == "code")
-    old = os.environ.get("OPTPROBE_SWEEP")
-    os.environ["OPTPROBE_SWEEP"] = str(sweep)
-    try:
-        client = NotebookClient(
-            nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(root)}}
-        )
+    client = NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(root)}}
+    )
+    with patch.dict(os.environ, {"OPTPROBE_SWEEP": str(sweep)}):
         client.execute()
-    finally:
-        if old is None:
-            os.environ.pop("OPTPROBE_SWEEP")
-        else:
-            os.environ["OPTPROBE_SWEEP"] = old
     return json.dumps([c.get("outputs", []) for c in nb.cells])
