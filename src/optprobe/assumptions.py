@@ -363,6 +363,16 @@ def variants_logged_under(prefix: str, kind: str | None = None) -> list[Variant]
     ]
 
 
+def verdict_rank(verdict_id: str) -> tuple:
+    """Sort key of a verdict id (or a bare assumption id): the registry's order of assumptions,
+    then of its variants (a bare id before them); ids of unknown assumptions last, by name."""
+    base = str(verdict_id).split(":", 1)[0]
+    if base not in ASSUMPTIONS:
+        return (len(ASSUMPTIONS), 0, str(verdict_id))
+    rank = next((i for i, v in enumerate(_VARIANTS) if v.id == verdict_id), -1)
+    return (list(ASSUMPTIONS).index(base), rank, str(verdict_id))
+
+
 def variant_by_id(verdict_id: str) -> Variant:
     """The variant of a verdict id (``descent_bound:path:same_batch``)."""
     for v in all_variants():

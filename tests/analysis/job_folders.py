@@ -4,7 +4,9 @@ with known held fractions, for the cross-run analysis without training anything.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+from unittest.mock import patch
 
 import numpy as np
 import pandas as pd
@@ -96,3 +98,20 @@ def write_sweep(root: Path, optimizers=("sgdm", "adamw"), seeds=(0, 1, 2), **met
 
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+def execute_notebook(sweep: Path) -> str:
+    """Run notebooks/analysis.ipynb (outputs stripped in the repository) on ``sweep`` from the
+    repository root; return its outputs as JSON text."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    root = Path(__file__).resolve().parents[2]
+    nb = nbformat.read(root / "notebooks" / "analysis.ipynb", as_version=4)
+    assert all(not cell.get("outputs") for cell in nb.cells if cell.cell_type == "code")
+    client = NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(root)}}
+    )
+    with patch.dict(os.environ, {"OPTPROBE_SWEEP": str(sweep)}):
+        client.execute()
+    return json.dumps([c.get("outputs", []) for c in nb.cells])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -67,13 +68,14 @@ def held_counts(rng: np.random.Generator, h: pd.DataFrame) -> dict[str, tuple[in
     return out
 
 
-def _run_row(rng: np.random.Generator, run_id: str, opt: str, seed: int) -> dict:
+def _run_row(rng: np.random.Generator, run_id: str, opt: str, seed: int, setting: str) -> dict:
+    model, data = setting.split("/")
     return {
         "run_id": run_id,
         "optimizer": opt,
-        "model": "resnet18",
-        "data": "cifar10",
-        "setting": "resnet18/cifar10",
+        "model": model,
+        "data": data,
+        "setting": setting,
         "seed": seed,
         "lr": 0.1 if opt == "sgdm" else 3e-4,
         "schedule": "cosine",
@@ -93,25 +95,26 @@ def make_sweep(
     with_ref=True,
     seed=0,
     constants=CONSTANTS,
+    settings=("resnet18/cifar10",),
 ) -> dict:
     """runs, verdicts (labels from the registry), correlations and comparison (the sweep's
-    own, run-level) and histories of ``len(optimizers) * len(seeds)`` runs."""
+    own, run-level) and histories of ``len(settings) * len(optimizers) * len(seeds)`` runs
+    (run ids ``<optimizer>-<model>-s<seed>``)."""
     rng = np.random.default_rng(seed)
     runs, verdicts, histories = [], [], {}
-    for opt in optimizers:
-        for s in seeds:
-            run_id = f"{opt}-resnet18-s{s}"
-            h = histories[run_id] = _history(rng, steps, with_ref, adam=opt.startswith("adam"))
-            row = _run_row(rng, run_id, opt, s)
-            for a, (held, n) in held_counts(rng, h).items():
-                lo, hi = wilson_interval(held, n)
-                row[f"held:{a}"] = held / n
-                verdicts.append(
-                    {"run_id": run_id, "assumption": a, "label": ASSUMPTIONS[a].label,
-                     "held": held, "checked": n, "fraction": held / n, "ci_low": lo, "ci_high": hi}
-                )  # fmt: skip
-            row.update({f"const:{c}": float(10 ** rng.uniform(-2, 3)) for c in constants})
-            runs.append(row)
+    for setting, opt, s in itertools.product(settings, optimizers, seeds):
+        run_id = f"{opt}-{setting.split('/')[0]}-s{s}"
+        h = histories[run_id] = _history(rng, steps, with_ref, adam=opt.startswith("adam"))
+        row = _run_row(rng, run_id, opt, s, setting)
+        for a, (held, n) in held_counts(rng, h).items():
+            lo, hi = wilson_interval(held, n)
+            row[f"held:{a}"] = held / n
+            verdicts.append(
+                {"run_id": run_id, "assumption": a, "label": ASSUMPTIONS[a].label,
+                 "held": held, "checked": n, "fraction": held / n, "ci_low": lo, "ci_high": hi}
+            )  # fmt: skip
+        row.update({f"const:{c}": float(10 ** rng.uniform(-2, 3)) for c in constants})
+        runs.append(row)
     runs, verdicts = pd.DataFrame(runs), pd.DataFrame(verdicts)
     return {
         "runs": runs,

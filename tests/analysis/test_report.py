@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 from html import escape
 
 import matplotlib.image as mpimg
@@ -23,6 +22,7 @@ from optprobe.analysis.correlations import COLUMNS as CORR_COLUMNS
 from optprobe.analysis.correlations import CONSTANTS as PREDECLARED
 from optprobe.analysis.report import FIGURES, TABLES, write_report
 from optprobe.analysis.report_text import answer_sentences
+from optprobe.analysis.run_intervals import METHOD as RUN_METHOD
 from optprobe.assumptions import ASSUMPTIONS
 
 
@@ -122,7 +122,32 @@ def test_captions_say_what_the_intervals_are(full_report):
     assert "t interval over runs" in words and "pooled steps are shown for reference" in words
     header = table[table.index("<thead>") : table.index("</thead>")]
     assert "95% t interval over runs" in header and "pooled steps (held/checked)" in header
-    assert "Wilson" not in html.split('id="tables"')[0].split('id="answer"')[1]
+    comparison_section = html.split('id="optimizer_comparison"')[1].split("</section>")[0]
+    assert "Wilson" not in comparison_section and "Wilson" not in html.split('id="answer"')[0]
+    # per run: the Wilson interval at the AR(1) effective sample size, said in full
+    held = escape(FIGURES["held_fractions.png"][1])
+    verdict_note = table[table.index("<h2>Table: per-run verdicts</h2>") :].split("</p>")[0]
+    for words in (held, verdict_note):
+        assert "95% Wilson interval at the run&#x27;s effective sample size" in words
+        assert escape("n(1 − ρ)/(1 + ρ)") in words and "lag-1 autocorrelation" in words
+        assert RUN_METHOD in words
+    # figures without intervals say so, and what their numbers are
+    assert "No intervals." in FIGURES["trajectories.png"][1]
+    constants = FIGURES["constants_vs_performance.png"][1]
+    assert "no interval is drawn" in constants and "Holm-adjusted" in constants
+    assert "one row of panels per setting and optimizer" in constants
+
+
+@pytest.mark.parametrize(
+    "table", [None, pd.DataFrame(), pd.DataFrame(index=[0, 1]), pd.DataFrame(columns=["rho"])]
+)
+def test_correlations_csv_always_has_its_header(tmp_path, table):
+    """A small sweep computes no correlation: correlations.csv still has its header."""
+    sw = make_sweep(seeds=(0, 1), steps=10, constants=("L0",))
+    assert sw["correlations"].empty
+    write_report(tmp_path, sw["runs"], sw["verdicts"], table, sw["comparison"], {})
+    text = (tmp_path / "correlations.csv").read_text()
+    assert text.splitlines()[0].split(",")[: len(CORR_COLUMNS)] == list(CORR_COLUMNS)
 
 
 def test_report_lists_excluded_runs(tmp_path):
@@ -214,27 +239,53 @@ def test_report_with_partial_columns(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
-# rendering in a real browser (only where chromium is installed)
+# rendering in a real browser (Playwright driving Chromium: its own build where
+# `python -m playwright install chromium` fetched it, else the system's chromium)
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium not installed")
-def test_report_renders_in_chromium(full_report, tmp_path):
-    shot = tmp_path / "shot.png"
-    cmd = [
-        shutil.which("chromium"),
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        f"--user-data-dir={tmp_path / 'profile'}",
-        f"--screenshot={shot}",
-        "--window-size=1200,2000",
-        full_report.resolve().as_uri(),
-    ]
-    subprocess.run(cmd, check=False, timeout=60, capture_output=True)
-    assert shot.is_file() and shot.stat().st_size > 10_000
-    img = mpimg.imread(shot)
-    assert len(np.unique(img.reshape(-1, img.shape[-1])[::11], axis=0)) > 5
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[dev]'")
+    with sync_api.sync_playwright() as pw:
+        try:
+            launched = pw.chromium.launch()
+        except sync_api.Error:
+            exe = next(filter(None, map(shutil.which, ("chromium", "chromium-browser"))), None)
+            if exe is None:
+                pytest.skip("no Chromium: python -m playwright install chromium (or apt chromium)")
+            launched = pw.chromium.launch(executable_path=exe, args=["--no-sandbox"])
+        yield launched
+        launched.close()
+
+
+def browser_problems(browser, report) -> tuple[list[str], str]:
+    """Open ``report`` in the browser: (what went wrong, the answer section's text). Wrong:
+    console errors, page errors, failed requests, images that did not load."""
+    page = browser.new_page()
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}")
+            if m.type == "error" else None)  # fmt: skip
+    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url}"))
+    page.goto(report.resolve().as_uri(), wait_until="load")
+    images = page.evaluate(
+        "Array.from(document.images).map(i => [i.getAttribute('src'), i.naturalWidth])"
+    )
+    problems += [f"image {src} did not load" for src, width in images if not width > 0]
+    answer = page.inner_text("#answer")
+    page.close()
+    return problems, answer
+
+
+def test_report_renders_in_chromium(browser, full_report, sweep, tmp_path):
+    """Every figure loads, nothing fails, the answer names each optimizer; a broken copy of
+    the report (one figure missing) is caught."""
+    problems, answer = browser_problems(browser, full_report)
+    assert problems == []
+    for optimizer in sweep["runs"]["optimizer"].unique():
+        assert optimizer.lower() in answer.lower(), (optimizer, answer)
+    broken = tmp_path / "broken"
+    shutil.copytree(full_report.parent, broken)
+    (broken / "held_fractions.png").unlink()
+    problems, _ = browser_problems(browser, broken / "report.html")
+    assert "image held_fractions.png did not load" in problems

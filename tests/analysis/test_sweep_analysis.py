@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT, compose_config
+from conftest import compose_config
+from job_folders import execute_notebook
 
 from optprobe.analysis.correlations import COLUMNS as CORRELATION_COLUMNS
 from optprobe.analysis.correlations import CONSTANTS
@@ -173,18 +174,6 @@ def test_a_real_diverged_job_is_not_pooled(tmp_path):
 
 
 def test_notebook_reproduces_the_report(sweep):
-    import nbformat
-    from nbclient import NotebookClient
-
-    nb = nbformat.read(ROOT / "notebooks" / "analysis.ipynb", as_version=4)
-    assert all(not cell.get("outputs") for cell in nb.cells if cell.cell_type == "code")  # stripped
-    os.environ["OPTPROBE_SWEEP"] = str(sweep)
-    try:
-        NotebookClient(
-            nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
-        ).execute()
-    finally:
-        os.environ.pop("OPTPROBE_SWEEP")
-    text = json.dumps([c.get("outputs", []) for c in nb.cells])
+    text = execute_notebook(sweep)
     assert "6 runs, 6 included" in text and "[sanity check]" in text and "image/png" in text
     assert (sweep / "report" / "report.html").is_file()

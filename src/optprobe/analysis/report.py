@@ -45,6 +45,8 @@ from optprobe.analysis.figures import (
     plot_trajectories,
 )
 from optprobe.analysis.figures.comparison import INTERVALS
+from optprobe.analysis.figures.constants import PANEL_STATS
+from optprobe.analysis.figures.held_fractions import INTERVALS as HELD_INTERVALS
 from optprobe.analysis.report_tables import (
     assumption_labels,
     comparison_table,
@@ -55,6 +57,7 @@ from optprobe.analysis.report_tables import (
     verdict_matrix,
 )
 from optprobe.analysis.report_text import answer_sentences, correlation_sentence, frame
+from optprobe.analysis.run_intervals import DESCRIPTION as RUN_INTERVAL
 from optprobe.analysis.run_status import REASONS
 from optprobe.run.folder import JobFolder
 
@@ -78,20 +81,24 @@ FIGURES: dict[str, tuple[str, str]] = {
     ),
     "held_fractions.png": (
         "Fraction held, per run and assumption",
-        "Fraction of probed steps on which each assumption held, one bar per included run "
-        "(coloured by optimizer), with that run's own 95% interval from verdicts.csv.",
+        "Fraction of probed steps on which each assumption's headline variant held, one bar "
+        "per included run (named by optimizer and seed, coloured by optimizer). Whiskers: "
+        f"{HELD_INTERVALS} (interval_method in verdicts.csv). The other variants (L choices, "
+        "valid and informative, fresh batch) are in the per-run verdict table below and in "
+        "verdicts.csv.",
     ),
     "trajectories.png": (
         "Per-step trajectories",
         "Probe values over training, one line per run; each panel's title says when its "
         "assumption held; green dots mark probed steps where it held, red crosses steps where "
-        "it was violated (symmetric-log y axis).",
+        "it was violated (symmetric-log y axis). No intervals.",
     ),
     "constants_vs_performance.png": (
         "Fitted constants against performance",
-        "Each fitted constant against the final training loss, one point per included run, with "
-        "the within-optimizer Spearman ρ and its Holm-adjusted permutation p-value where the "
-        "constant is pre-declared.",
+        f"The pre-declared fitted constants ({', '.join(correlations_module.CONSTANTS)}, where "
+        "measured) against the final training loss: one row of panels per setting and "
+        "optimizer, one panel per constant, one point per included run; the other constants "
+        f"are in runs.csv. Panel titles: {PANEL_STATS}.",
     ),
 }
 
@@ -208,8 +215,8 @@ def _table_sections(runs, verdicts, correlations, comparison, labels) -> list[st
         f"{escape(correlations_module.CORRECTION)} over every test of this table.</p>",
         correlation_table(correlations),
         "<h2>Table: per-run verdicts</h2>",
-        '<p class="small">Fraction of probed steps on which each assumption held, the run\'s '
-        "own 95% interval and (held/checked) steps.</p>",
+        '<p class="small">Fraction of probed steps on which each verdict held, '
+        f"[the run's own {escape(RUN_INTERVAL)}] and (held/checked) steps.</p>",
         verdict_matrix(verdicts, runs, labels),
     ]
     if labels:
@@ -251,8 +258,8 @@ def write_report(
     histories = dict(histories or {})
 
     for name, df in zip(TABLES, (runs, verdicts, correlations, comparison)):
-        if df.empty and not len(df.columns) and name in _HEADERS:
-            df = pd.DataFrame(columns=list(_HEADERS[name]))
+        if df.empty and name in _HEADERS:  # the header, whatever the empty table held
+            df = pd.DataFrame(columns=list(dict.fromkeys([*_HEADERS[name], *df.columns])))
         df.to_csv(out / name, index=False)
     if findings is not None:
         JobFolder.write_json(out / FINDINGS_JSON, dict(findings))

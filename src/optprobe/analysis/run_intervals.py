@@ -24,6 +24,7 @@ import numpy as np
 from optprobe.analysis.stats import wilson_interval
 
 __all__ = [
+    "DESCRIPTION",
     "METHOD",
     "RHO_MAX",
     "RunInterval",
@@ -38,6 +39,13 @@ METHOD = "wilson_ess_ar1"
 RHO_MAX = 0.99
 """Largest lag-1 autocorrelation used (a chain that never mixes still counts one observation
 per ~200 steps)."""
+
+DESCRIPTION = (
+    f"95% Wilson interval at the run's effective sample size ({METHOD}): n_eff = "
+    "n(1 − ρ)/(1 + ρ) for n probed steps, ρ the lag-1 autocorrelation of the held indicator "
+    f"over the run's steps, clipped to [0, {RHO_MAX}]"
+)
+"""What a per-run interval is, in words (captions, table notes)."""
 
 
 class RunInterval(NamedTuple):

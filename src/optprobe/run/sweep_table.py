@@ -6,6 +6,7 @@ import csv
 from pathlib import Path
 from typing import Any
 
+from optprobe.assumptions import ASSUMPTIONS, verdict_rank
 from optprobe.run.folder import SWEEP_SUMMARY, JobFolder
 
 COLUMNS = ("job", "overrides", "status", "train/loss", "val/acc", "wall_s", "folder")
@@ -63,9 +64,21 @@ HELD_NOTE = (
 
 def table_columns(rows: list[dict[str, Any]]) -> tuple[str, ...]:
     """The fixed columns plus one ``held:<id>`` column per headline verdict judged
-    (``headline_entries``)."""
-    held = sorted({k for r in rows for k in r if k.startswith("held:")})
+    (``headline_entries``), in the registry's order of assumptions."""
+    held = {k for r in rows for k in r if k.startswith("held:")}
+    held = sorted(held, key=lambda k: verdict_rank(k.removeprefix("held:")))
     return (*COLUMNS[:-1], *held, COLUMNS[-1])
+
+
+def not_judged(columns: tuple[str, ...]) -> str:
+    """The registry's assumptions without a ``held:`` column, and the keys they need, or ''."""
+    judged = {c.removeprefix("held:").split(":", 1)[0] for c in columns if c.startswith("held:")}
+    missing = [a for a in ASSUMPTIONS.values() if a.id not in judged]
+    if not missing:
+        return ""
+    return "not judged in these jobs (their keys were not logged): " + "; ".join(
+        f"{a.id} ({', '.join(a.keys)})" for a in missing
+    )
 
 
 def format_table(rows: list[dict[str, Any]], columns: tuple[str, ...] | None = None) -> str:
@@ -81,7 +94,7 @@ def format_table(rows: list[dict[str, Any]], columns: tuple[str, ...] | None = N
     out = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)), line]
     out += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
     if any(c.startswith("held:") for c in columns):
-        out.append(HELD_NOTE)
+        out += [HELD_NOTE, not_judged(columns)] if not_judged(columns) else [HELD_NOTE]
     out += [f"{r['job']}: {r['error']}" for r in rows if r.get("error")]
     return "\n".join(out)
 

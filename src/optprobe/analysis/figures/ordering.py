@@ -1,5 +1,6 @@
-"""The order and colours shared by the figures and the report's tables: runs by optimizer,
-seed and id; assumptions in the registry's order; one colour per optimizer."""
+"""The order, names and colours shared by the figures and the report's tables: runs by
+optimizer, seed and id (named by optimizer and seed); verdict keys in the registry's order of
+assumptions and variants; one colour per optimizer."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from optprobe.analysis.figures.canvas import is_empty
-from optprobe.assumptions import ASSUMPTIONS
+from optprobe.analysis.verdict_keys import key_label
+from optprobe.assumptions import ASSUMPTIONS, verdict_rank
 
 #: Display order of the assumption ids (the registry's); unknown ids follow in sorted order.
 ASSUMPTION_ORDER: tuple[str, ...] = tuple(ASSUMPTIONS)
@@ -38,8 +41,9 @@ def optimizer_colors(optimizers: Sequence[str]) -> dict[str, str]:
     return {name: _PALETTE[i % len(_PALETTE)] for i, name in enumerate(names)}
 
 
-def optimizer_legend(ax: Axes, colors: Mapping[str, str], **kwargs) -> None:
-    """A legend with one colour patch per optimizer (nothing when there is no optimizer)."""
+def optimizer_legend(ax: Axes | Figure, colors: Mapping[str, str], **kwargs) -> None:
+    """A legend on an axes or a figure with one colour patch per optimizer (nothing when there
+    is no optimizer)."""
     if not colors:
         return
     handles = [Line2D([], [], color=c, lw=6, label=o) for o, c in colors.items()]
@@ -66,26 +70,48 @@ def _seed(value) -> float:
 
 
 def run_order(run_ids: Sequence[str], runs: pd.DataFrame | None) -> list[str]:
-    """Runs sorted by optimizer, then seed, then run_id; ids unknown to ``runs`` go last."""
+    """Runs sorted by setting, optimizer, seed and run_id; ids unknown to ``runs`` go last."""
     ids = list(dict.fromkeys(str(r) for r in run_ids))
     keys: dict[str, tuple] = {}
     if not is_empty(runs) and "run_id" in runs.columns:
         for _, row in runs.iterrows():
             rid = str(row["run_id"])
-            keys[rid] = (0, str(row.get("optimizer", "")), _seed(row.get("seed", np.nan)), rid)
-    return sorted(ids, key=lambda r: keys.get(r, (1, "", math.inf, r)))
+            head = (str(row.get("setting", "")), str(row.get("optimizer", "")))
+            keys[rid] = (0, *head, _seed(row.get("seed", np.nan)), rid)
+    return sorted(ids, key=lambda r: keys.get(r, (1, "", "", math.inf, r)))
 
 
 def assumption_order(ids: Sequence[str]) -> list[str]:
-    """``ids`` without repeats: the registry's in its order, then unknown ones sorted."""
-    ids = list(dict.fromkeys(str(i) for i in ids))
-    known = [a for a in ASSUMPTION_ORDER if a in ids]
-    return known + sorted(a for a in ids if a not in ASSUMPTION_ORDER)
+    """Verdict keys (assumption ids or variant ids) without repeats, in the registry's order of
+    assumptions and variants, then unknown ones sorted."""
+    return sorted(dict.fromkeys(str(i) for i in ids), key=verdict_rank)
 
 
 def assumption_label(assumption: str, fallback: str | None = None) -> str:
-    """The registry's label of an assumption id; for an id it does not know, ``fallback`` (a
-    label found in the data) or the id itself."""
-    if assumption in ASSUMPTIONS:
-        return ASSUMPTIONS[assumption].label
-    return fallback if fallback is not None and not pd.isna(fallback) else assumption
+    """The registry's label of a verdict key (its variant's label where it names one); for a
+    key it does not know, ``fallback`` (a label found in the data) or the key itself."""
+    if fallback is not None and pd.isna(fallback):
+        fallback = None
+    return key_label(assumption, fallback)
+
+
+def run_labels(run_ids: Sequence[str], runs: pd.DataFrame | None) -> dict[str, str]:
+    """run_id -> ``<optimizer> s<seed>`` (the setting first when the runs have several; the
+    run_id added where two runs would read the same); the run_id for runs ``runs`` lacks."""
+    info: dict[str, pd.Series] = {}
+    if not is_empty(runs) and "run_id" in runs.columns:
+        info = {str(r["run_id"]): r for _, r in runs.iterrows()}
+    settings = {str(r.get("setting")) for r in info.values() if pd.notna(r.get("setting"))}
+    labels = {}
+    for rid in run_ids:
+        row = info.get(str(rid))
+        if row is None or pd.isna(row.get("optimizer")):
+            labels[str(rid)] = str(rid)
+            continue
+        seed = _seed(row.get("seed"))
+        text = f"{row['optimizer']} s{int(seed)}" if math.isfinite(seed) else str(row["optimizer"])
+        if len(settings) > 1:
+            text = f"{row.get('setting')} {text}"
+        labels[str(rid)] = text
+    counts = pd.Series(list(labels.values())).value_counts()
+    return {r: (f"{t} ({r})" if counts[t] > 1 and t != r else t) for r, t in labels.items()}
