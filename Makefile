@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 run: setup
 	$(PY) train.py -m optimizer=sgd,adam
 
-## the reference study's grid at CPU scale (3 settings x SGD-momentum/AdamW x 5 seeds, ~1 h
+## the reference study's grid at CPU scale (3 settings x SGD-momentum/AdamW x 5 seeds, ~50 min
 ## on 2 cores), then the report: $(REPRO_DIR)/report/report.html. Each job starts with
 ## "[optprobe] job i of 30, ~T left" (T at the pace of the setting that runs).
 REPRO_DIR ?= logs/reproduce/$(shell date +%Y-%m-%d_%H-%M-%S)
