@@ -10,6 +10,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
+from optprobe.optim.modes import set_mode
+
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 
@@ -26,6 +28,11 @@ class TrainingModule(pl.LightningModule):
     optimizer on the command line needs no change to the model config. The scheduler factory
     receives the optimizer and the total number of optimizer steps and is stepped every step.
     Probes read ``net`` and ``loss_fn`` to evaluate the same loss at other parameters.
+
+    An optimizer class with ``splits_by_module = True`` (``optprobe.optim.muon``) is built from
+    ``net`` itself, any other from its parameters. Schedule-Free optimizers are put in train
+    mode for training (probes see the gradient point y) and in eval mode (the averaged point x)
+    for validation and after fit (``optprobe.optim.modes``).
     """
 
     def __init__(
@@ -73,12 +80,28 @@ class TrainingModule(pl.LightningModule):
         if self.task == "lm" and "val/loss" in self.trainer.callback_metrics:
             self.log("val/ppl", torch.exp(self.trainer.callback_metrics["val/loss"]))
 
+    def on_train_start(self) -> None:
+        set_mode(self.optimizers(), train=True)
+
+    def on_validation_start(self) -> None:
+        if self.trainer.state.fn == "fit":
+            set_mode(self.optimizers(), train=False)
+
+    def on_validation_end(self) -> None:
+        if self.trainer.state.fn == "fit":
+            set_mode(self.optimizers(), train=True)
+
+    def on_train_end(self) -> None:
+        set_mode(self.optimizers(), train=False)
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.run_config is not None:
             checkpoint["optprobe_config"] = self.run_config
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.parameters())
+        factory = self.optimizer_factory
+        by_module = getattr(getattr(factory, "func", factory), "splits_by_module", False)
+        optimizer = factory(self.net if by_module else self.parameters())
         if self.scheduler_factory is None:
             return optimizer
         total = int(self.trainer.estimated_stepping_batches)
