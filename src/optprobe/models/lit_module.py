@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
+from optprobe.optim.factory import build_optimizer
 from optprobe.optim.modes import set_mode
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -99,9 +100,7 @@ class TrainingModule(pl.LightningModule):
             checkpoint["optprobe_config"] = self.run_config
 
     def configure_optimizers(self):
-        factory = self.optimizer_factory
-        by_module = getattr(getattr(factory, "func", factory), "splits_by_module", False)
-        optimizer = factory(self.net if by_module else self.parameters())
+        optimizer = build_optimizer(self.optimizer_factory, self.net)
         if self.scheduler_factory is None:
             return optimizer
         total = int(self.trainer.estimated_stepping_batches)
