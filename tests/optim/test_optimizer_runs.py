@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import CONF_DIR
-from job_harness import metric_rows, run_train, trained_state
+from job_harness import FULL_PROBES, metric_rows, run_train, trained_state
 
 OPTIMIZERS = sorted(p.stem for p in (Path(CONF_DIR) / "optimizer").glob("*.yaml"))
 # optimizers whose stability threshold is undefined (NaN + reason), by the registry's name
@@ -22,27 +22,17 @@ UNDEFINED = {
     "sf_sgd": "schedule_free_sgd",
     "soap": "soap",
 }
-TINY = [
-    "debug=smoke",
-    "data.batch_size=8",
-    "trainer.max_steps=4",
-    "probes.curvature.lanczos_iters=5",
-    "probes.curvature.hutchinson_samples=2",
-    "probes.curvature.esd_iters=5",
-    "probes.curvature.every_n_steps=2",
-    "probes.noise.every_n_steps=2",
-    "probes.noise.num_microbatches=2",
-]
+BASE = ["debug=smoke", "data.batch_size=8", "trainer.max_steps=4"]
 
 
 def assert_invariant(make_cfg, optimizer: str, *extra: str) -> tuple[dict, Path]:
     """probes=full leaves parameters and optimizer state bit-identical to probes=none; the
     probed run's (final parameters, job folder)."""
     probed, opt_probed, folder = trained_state(
-        make_cfg([f"optimizer={optimizer}", "probes=full", *TINY, *extra], name="probed")
+        make_cfg([f"optimizer={optimizer}", *BASE, *FULL_PROBES, *extra], name="probed")
     )
     plain, opt_plain, _ = trained_state(
-        make_cfg([f"optimizer={optimizer}", "probes=none", *TINY[:3], *extra], name="plain")
+        make_cfg([f"optimizer={optimizer}", "probes=none", *BASE, *extra], name="plain")
     )
     for key in plain:
         assert torch.equal(probed[key], plain[key]), key
@@ -81,7 +71,7 @@ def test_lion_probes_observe(make_cfg):
 def test_every_optimizer_runs_with_every_probe(tmp_path):
     assert {"sgd", "sgdm", "nesterov", "adam", "adamw", "rmsprop", "adagrad"} < set(OPTIMIZERS)
     assert set(UNDEFINED) < set(OPTIMIZERS)
-    args = ["-m", f"optimizer={','.join(OPTIMIZERS)}", "probes=full", *TINY]
+    args = ["-m", f"optimizer={','.join(OPTIMIZERS)}", *BASE, *FULL_PROBES]
     out = run_train(args, tmp_path, timeout=3600)
     assert out.returncode == 0, out.stderr[-3000:]
     (sweep,) = (tmp_path / "train" / "multiruns").iterdir()
