@@ -11,7 +11,7 @@ from torch.nn import functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 from optprobe.optim.factory import build_optimizer
-from optprobe.optim.modes import set_mode
+from optprobe.optim.modes import ModeSwitch
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
@@ -51,6 +51,7 @@ class TrainingModule(pl.LightningModule):
         self.task = task
         self.loss_fn = cross_entropy
         self.run_config: dict | None = None  # saved in checkpoints to check resumes
+        self.modes = ModeSwitch()
         self.train_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
 
@@ -82,18 +83,18 @@ class TrainingModule(pl.LightningModule):
             self.log("val/ppl", torch.exp(self.trainer.callback_metrics["val/loss"]))
 
     def on_train_start(self) -> None:
-        set_mode(self.optimizers(), train=True)
+        self.modes.to_train(self.optimizers())
 
     def on_validation_start(self) -> None:
         if self.trainer.state.fn == "fit":
-            set_mode(self.optimizers(), train=False)
+            self.modes.to_eval(self.optimizers())
 
     def on_validation_end(self) -> None:
         if self.trainer.state.fn == "fit":
-            set_mode(self.optimizers(), train=True)
+            self.modes.to_train(self.optimizers())
 
     def on_train_end(self) -> None:
-        set_mode(self.optimizers(), train=False)
+        self.modes.to_eval(self.optimizers())
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.run_config is not None:
