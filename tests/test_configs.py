@@ -14,6 +14,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from optprobe.optim.factory import build_optimizer
+from optprobe.optim.modes import set_mode
 from optprobe.run.build import build, expand_shorthands
 
 
@@ -69,9 +71,10 @@ def test_data_option_instantiates(make_cfg, cifar_dir, data):
 @pytest.mark.parametrize("scheduler", options("scheduler"))
 def test_optimizer_and_scheduler_factories(make_cfg, optimizer, scheduler):
     cfg = make_cfg([f"optimizer={optimizer}", f"scheduler={scheduler}"])
-    params = [torch.nn.Parameter(torch.ones(3))]
-    opt = instantiate(cfg.optimizer)(params=params)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    opt = build_optimizer(instantiate(cfg.optimizer), net)
     assert isinstance(opt, torch.optim.Optimizer)
+    set_mode(opt, train=True)  # Schedule-Free steps only in train mode
     assert opt.param_groups[0]["lr"] == cfg.optimizer.lr
     sched = instantiate(cfg.scheduler)(optimizer=opt, total_steps=300)
     lrs = []

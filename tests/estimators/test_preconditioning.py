@@ -11,7 +11,8 @@ import torch
 from dense_operators import DTYPE, dense_matvec, materialize, spectrum_40_matrix
 
 from optprobe.estimators.lanczos import extreme_eigenvalues
-from optprobe.estimators.preconditioning import preconditioned_matvec, stability_threshold
+from optprobe.estimators.preconditioning import preconditioned_matvec
+from optprobe.optim.registry import stability_threshold
 
 
 def test_preconditioned_matvec_has_eigenvalues_of_dinv_h():
@@ -72,4 +73,4 @@ def test_stability_threshold_is_lr_limit_of_heavy_ball_on_quadratic():
 
 def test_stability_threshold_rejects_unknown_rule():
     with pytest.raises(ValueError, match="rule"):
-        stability_threshold("rmsprop")
+        stability_threshold("lion")

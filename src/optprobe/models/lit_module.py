@@ -10,6 +10,9 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
+from optprobe.optim.factory import build_optimizer
+from optprobe.optim.modes import ModeSwitch
+
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 
@@ -26,6 +29,11 @@ class TrainingModule(pl.LightningModule):
     optimizer on the command line needs no change to the model config. The scheduler factory
     receives the optimizer and the total number of optimizer steps and is stepped every step.
     Probes read ``net`` and ``loss_fn`` to evaluate the same loss at other parameters.
+
+    An optimizer class with ``splits_by_module = True`` (``optprobe.optim.muon``) is built from
+    ``net`` itself, any other from its parameters. Schedule-Free optimizers are put in train
+    mode for training (probes see the gradient point y) and in eval mode (the averaged point x)
+    for validation and after fit (``optprobe.optim.modes``).
     """
 
     def __init__(
@@ -43,6 +51,7 @@ class TrainingModule(pl.LightningModule):
         self.task = task
         self.loss_fn = cross_entropy
         self.run_config: dict | None = None  # saved in checkpoints to check resumes
+        self.modes = ModeSwitch()
         self.train_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
 
@@ -73,12 +82,26 @@ class TrainingModule(pl.LightningModule):
         if self.task == "lm" and "val/loss" in self.trainer.callback_metrics:
             self.log("val/ppl", torch.exp(self.trainer.callback_metrics["val/loss"]))
 
+    def on_train_start(self) -> None:
+        self.modes.to_train(self.optimizers())
+
+    def on_validation_start(self) -> None:
+        if self.trainer.state.fn == "fit":
+            self.modes.to_eval(self.optimizers())
+
+    def on_validation_end(self) -> None:
+        if self.trainer.state.fn == "fit":
+            self.modes.to_train(self.optimizers())
+
+    def on_train_end(self) -> None:
+        self.modes.to_eval(self.optimizers())
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.run_config is not None:
             checkpoint["optprobe_config"] = self.run_config
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.parameters())
+        optimizer = build_optimizer(self.optimizer_factory, self.net)
         if self.scheduler_factory is None:
             return optimizer
         total = int(self.trainer.estimated_stepping_batches)

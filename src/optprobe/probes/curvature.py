@@ -29,12 +29,10 @@ from optprobe.estimators.functional import (
 )
 from optprobe.estimators.hutchinson import hutchinson_trace
 from optprobe.estimators.lanczos import EigenEstimate, extreme_eigenvalues
-from optprobe.estimators.preconditioning import (
-    adam_preconditioner,
-    preconditioned_matvec,
-    stability_threshold,
-)
+from optprobe.estimators.preconditioning import preconditioned_matvec
 from optprobe.estimators.spectral_density import spectral_density
+from optprobe.log import warn
+from optprobe.optim.registry import facts_for
 from optprobe.probes.base import ProbeCallback
 from optprobe.validate import check_bool, check_choice, check_int, check_number
 
@@ -65,21 +63,22 @@ class CurvatureProbe(ProbeCallback):
       space), else 0.
     - ``curv/trace``, ``curv/trace_stderr``: Hutchinson estimate of tr H with
       ``hutchinson_samples`` Rademacher probes, and its standard error (sample std / sqrt(n)).
-    - ``curv/precond_lambda_max`` (Adam-type optimizers, once they have state):
-      ``lambda_max(P^-1 H)`` with ``P = diag(sqrt(v_hat) + eps)``,
-      ``v_hat = exp_avg_sq / (1 - beta2^step)`` from the optimizer state at x_t (the
-      preconditioner of the last applied step), by Lanczos on ``P^-1/2 H P^-1/2``; in loss
-      units per squared preconditioned step. ``curv/precond_lanczos_converged``: its 0/1 flag.
-    - ``curv/sharpness_ratio``: ``lr * lambda_max`` (SGD with or without momentum, and any
-      optimizer other than Adam-type) or ``lr * lambda_max(P^-1 H)`` (Adam-type), with
-      ``lr = param_groups[0]["lr"]``; dimensionless. On a quadratic the iteration is stable
-      while it stays below the threshold (Cohen et al. 2021; 2022 for Adam).
-    - ``curv/stability_threshold``: that threshold (``stability_threshold``): 2 (SGD),
-      ``(2 + 2 beta) / (1 - dampening)`` (heavy-ball momentum beta), ``(2 + 2 beta) /
-      (1 + 2 beta)`` (Nesterov), ``(2 + 2 beta1) / (1 - beta1)`` (Adam-type; 38 for
-      beta1 = 0.9). Not logged for other
-      optimizers. For Adam-type optimizers before their first step neither the ratio nor the
-      threshold is logged.
+    - ``curv/precond_lambda_max`` (optimizers with a diagonal preconditioner in
+      :mod:`optprobe.optim.registry`: Adam/AdamW, RMSprop, Adagrad, Schedule-Free AdamW, once
+      they have state): ``lambda_max(P^-1 H)`` with P the preconditioner of the last applied
+      step read from the optimizer state at x_t (Adam: ``sqrt(v_hat) + eps``), by Lanczos on
+      ``P^-1/2 H P^-1/2``; in loss units per squared preconditioned step.
+      ``curv/precond_lanczos_converged``: its 0/1 flag.
+    - ``curv/sharpness_ratio``: ``lr * lambda_max(P^-1 H)`` with a preconditioner, else
+      ``lr * lambda_max``, with ``lr`` the first parameter group's step size of the next step;
+      dimensionless. On a quadratic the iteration is stable while it stays below the threshold
+      (Cohen et al. 2021; 2022 for adaptive methods).
+    - ``curv/stability_threshold``: that threshold from the registry (2 for SGD, ``(2 + 2
+      beta) / (1 - dampening)`` heavy ball, ``(2 + 2 beta) / (1 + 2 beta)`` Nesterov, ``(2 +
+      2 beta1) / (1 - beta1)`` Adam-type, ``2 + 2 mu`` RMSprop, 2 Adagrad); NaN where none is
+      defined (Lion, Muon, Adafactor, Schedule-Free, SOAP, unregistered optimizers), with the
+      reason warned once and kept in the summary (``threshold_undefined``). Before a
+      preconditioned optimizer's first step neither the ratio nor the threshold is logged.
     - ``curv/esd_saved`` (``esd=True``): 1 when the spectral density by stochastic Lanczos
       quadrature (``spectral_density``, ``esd_probes`` x ``esd_iters`` HVPs) was written
       to ``<default_root_dir>/probes/esd/step_<t>.npz`` (arrays ``grid``: eigenvalue,
@@ -124,6 +123,7 @@ class CurvatureProbe(ProbeCallback):
         super().__init__(every_n_steps, **schedule)
         self.last_lambda_max: float | None = None
         self.max_lambda_max = -math.inf
+        self.threshold_undefined: str | None = None  # why curv/stability_threshold is NaN
         key = self.config_key
         self.lanczos_iters = check_int(f"{key}.lanczos_iters", lanczos_iters, 1)
         self.tol = check_number(f"{key}.tol", tol, low=0, low_open=True, example="1e-3")
@@ -202,38 +202,31 @@ class CurvatureProbe(ProbeCallback):
         matvec: MatVec,
         dim: int,
     ) -> dict[str, float]:
-        group = optimizer.param_groups[0]
-        lr = float(group["lr"])
-        if isinstance(optimizer, torch.optim.SGD):
-            rule = "nesterov" if group.get("nesterov") else "sgd"
-            beta = float(group.get("momentum", 0.0))
-            dampening = float(group.get("dampening", 0.0))
-            return {
-                "curv/sharpness_ratio": lr * eig.lambda_max,
-                "curv/stability_threshold": stability_threshold(rule, beta, dampening),
-            }
-        if "betas" in group and any("exp_avg_sq" in s for s in optimizer.state.values()):
-            precond = adam_preconditioner(optimizer, params)
-            if precond is None:
-                return {}
-            device = next(iter(params.values())).device
-            pre = extreme_eigenvalues(
-                preconditioned_matvec(matvec, precond.to(device)),
-                dim,
-                self.lanczos_iters,
-                self.tol,
-                generator=self.generator,
-                device=device,
-            )
-            return {
-                "curv/precond_lambda_max": pre.lambda_max,
-                "curv/precond_lanczos_converged": float(pre.converged),
-                "curv/sharpness_ratio": lr * pre.lambda_max,
-                "curv/stability_threshold": stability_threshold("adam", float(group["betas"][0])),
-            }
-        if "betas" in group:  # Adam-type before its first step: no preconditioner yet
+        facts = facts_for(optimizer)
+        values = {"curv/stability_threshold": facts.threshold_of(optimizer)}
+        if facts.threshold is None and self.threshold_undefined is None:
+            self.threshold_undefined = f"{facts.name}: {facts.reason}"
+            warn(f"{self.config_key}: curv/stability_threshold is NaN ({self.threshold_undefined})")
+        if facts.preconditioner is None:
+            return {**values, "curv/sharpness_ratio": facts.lr(optimizer) * eig.lambda_max}
+        precond = facts.preconditioner(optimizer, params)
+        if precond is None:  # before the first step: no preconditioner yet
             return {}
-        return {"curv/sharpness_ratio": lr * eig.lambda_max}
+        device = next(iter(params.values())).device
+        pre = extreme_eigenvalues(
+            preconditioned_matvec(matvec, precond.to(device)),
+            dim,
+            self.lanczos_iters,
+            self.tol,
+            generator=self.generator,
+            device=device,
+        )
+        return {
+            **values,
+            "curv/precond_lambda_max": pre.lambda_max,
+            "curv/precond_lanczos_converged": float(pre.converged),
+            "curv/sharpness_ratio": facts.lr(optimizer) * pre.lambda_max,
+        }
 
     @override
     def before_step(
@@ -252,7 +245,8 @@ class CurvatureProbe(ProbeCallback):
                 f"{self.config_key}.hvp=forward_over_reverse failed on this network ({err}); "
                 f"use {self.config_key}.hvp=double_backward"
             ) from err
-        if not self.finite_or_skip(trainer, pl_module, values, step):
+        undefined = ("curv/stability_threshold",) if self.threshold_undefined else ()
+        if not self.finite_or_skip(trainer, pl_module, values, step, may_be_nan=undefined):
             return
         self.num_probed += 1
         self.last_lambda_max = values["curv/lambda_max"]
@@ -299,6 +293,11 @@ class CurvatureProbe(ProbeCallback):
             "hvp": self.hvp_mode,
             "last_lambda_max": self.last_lambda_max,
             "max_lambda_max": self.max_lambda_max,
+            **(
+                {"threshold_undefined": self.threshold_undefined}
+                if self.threshold_undefined
+                else {}
+            ),
         }
 
     # ----------------------------------------------------------------- state
