@@ -1,5 +1,6 @@
-"""``ProgressLine``: when it prints (every 10 % of the steps, every ``every_s`` seconds, at the
-last step) and what the line says, on a stand-in trainer."""
+"""``ProgressLine``: when it prints (every 10 % of the steps unless within ``min_gap_s`` of the
+last line, every ``every_s`` seconds, at the last step) and what the line says, on a stand-in
+trainer."""
 
 from __future__ import annotations
 
@@ -29,11 +30,24 @@ def steps_printed(line: ProgressLine, first: int, total: float, capsys) -> list[
 
 
 def test_prints_every_tenth_of_the_steps_and_the_last(capsys):
-    assert steps_printed(ProgressLine(every_s=1e9), 0, 100, capsys) == list(range(10, 101, 10))
+    assert steps_printed(ProgressLine(every_s=1e9, min_gap_s=0), 0, 100, capsys) == list(
+        range(10, 101, 10)
+    )
 
 
 def test_a_resumed_segment_prints_a_tenth_of_the_run_after_its_start(capsys):
-    assert steps_printed(ProgressLine(every_s=1e9), 55, 100, capsys) == [65, 75, 85, 95, 100]
+    assert steps_printed(ProgressLine(every_s=1e9, min_gap_s=0), 55, 100, capsys) == [
+        65,
+        75,
+        85,
+        95,
+        100,
+    ]
+
+
+def test_a_short_job_prints_only_its_last_step(capsys):
+    """Tenths of a job that lasts less than min_gap_s are not worth a line each."""
+    assert steps_printed(ProgressLine(every_s=1e9, min_gap_s=1e9), 0, 100, capsys) == [100]
 
 
 def test_prints_every_step_when_every_s_has_passed(capsys):
