@@ -12,6 +12,7 @@ correction, :func:`correlation_note` says so instead of listing "significant" pa
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -32,6 +33,7 @@ __all__ = [
     "PERFORMANCE",
     "correlation_note",
     "correlations",
+    "smallest_possible_p",
 ]
 
 CONSTANTS = ("L_lip_max", "L0", "L1", "gamma", "rho", "pl", "sigma_sq")
@@ -65,25 +67,32 @@ permutation p-value, ``pvalue_adjusted`` Holm's over the ``tests`` of the table,
 ``significant`` whether that is at most ``ALPHA``."""
 
 
-def _pairs(group: pd.DataFrame, const: str, perf: str) -> tuple[np.ndarray, np.ndarray]:
-    x = pd.to_numeric(group.get(f"const:{const}"), errors="coerce").to_numpy(float)
+def _pairs(group: pd.DataFrame, column: str, perf: str) -> tuple[np.ndarray, np.ndarray]:
+    x = pd.to_numeric(group.get(column), errors="coerce").to_numpy(float)
     y = pd.to_numeric(group.get(perf), errors="coerce").to_numpy(float)
     keep = np.isfinite(x) & np.isfinite(y)
     return x[keep], y[keep]
 
 
-def correlations(runs: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
-    """correlations.csv from the runs table (only rows with ``included`` true are used)."""
+def correlations(
+    runs: pd.DataFrame,
+    seed: int = 0,
+    prefix: str = "const:",
+    constants: Sequence[str] = CONSTANTS,
+    performance: Sequence[str] = PERFORMANCE,
+) -> pd.DataFrame:
+    """correlations.csv from the runs table (only rows with ``included`` true are used): each
+    column ``<prefix><constant>`` against each ``performance`` column, Holm over the table."""
     used = runs[runs["included"].astype(bool)] if "included" in runs else runs
     rows = []
     for (setting, optimizer), group in used.groupby(["setting", "optimizer"], sort=True):
-        for const in CONSTANTS:
-            if f"const:{const}" not in group:
+        for const in constants:
+            if f"{prefix}{const}" not in group:
                 continue
-            for perf in PERFORMANCE:
+            for perf in performance:
                 if perf not in group:
                     continue
-                x, y = _pairs(group, const, perf)
+                x, y = _pairs(group, f"{prefix}{const}", perf)
                 rho = spearman(x, y) if x.size >= MIN_PAIRS else math.nan
                 if not math.isfinite(rho):
                     continue
@@ -110,13 +119,15 @@ def correlations(runs: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     return table
 
 
+def smallest_possible_p(n: int) -> float:
+    """The smallest permutation p-value a correlation over n runs can reach: 2 / n! when
+    exact, 1 / (resamples + 1) above ``EXACT_MAX_N`` runs."""
+    return min_exact_spearman_pvalue(n) if n <= EXACT_MAX_N else 1.0 / (N_RESAMPLES + 1)
+
+
 def _smallest_possible_p(corr: pd.DataFrame) -> float:
     """The smallest p-value any row could have reached with its number of runs."""
-    floors = [
-        min_exact_spearman_pvalue(int(n)) if n <= EXACT_MAX_N else 1.0 / (N_RESAMPLES + 1)
-        for n in corr["n"]
-    ]
-    return float(np.nanmin(floors))
+    return float(np.nanmin([smallest_possible_p(int(n)) for n in corr["n"]]))
 
 
 def correlation_note(corr: pd.DataFrame) -> str:

@@ -2,9 +2,9 @@
 
 ``write_report`` takes the analysis tables and writes, into one folder:
 
-- ``runs.csv``, ``verdicts.csv``, ``correlations.csv``, ``comparison.csv`` (the tables as given;
-  correlations.csv and comparison.csv always with their header) and ``findings.json`` (when
-  given);
+- ``runs.csv``, ``verdicts.csv``, ``correlations.csv``, ``comparison.csv``,
+  ``early_prediction.csv`` (the tables as given; the last three always with their header) and
+  ``findings.json`` (when given);
 - ``held_fractions.png``, ``trajectories.png``, ``constants_vs_performance.png``,
   ``optimizer_comparison.png`` (see :mod:`optprobe.analysis.figures`);
 - ``report.html``: inline CSS, no JavaScript, no external resource; images and CSVs are
@@ -24,6 +24,9 @@ Table schema (any column may be missing; the report says so instead of failing):
 - ``correlations``: :data:`optprobe.analysis.correlations.COLUMNS`.
 - ``comparison``: :data:`optprobe.analysis.comparison.COLUMNS` (one row per setting ×
   optimizer × verdict entry, run-level).
+- ``early_prediction``: the same columns as ``correlations``, for the constants measured in
+  the first part of each run against the final loss (:mod:`optprobe.analysis.early`), with
+  ``prediction_sentences`` its answer per setting × optimizer.
 - ``histories``: run_id -> per-step DataFrame (``step`` and probe keys).
 """
 
@@ -64,11 +67,18 @@ from optprobe.run.folder import JobFolder
 __all__ = ["FIGURES", "TABLES", "write_report"]
 
 #: CSV file names, in the order they are listed in the report.
-TABLES: tuple[str, ...] = ("runs.csv", "verdicts.csv", "correlations.csv", "comparison.csv")
+TABLES: tuple[str, ...] = (
+    "runs.csv",
+    "verdicts.csv",
+    "correlations.csv",
+    "comparison.csv",
+    "early_prediction.csv",
+)
 FINDINGS_JSON = "findings.json"
 _HEADERS = {
     "correlations.csv": correlations_module.COLUMNS,
     "comparison.csv": comparison_module.COLUMNS,
+    "early_prediction.csv": correlations_module.COLUMNS,
 }
 
 #: Figure file name -> (section heading, caption).
@@ -225,6 +235,21 @@ def _table_sections(runs, verdicts, correlations, comparison, labels) -> list[st
     return h
 
 
+def _early_section(early: pd.DataFrame, sentences: Iterable[str]) -> list[str]:
+    return [
+        '<section id="early">',
+        "<h2>Table: constants measured early against the final loss, within optimizer</h2>",
+        '<p class="small">The pre-declared constants computed on the probed steps of the first '
+        "part of each run only, Spearman ρ with the final training loss, permutation p, "
+        f"{escape(correlations_module.CORRECTION)} over every test of this table.</p>",
+        "<ul>",
+        *(f"<li>{escape(s)}</li>" for s in sentences),
+        "</ul>",
+        correlation_table(early),
+        "</section>",
+    ]
+
+
 def _excluded_section(runs: pd.DataFrame) -> list[str]:
     legend = "; ".join(f"{k}: {v}" for k, v in REASONS.items())
     return [
@@ -247,8 +272,12 @@ def write_report(
     title: str = "optprobe report",
     notes: Iterable[str] = (),
     findings: Mapping | None = None,
+    early_prediction: pd.DataFrame | None = None,
+    prediction_sentences: Iterable[str] = (),
 ) -> Path:
-    """Write the CSVs, ``findings.json`` (when ``findings`` is given), the four figures and
+    """Write the CSVs (``early_prediction.csv`` from ``early_prediction``, its answer
+    ``prediction_sentences`` in the report), ``findings.json`` (when ``findings`` is given),
+    the four figures and
     ``report.html`` into ``out_dir``; return the path of ``report.html``. Figures show the
     included runs only (runs without an ``included`` column count as included)."""
     out = Path(out_dir)
@@ -257,7 +286,8 @@ def write_report(
     correlations, comparison = frame(correlations), frame(comparison)
     histories = dict(histories or {})
 
-    for name, df in zip(TABLES, (runs, verdicts, correlations, comparison)):
+    early = frame(early_prediction)
+    for name, df in zip(TABLES, (runs, verdicts, correlations, comparison, early)):
         if df.empty and name in _HEADERS:  # the header, whatever the empty table held
             df = pd.DataFrame(columns=list(dict.fromkeys([*_HEADERS[name], *df.columns])))
         df.to_csv(out / name, index=False)
@@ -285,6 +315,7 @@ def write_report(
         h += _excluded_section(runs)
     h += _figure_sections(out, failures)
     h += _table_sections(runs, verdicts, correlations, comparison, labels)
+    h += _early_section(early, [str(s) for s in prediction_sentences])
     files = [*TABLES, *([FINDINGS_JSON] if findings is not None else [])]
     links = " · ".join(f'<a href="{escape(t, quote=True)}">{escape(t)}</a>' for t in files)
     h += [f'<p class="meta">Data: {links}</p>', "</body>", "</html>", ""]

@@ -21,6 +21,7 @@ __all__ = [
     "pair_sentence",
     "pct",
     "pct_interval",
+    "pretty_optimizer",
 ]
 
 _OPTIMIZER_NAMES = {
@@ -95,7 +96,8 @@ def excludes_zero(low, high) -> bool:
     return math.isfinite(lo) and math.isfinite(hi) and (lo > 0 or hi < 0)
 
 
-def _pretty_optimizer(name) -> str:
+def pretty_optimizer(name) -> str:
+    """The optimizer's display name (``adamw`` -> ``AdamW``); unknown names as given."""
     s = str(name)
     return _OPTIMIZER_NAMES.get(s.lower(), s)
 
@@ -120,7 +122,7 @@ def pair_sentence(rows: pd.DataFrame) -> str:
     """One sentence on one setting × optimizer of the comparison table: each entry's mean run
     fraction, its t interval over runs, its label and the pooled fraction."""
     first = rows.iloc[0]
-    name = f"{first.get('setting')}, {_pretty_optimizer(first.get('optimizer'))}"
+    name = f"{first.get('setting')}, {pretty_optimizer(first.get('optimizer'))}"
     excluded = int(num(first.get("runs_excluded"))) if "runs_excluded" in rows else 0
     if excluded:
         name += f" ({excluded} run{'s' if excluded != 1 else ''} excluded)"

@@ -1,7 +1,8 @@
 """Tidy tables of a sweep: one row per run (config, status, performance, verdicts,
 constants), the run-level comparison per setting × optimizer × verdict entry, the study's
-findings, and the within-optimizer correlations of the pre-declared constants with
-performance. Excluded runs (:mod:`optprobe.analysis.run_status`) are in the runs and verdicts
+findings, the within-optimizer correlations of the pre-declared constants with
+performance, and of the same constants measured early in each run with the final loss
+(:mod:`optprobe.analysis.early`). Excluded runs (:mod:`optprobe.analysis.run_status`) are in the runs and verdicts
 tables and nowhere else."""
 
 from __future__ import annotations
@@ -15,6 +16,13 @@ import pandas as pd
 
 from optprobe.analysis.comparison import MIN_RUNS, comparison
 from optprobe.analysis.correlations import correlation_note, correlations
+from optprobe.analysis.early import (
+    EARLY_FRACTION,
+    EARLY_PREFIX,
+    early_constants,
+    early_prediction,
+    prediction_sentences,
+)
 from optprobe.analysis.findings import findings_data, findings_lines
 from optprobe.analysis.fits import slope_comparison
 from optprobe.analysis.run_status import status_columns
@@ -29,8 +37,9 @@ FINAL_WINDOW = 10  # final training loss = mean of the last this many logged ste
 
 @dataclass
 class SweepTables:
-    """Everything the report shows: ``findings`` is findings.json's content and
-    ``correlation_note`` the sentence on the correlations."""
+    """Everything the report shows: ``findings`` is findings.json's content,
+    ``correlation_note`` the sentence on the correlations, ``early_prediction`` the early
+    constants against the final loss and ``prediction_sentences`` its answer per optimizer."""
 
     runs: pd.DataFrame
     verdicts: pd.DataFrame
@@ -39,6 +48,8 @@ class SweepTables:
     histories: dict[str, pd.DataFrame]
     findings: dict[str, Any] = field(default_factory=dict)
     correlation_note: str = ""
+    early_prediction: pd.DataFrame = field(default_factory=pd.DataFrame)
+    prediction_sentences: list[str] = field(default_factory=list)
 
     @property
     def included(self) -> pd.DataFrame:
@@ -114,9 +125,12 @@ def _run_row(rec: RunRecord) -> dict[str, Any]:
     return row
 
 
-def run_rows(records: list[RunRecord], quantile: float) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The runs table (without steps_to_target) and the long verdicts table (one row per run
-    and verdict entry, with the run's ``included``)."""
+def run_rows(
+    records: list[RunRecord], quantile: float, early_fraction: float = EARLY_FRACTION
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The runs table (without steps_to_target; ``const_early:`` constants from the first
+    ``early_fraction`` of each run) and the long verdicts table (one row per run and verdict
+    entry, with the run's ``included``)."""
     rows, verdict_rows = [], []
     for rec in records:
         row = _run_row(rec)
@@ -128,6 +142,8 @@ def run_rows(records: list[RunRecord], quantile: float) -> tuple[pd.DataFrame, p
             entry = {**a.__dict__, KEY_COLUMN: verdict_key(a), "base_assumption": a.assumption}
             verdict_rows.append({"run_id": rec.run_id, **entry, "included": row["included"]})
         row.update({f"const:{k}": v for k, v in verdict.constants.items()})
+        early = early_constants(rec.history, quantile, early_fraction)
+        row.update({f"{EARLY_PREFIX}{k}": v for k, v in early.items()})
         row.update(slope_columns(rec.history, quantile))
         rows.append(row)
     return pd.DataFrame(rows), pd.DataFrame(verdict_rows)
@@ -155,15 +171,17 @@ def build_tables(
     target_loss: float | None = None,
     quantile: float = 0.95,
     min_runs: int = MIN_RUNS,
+    early_fraction: float = EARLY_FRACTION,
 ) -> SweepTables:
     """All tables of a sweep from its run records."""
     if not records:
         raise ValueError("no runs found: point the analysis at a sweep folder with job folders")
-    runs, verdicts = run_rows(records, quantile)
+    runs, verdicts = run_rows(records, quantile, early_fraction)
     add_steps_to_target(runs, records, target_loss)
     comp = comparison(runs, verdicts, min_runs=min_runs)
     corr = correlations(runs)
     note = correlation_note(corr)
+    early = early_prediction(runs)
     return SweepTables(
         runs=runs,
         verdicts=verdicts,
@@ -172,6 +190,8 @@ def build_tables(
         histories={r.run_id: r.history for r in records},
         findings=findings_data(runs, comp, verdicts, note, min_runs=min_runs),
         correlation_note=note,
+        early_prediction=early,
+        prediction_sentences=prediction_sentences(runs, early, early_fraction),
     )
 
 
@@ -204,6 +224,9 @@ def markdown_summary(tables: SweepTables, command: str = "") -> str:
         lines.append("")
     if tables.correlation_note:
         lines += [tables.correlation_note, ""]
+    if tables.prediction_sentences:
+        lines += ["Early constants against the final training loss:", ""]
+        lines += [f"- {line}" for line in tables.prediction_sentences] + [""]
     lines += [f"- {line}" for line in findings(tables)]
     return "\n".join(lines) + "\n"
 

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from optprobe.analysis.comparison import MIN_RUNS
+from optprobe.analysis.early import EARLY_FRACTION
 from optprobe.analysis.findings import findings_markdown
 from optprobe.analysis.report import FINDINGS_JSON, write_report
 from optprobe.analysis.runs import load_local_runs, load_wandb_api_runs, load_wandb_offline_runs
@@ -50,6 +51,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"fewest included runs per setting and optimizer for a label (default {MIN_RUNS})",
     )
     parser.add_argument(
+        "--early-fraction",
+        type=float,
+        default=EARLY_FRACTION,
+        help="share of each run whose probed steps give the early constants (default "
+        f"{EARLY_FRACTION}: the first {100 * EARLY_FRACTION:.0f}%%)",
+    )
+    parser.add_argument(
         "--readme",
         action="store_true",
         help="also write report/findings.md: README's reproduction text, from findings.json",
@@ -61,6 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--source wandb needs --entity (and --project, --group)")
     if not 0 < args.quantile < 1:
         parser.error(f"--quantile must lie in (0, 1), got {args.quantile}")
+    if not 0 < args.early_fraction <= 1:
+        parser.error(f"--early-fraction must lie in (0, 1], got {args.early_fraction}")
     if args.min_runs < 2:
         parser.error(
             f"--min-runs must be at least 2 (a t interval needs 2 runs), got {args.min_runs}"
@@ -92,6 +102,8 @@ def print_summary(tables: SweepTables) -> None:
         columns = ("setting", "optimizer", "assumption", "runs", "mean_run_fraction")
         say(format_table(comp.to_dict("records"), (*columns, "ci_low", "ci_high", "label")))
     say("\n" + tables.correlation_note)
+    for line in tables.prediction_sentences:
+        say(line)
     for line in findings(tables):
         say(line)
 
@@ -105,7 +117,11 @@ def main(argv: list[str] | None = None) -> int:
         )
     say(f"collected {len(records)} runs ({args.source})")
     tables = build_tables(
-        records, target_loss=args.target_loss, quantile=args.quantile, min_runs=args.min_runs
+        records,
+        target_loss=args.target_loss,
+        quantile=args.quantile,
+        min_runs=args.min_runs,
+        early_fraction=args.early_fraction,
     )
     out = Path(args.out) if args.out else Path(args.sweep or ".") / "report"
     report = write_report(
@@ -118,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         title=f"optprobe report: {args.sweep or args.group}",
         notes=findings(tables),
         findings=tables.findings,
+        early_prediction=tables.early_prediction,
+        prediction_sentences=tables.prediction_sentences,
     )
     command = "optprobe-analyze " + " ".join(argv if argv is not None else sys.argv[1:])
     (report.parent / "summary.md").write_text(markdown_summary(tables, command))

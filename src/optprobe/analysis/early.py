@@ -1,0 +1,118 @@
+"""Does anything measured early predict performance? (report/early_prediction.csv)
+
+The run constants of :mod:`optprobe.analysis.run_constants`, computed on the probed steps of
+the first ``fraction`` of a run only (runs.csv ``const_early:<name>``), correlated within
+setting × optimizer with the final training loss by
+:func:`optprobe.analysis.correlations.correlations` (Spearman ρ, permutation p, Holm's
+correction over every test of the table), and answered in one sentence per setting ×
+optimizer (:func:`prediction_sentences`).
+
+"The first ``fraction`` of a run" is the rows with step ≤ ``fraction`` × the last logged step
+(the planned length for a completed run; excluded runs enter no correlation).
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from optprobe.analysis.correlations import (
+    ALPHA,
+    CONSTANTS,
+    MIN_PAIRS,
+    correlations,
+    smallest_possible_p,
+)
+from optprobe.analysis.report_text import pretty_optimizer
+from optprobe.analysis.run_constants import run_constants
+
+__all__ = [
+    "EARLY_FRACTION",
+    "EARLY_PREFIX",
+    "TARGET",
+    "early_constants",
+    "early_prediction",
+    "early_rows",
+    "prediction_sentences",
+]
+
+EARLY_FRACTION = 0.10
+"""Default share of the run whose probed steps the early constants use (first 10%)."""
+
+EARLY_PREFIX = "const_early:"
+TARGET = "final_train_loss"
+"""The one pre-declared performance measure the early constants are tested against."""
+
+
+def early_rows(history: pd.DataFrame, fraction: float = EARLY_FRACTION) -> pd.DataFrame:
+    """The rows of a run's metrics table (``step`` column) with step ≤ ``fraction`` × its last
+    logged step, in step order."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"the early fraction must lie in (0, 1], got {fraction}")
+    if "step" not in history.columns or history.empty:
+        return history.iloc[0:0]
+    steps = pd.to_numeric(history["step"], errors="coerce")
+    early = history[steps <= fraction * steps.max()]
+    return early.sort_values("step", kind="mergesort").reset_index(drop=True)
+
+
+def early_constants(
+    history: pd.DataFrame, quantile: float, fraction: float = EARLY_FRACTION
+) -> dict[str, float]:
+    """The run constants (``run_constants``) of the first ``fraction`` of the run."""
+    return run_constants(early_rows(history, fraction), quantile)
+
+
+def early_prediction(runs: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    """early_prediction.csv: the pre-declared constants measured early (``const_early:``)
+    against the final training loss, within setting × optimizer over the included runs;
+    columns :data:`optprobe.analysis.correlations.COLUMNS`."""
+    return correlations(runs, seed=seed, prefix=EARLY_PREFIX, performance=(TARGET,))
+
+
+def _sentence(name: str, rows: pd.DataFrame, tests: int, n_runs: int) -> str:
+    if rows.empty:
+        return (
+            f"{name}: not answered: {n_runs} included run(s) with early constants and a final "
+            f"loss, fewer than the {MIN_PAIRS} a correlation needs (or the values are constant)."
+        )
+    n = int(rows["n"].max())
+    floor = smallest_possible_p(n)
+    if floor * tests > ALPHA:
+        return (
+            f"{name}: the sweep is too small to answer (n = {n} runs; the smallest possible "
+            f"p-value {floor:.3g} times the {tests} tests of the table exceeds α = {ALPHA})."
+        )
+    sig = rows[rows["significant"].astype(bool)]
+    if sig.empty:
+        best = rows.sort_values("pvalue_adjusted", kind="mergesort").iloc[0]
+        return (
+            f"{name}: no early constant predicts the final training loss (n = {n}, smallest "
+            f"Holm-adjusted p = {best.pvalue_adjusted:.2g}, {best.constant} with ρ = "
+            f"{best.rho:.2f})."
+        )
+    named = "; ".join(
+        f"{r.constant} (ρ = {r.rho:.2f}, Holm-adjusted p = {r.pvalue_adjusted:.2g})"
+        for r in sig.sort_values("pvalue_adjusted", kind="mergesort").itertuples()
+    )
+    return f"{name}: the early {named} predicts the final training loss (n = {n})."
+
+
+def prediction_sentences(
+    runs: pd.DataFrame, table: pd.DataFrame, fraction: float = EARLY_FRACTION
+) -> list[str]:
+    """One sentence per setting × optimizer of the included runs: which early constant
+    predicts the final training loss after Holm's correction, that none does (with the
+    smallest adjusted p), or that the sweep is too small to tell."""
+    if runs.empty or not {"setting", "optimizer"} <= set(runs.columns):
+        return []
+    used = runs[runs["included"].astype(bool)] if "included" in runs else runs
+    early = [f"{EARLY_PREFIX}{c}" for c in CONSTANTS if f"{EARLY_PREFIX}{c}" in used]
+    tests = len(table)
+    out = []
+    for (setting, optimizer), group in used.groupby(["setting", "optimizer"], sort=True):
+        mine = table[(table["setting"] == setting) & (table["optimizer"] == optimizer)]
+        has = group[early].notna().any(axis=1) if early else pd.Series(False, group.index)
+        n_runs = int((has & group[TARGET].notna()).sum()) if TARGET in group else 0
+        name = f"{pretty_optimizer(optimizer)} ({setting}, first {100 * fraction:.0f}% of training)"
+        out.append(_sentence(name, mine, tests, n_runs))
+    return out
