@@ -99,9 +99,9 @@ def test_optimizer_and_scheduler_factories(make_cfg, optimizer, scheduler):
 )
 def test_other_groups_build_a_trainer(make_cfg, cifar_dir, group, option):
     extra = []
-    if option == "resnet18_cifar10":
+    if group == "experiment" and "resnet18" in option:
         extra = [f"data.data_dir={cifar_dir}"]
-    if option == "gpt_shakespeare":
+    if group == "experiment" and "gpt" in option:
         extra = ["data.max_chars=20000"]
     cfg = make_cfg([f"{group}={option}", *extra])
     if option == "gpu" and not torch.cuda.is_available():
