@@ -94,7 +94,8 @@ def _sentence(name: str, rows: pd.DataFrame, tests: int, n_runs: int) -> str:
         f"{r.constant} (ρ = {r.rho:.2f}, Holm-adjusted p = {r.pvalue_adjusted:.2g})"
         for r in sig.sort_values("pvalue_adjusted", kind="mergesort").itertuples()
     )
-    return f"{name}: the early {named} predicts the final training loss (n = {n})."
+    verb = "predicts" if len(sig) == 1 else "predict"
+    return f"{name}: the early {named} {verb} the final training loss (n = {n})."
 
 
 def prediction_sentences(
