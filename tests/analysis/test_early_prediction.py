@@ -11,7 +11,7 @@ from frames import frame
 from job_folders import metrics, write_sweep
 from scipy import stats
 
-from optprobe.analysis.correlations import ALPHA, CONSTANTS
+from optprobe.analysis.correlations import ALPHA, COLUMNS, CONSTANTS
 from optprobe.analysis.early import (
     EARLY_PREFIX,
     early_constants,
@@ -23,6 +23,7 @@ from optprobe.analysis.report import write_report
 from optprobe.analysis.run_constants import run_constants
 from optprobe.analysis.runs import load_local_runs
 from optprobe.analysis.sweep import build_tables
+from optprobe.cli.analyze import main as analyze
 
 
 def _history(n: int = 200, seed: int = 0) -> pd.DataFrame:
@@ -161,3 +162,14 @@ def test_report_writes_the_table_and_the_sentences(tmp_path):
     assert written[["optimizer", "constant", "rho"]].equals(table[["optimizer", "constant", "rho"]])
     html = path.read_text(encoding="utf-8")
     assert escape(sentences[0]) in html and escape(sentences[1]) in html
+
+
+def test_analyze_cli_writes_early_prediction_with_its_fraction(tmp_path):
+    write_sweep(tmp_path, seeds=(0, 1, 2), steps=40)
+    assert analyze([str(tmp_path), "--early-fraction", "0.25"]) == 0
+    table = pd.read_csv(tmp_path / "report" / "early_prediction.csv")
+    assert table.columns.tolist() == list(COLUMNS)
+    summary = (tmp_path / "report" / "summary.md").read_text()
+    assert "SGDM (cnn/mnist, first 25% of training)" in summary
+    with pytest.raises(SystemExit):
+        analyze([str(tmp_path), "--early-fraction", "0"])
