@@ -18,6 +18,7 @@ from optprobe.estimators.matvec import (
     DIM_HINT,
     Device,
     apply_matvec,
+    project_out,
     random_vector,
     require_finite,
 )
@@ -76,18 +77,6 @@ class TraceEstimate:
     rank: int
 
 
-def _project_out(basis: Tensor | None, z: Tensor) -> Tensor:
-    """``z`` minus its components along the rows of ``basis`` (float64 arithmetic)."""
-    if basis is None or basis.shape[0] == 0:
-        return z
-    if basis.dtype == torch.float64:
-        return z - basis.T @ (basis @ z)
-    for row in basis:  # float32 basis: upcast one row at a time, not the whole block
-        q = row.to(torch.float64)
-        z = z - torch.dot(q, z) * q
-    return z
-
-
 def _sketch(matvec: MatVec, dim: int, size: int, generator, device) -> tuple[Tensor, float]:
     """Hutch++'s sketch: ``Q = orth(H S)`` for ``size`` Rademacher columns ``S`` and
     ``tr(Q^T H Q)``; ``2 * size`` matvecs."""
@@ -143,7 +132,7 @@ def hutchpp_trace(
     values: list[float] = []
     trace, stderr = math.nan, math.inf
     while used < max_matvecs:
-        z = _project_out(basis, random_vector("rademacher", dim, generator, device))
+        z = project_out(basis, random_vector("rademacher", dim, generator, device))
         values.append(float(torch.dot(z, apply_matvec(matvec, z, dim))))
         used += 1
         sample = torch.tensor(values, dtype=torch.float64)

@@ -19,6 +19,7 @@ from optprobe.estimators.matvec import (
     DIM_HINT,
     Device,
     apply_matvec,
+    project_out,
     random_vector,
     require_finite,
     tridiagonal,
@@ -117,16 +118,7 @@ class _Lanczos:
 
     def _orthogonalize(self, w: Tensor) -> Tensor:
         """Remove the components of ``w`` along the stored basis (two passes)."""
-        q = self.basis[: self.k]
-        if q.dtype == torch.float64:
-            for _ in range(2):
-                w = w - q.T @ (q @ w)
-        else:  # float32 basis: upcast one row at a time instead of the whole block
-            for _ in range(2):
-                for i in range(self.k):
-                    qi = q[i].to(torch.float64)
-                    w = w - torch.dot(qi, w) * qi
-        return w
+        return project_out(self.basis[: self.k], w, passes=2)
 
     def step(self) -> bool:
         """One Lanczos step. Returns True on breakdown (an invariant subspace was found)."""
