@@ -34,7 +34,8 @@ FLOAT64_BASIS_MAX_DIM = 1_000_000
 BASIS_CHUNK = 16
 
 #: Default cap on the matvecs of one :func:`extreme_eigenvalues` run (measured: enough for
-#: both extremes to 1e-3 on the benchmark MLP, CNN and GPT, benchmarks/lanczos.py).
+#: both extremes to 1e-3 on the benchmark MLP, CNN and GPT in
+#: benchmarks/results/curvature-cpu-quick.md, written by benchmarks/curvature_accuracy.py).
 DEFAULT_MAX_ITERS = 80
 
 #: Weight of the random component of a warm start vector (relative to the previous Ritz

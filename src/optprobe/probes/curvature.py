@@ -91,7 +91,9 @@ class CurvatureProbe(ProbeCallback):
       optimizers. For Adam-type optimizers before their first step neither the ratio nor the
       threshold is logged.
     - ``curv/esd_saved`` (``esd=True``): 1 when the spectral density by stochastic Lanczos
-      quadrature (``spectral_density``, ``esd_probes`` x ``esd_iters`` HVPs) was written
+      quadrature (``spectral_density``, ``esd_probes`` x ``esd_iters`` HVPs, from its own
+      random start vectors: quadrature weights need an isotropic start vector, which a warm
+      start is not, so the density cannot share the eigenvalue run's basis) was written
       to ``<default_root_dir>/probes/esd/step_<t>.npz`` (arrays ``grid``: eigenvalue,
       ``density``: per eigenvalue unit, integrating to 1) with a PNG plot next to it (also sent
       to W&B as ``curv/esd`` when a W&B logger is attached).
