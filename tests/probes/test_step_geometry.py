@@ -106,3 +106,30 @@ def test_reading_the_preconditioner_leaves_the_trajectory_unchanged():
     assert sink.series("step/smooth_lip_P")
     for (name, a), b in zip(plain.net.named_parameters(), probed.net.parameters()):
         assert torch.equal(a, b), name
+
+
+def test_muon_spectral_keys_match_torch_linalg_per_matrix():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Flatten(),
+        torch.nn.Linear(16, 8, bias=False),
+        torch.nn.Tanh(),
+        torch.nn.Linear(8, 3, bias=False),
+    ).double()
+    opt = lambda p: torch.optim.Muon(p, lr=0.02)  # noqa: E731
+    x, y = data()
+    _, _, rec, sink = fit(copy.deepcopy(net), x, y, [StepProbe()], steps=3, optimizer=opt)
+    keys = logged(sink)
+    assert len(keys["update_norm_P"]) == 3
+    for step, norm in keys["update_norm_P"].items():
+        s = rec.steps[step]
+        deltas = [s.next_params[n] - s.params[n] for n in s.params]
+        _, g_new = batch_loss_grad(net, s.next_params, s.batches)
+        diffs = torch.split(g_new - flat(s.grads), [d.numel() for d in deltas])
+        spectral = max(float(torch.linalg.matrix_norm(d, ord=2)) for d in deltas)
+        nuclear = sum(
+            float(torch.linalg.matrix_norm(g.reshape(d.shape), ord="nuc"))
+            for g, d in zip(diffs, deltas)
+        )
+        assert norm == pytest.approx(spectral, rel=1e-10)
+        assert keys["smooth_lip_P"][step] == pytest.approx(nuclear / spectral, rel=1e-9)
