@@ -39,7 +39,9 @@ from optprobe.estimators.functional import (
     hvp_double_backward,
     unflatten_like,
 )
+from optprobe.estimators.geometry import geometry_quantities
 from optprobe.estimators.identities import descent_bound, float_tolerance, step_quantities
+from optprobe.optim.registry import optimizer_geometry
 from optprobe.probes.aggregates import RunningAggregates
 from optprobe.probes.base import ProbeCallback
 from optprobe.validate import check_choice, check_number
@@ -58,6 +60,20 @@ def resolve_scheme(config_key: str, scheme: str, old_point_keys: bool) -> str:
     return LEGACY_SCHEMES.get(scheme, scheme)
 
 
+def _past_bound(
+    values: dict[str, float], suffix: str, max_lip: float | None, out: dict[str, float]
+) -> float:
+    """Adds ``L_past<suffix>`` and ``descent_bound_past<suffix>`` (from the max ``max_lip`` of
+    the earlier steps' ``smooth_lip<suffix>``; none on the first) to ``out``; returns the max
+    including this step."""
+    if max_lip is not None:
+        out[f"L_past{suffix}"] = max_lip
+        out[f"descent_bound_past{suffix}"] = descent_bound(
+            values["lin_old"], values[f"update_norm{suffix}"], max_lip
+        )
+    return max(max_lip or 0.0, values[f"smooth_lip{suffix}"])
+
+
 class StepProbe(ProbeCallback):
     """Step probes of docs/metrics.md section 1, logged as ``step/<key>`` (same-batch scheme)
     or ``step_fresh/<key>`` (fresh-batch scheme).
@@ -67,7 +83,9 @@ class StepProbe(ProbeCallback):
     ``float_tol``; ``smooth_eff_undefined`` counts those steps), ``update_cos_old``,
     ``update_cos_new``, ``update_cos_prev``, ``grad_norm``, ``update_norm``, ``curv_dir``
     (optional), ``float_tol``, ``L_past`` and ``descent_bound_past`` (from the second probed
-    step on: L_past is the max of smooth_lip over the earlier probed steps). Aggregates:
+    step on: L_past is the max of smooth_lip over the earlier probed steps); in the
+    optimizer's own norm, where the registry gives one (module docstring): ``update_norm_P``,
+    ``smooth_lip_P``, ``grad_norm_P``, ``L_past_P``, ``descent_bound_past_P``. Aggregates:
     ``<key>_ema<β>`` for loss_change, lin_new, inst_gap, inst_gap_old, smooth_lip;
     ``cum_loss_change``, ``cum_lin_old``, ``cum_lin_new``; ``convexity_ratio`` (cumulative
     Σ<g⁺,Δ>/ΣD) and ``convexity_ratio_window``; the running fractions ``frac_<...>_held`` of
@@ -132,6 +150,7 @@ class StepProbe(ProbeCallback):
         self.min_lr = check_number(f"{key}.min_lr", min_lr, low=0)
         self.agg = RunningAggregates(tuple(ema_betas), window)
         self.max_lip: float | None = None  # max smooth_lip over the probed steps so far
+        self.max_lip_P: float | None = None  # the same of smooth_lip_P (optimizer's norm)
         self.num_eff_undefined = 0
         self.prev_delta: torch.Tensor | None = None
         self._x_old: torch.Tensor | None = None
@@ -166,6 +185,8 @@ class StepProbe(ProbeCallback):
         if not self.is_probe_step(step):
             return
         info = {**self._at_step, "delta": delta, "delta_prev": prev, "step": step}
+        # after the step: the optimizer's state holds the preconditioner this step used
+        info["geometry"] = optimizer_geometry(trainer.optimizers[0], params)
         if self.scheme == "fresh_batch":
             info["x_old"] = self._x_old
             self._pending = info
@@ -218,6 +239,8 @@ class StepProbe(ProbeCallback):
             loss_old, loss_new, grad_new, info["delta"], grad_old, info["delta_prev"], tol=tol
         )
         values["float_tol"] = tol
+        if info.get("geometry") is not None:
+            values.update(geometry_quantities(info["geometry"], info["delta"], grad_new, grad_old))
         if self.curv_dir and "x_old_params" in info:
             values["curv_dir"] = self._curvature_along_update(pl_module, info)
         may_be_nan = ("update_cos_prev", "smooth_eff")
@@ -239,16 +262,14 @@ class StepProbe(ProbeCallback):
 
     def _online_smoothness(self, values: dict[str, float]) -> dict[str, float]:
         """``L_past`` (max smooth_lip of the *earlier* probed steps, read before this step
-        updates it) and its descent bound; the count of steps with smooth_eff undefined."""
+        updates it) and its descent bound, the same in the optimizer's norm (``_P``) where
+        measured; the count of steps with smooth_eff undefined."""
         if math.isnan(values["smooth_eff"]):
             self.num_eff_undefined += 1
         out = {"smooth_eff_undefined": float(self.num_eff_undefined)}
-        if self.max_lip is not None:
-            out["L_past"] = self.max_lip
-            out["descent_bound_past"] = descent_bound(
-                values["lin_old"], values["update_norm"], self.max_lip
-            )
-        self.max_lip = max(self.max_lip or 0.0, values["smooth_lip"])
+        self.max_lip = _past_bound(values, "", self.max_lip, out)
+        if "smooth_lip_P" in values:
+            self.max_lip_P = _past_bound(values, "_P", self.max_lip_P, out)
         return out
 
     def _cumulative(self, values: dict[str, float]) -> dict[str, float]:
@@ -275,6 +296,7 @@ class StepProbe(ProbeCallback):
             "scheme": self.scheme,
             "held": self.agg.fractions(),
             "max_smooth_lip": self.max_lip,
+            "max_smooth_lip_P": self.max_lip_P,
             "smooth_eff_undefined": self.num_eff_undefined,
         }
 
@@ -283,6 +305,7 @@ class StepProbe(ProbeCallback):
         return {
             "agg": self.agg.state_dict(),
             "max_lip": self.max_lip,
+            "max_lip_P": self.max_lip_P,
             "num_eff_undefined": self.num_eff_undefined,
             "prev_delta": self.prev_delta,
             "pending": self._pending,
@@ -292,6 +315,7 @@ class StepProbe(ProbeCallback):
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.agg.load_state_dict(state["agg"])
         self.max_lip = state["max_lip"]
+        self.max_lip_P = state.get("max_lip_P")
         self.num_eff_undefined = state.get("num_eff_undefined", 0)
         self.prev_delta = state["prev_delta"]
         self._pending = state["pending"]
