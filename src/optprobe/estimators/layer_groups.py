@@ -119,8 +119,7 @@ def group_names(net: nn.Module) -> dict[str, str]:
             if group not in kinds:
                 kinds.append(group)
     return {
-        name: "_".join(sorted(owners[id(p)], key=_sort_key))
-        for name, p in net.named_parameters()
+        name: "_".join(sorted(owners[id(p)], key=_sort_key)) for name, p in net.named_parameters()
     }
 
 
@@ -184,14 +183,12 @@ def group_step_quantities(
         columns["lin_old"] = groups.sums(grad_old * delta).tolist()
         columns["grad_norm"] = [math.sqrt(s) for s in sq_old]
         columns["update_cos_old"] = [
-            _ratio(lin, math.sqrt(a * b))
-            for lin, a, b in zip(columns["lin_old"], sq_old, sq_delta)
+            _ratio(lin, math.sqrt(a * b)) for lin, a, b in zip(columns["lin_old"], sq_old, sq_delta)
         ]
         columns["smooth_lip"] = [
             _ratio(math.sqrt(s), math.sqrt(d))
             for s, d in zip(groups.sums(diff * diff).tolist(), sq_delta)
         ]
     return {
-        group: {key: col[i] for key, col in columns.items()}
-        for i, group in enumerate(groups.names)
+        group: {key: col[i] for key, col in columns.items()} for i, group in enumerate(groups.names)
     }
