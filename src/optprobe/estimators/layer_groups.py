@@ -102,7 +102,8 @@ def _group_of(net: nn.Module, path: str, param_name: str, head: str | None) -> s
     return "other"
 
 
-def _sort_key(group: str) -> tuple[int, str]:
+def group_sort_key(group: str) -> tuple[int, str]:
+    """Sort key of a group name: by its first part in ``GROUP_ORDER``, unknown ones last."""
     first = group.split("_")[0]
     return (GROUP_ORDER.index(first) if first in GROUP_ORDER else len(GROUP_ORDER), group)
 
@@ -119,7 +120,8 @@ def group_names(net: nn.Module) -> dict[str, str]:
             if group not in kinds:
                 kinds.append(group)
     return {
-        name: "_".join(sorted(owners[id(p)], key=_sort_key)) for name, p in net.named_parameters()
+        name: "_".join(sorted(owners[id(p)], key=group_sort_key))
+        for name, p in net.named_parameters()
     }
 
 
@@ -139,7 +141,7 @@ class ParamGroups:
         missing = [n for n in params if n not in groups]
         if missing:
             raise ValueError(f"parameters {missing[:3]} are not parameters of the network")
-        names = tuple(sorted({groups[n] for n in params}, key=_sort_key))
+        names = tuple(sorted({groups[n] for n in params}, key=group_sort_key))
         return cls(
             names=names,
             lengths=torch.tensor([p.numel() for p in params.values()], dtype=torch.long),
