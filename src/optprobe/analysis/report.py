@@ -6,7 +6,8 @@
   correlations.csv and comparison.csv always with their header) and ``findings.json`` (when
   given);
 - ``held_fractions.png``, ``trajectories.png``, ``constants_vs_performance.png``,
-  ``optimizer_comparison.png`` (see :mod:`optprobe.analysis.figures`);
+  ``optimizer_comparison.png`` (see :mod:`optprobe.analysis.figures`), and ``layers.png``
+  when some history has per-layer keys (``layer/<group>/<key>``);
 - ``report.html``: inline CSS, no JavaScript, no external resource; images and CSVs are
   referenced by relative file name, so the folder can be moved or archived as a whole.
 
@@ -47,6 +48,8 @@ from optprobe.analysis.figures import (
 from optprobe.analysis.figures.comparison import INTERVALS
 from optprobe.analysis.figures.constants import PANEL_STATS
 from optprobe.analysis.figures.held_fractions import INTERVALS as HELD_INTERVALS
+from optprobe.analysis.figures.layers import CAPTION as LAYER_CAPTION
+from optprobe.analysis.figures.layers import layer_prefix, plot_layer_heatmap
 from optprobe.analysis.report_tables import (
     assumption_labels,
     comparison_table,
@@ -61,7 +64,7 @@ from optprobe.analysis.run_intervals import DESCRIPTION as RUN_INTERVAL
 from optprobe.analysis.run_status import REASONS
 from optprobe.run.folder import JobFolder
 
-__all__ = ["FIGURES", "TABLES", "write_report"]
+__all__ = ["FIGURES", "OPTIONAL_FIGURES", "TABLES", "write_report"]
 
 #: CSV file names, in the order they are listed in the report.
 TABLES: tuple[str, ...] = ("runs.csv", "verdicts.csv", "correlations.csv", "comparison.csv")
@@ -102,6 +105,11 @@ FIGURES: dict[str, tuple[str, str]] = {
     ),
 }
 
+#: Figures drawn only when the histories have their keys: file name -> (heading, caption).
+OPTIONAL_FIGURES: dict[str, tuple[str, str]] = {
+    "layers.png": ("Per-layer view of the step", LAYER_CAPTION),
+}
+
 _CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto;
        max-width: 1200px; padding: 0 1em; color: #222; line-height: 1.45; }
@@ -126,7 +134,8 @@ tr.robust td { background: #fff1cc; }
 
 
 def _draw_figures(out: Path, runs, verdicts, correlations, comparison, histories):
-    """Draw the four figures into ``out``; return file name -> why it failed, for failures."""
+    """Draw the four figures (and the optional ones whose keys exist) into ``out``; return
+    file name -> why it failed, for failures."""
     jobs: dict[str, Callable[[Path], Path]] = {
         "optimizer_comparison.png": lambda p: plot_optimizer_comparison(comparison, p),
         "held_fractions.png": lambda p: plot_held_fractions(verdicts, runs, p),
@@ -135,6 +144,8 @@ def _draw_figures(out: Path, runs, verdicts, correlations, comparison, histories
             runs, correlations, p
         ),
     }
+    if "layers.png" in _optional_figures(histories):
+        jobs["layers.png"] = lambda p: plot_layer_heatmap(histories, runs, p)
     failures: dict[str, str] = {}
     for name, job in jobs.items():
         path = out / name
@@ -145,6 +156,12 @@ def _draw_figures(out: Path, runs, verdicts, correlations, comparison, histories
             failures[name] = f"{type(exc).__name__}: {exc}"
             path.unlink(missing_ok=True)
     return failures
+
+
+def _optional_figures(histories: Mapping) -> dict[str, tuple[str, str]]:
+    """The entries of ``OPTIONAL_FIGURES`` whose keys some history has."""
+    has_layers = any(layer_prefix(h) for h in histories.values() if isinstance(h, pd.DataFrame))
+    return dict(OPTIONAL_FIGURES) if has_layers else {}
 
 
 def _included(runs: pd.DataFrame, verdicts: pd.DataFrame, histories: dict):
@@ -181,9 +198,9 @@ def _list_section(anchor: str, heading: str, items: Iterable[str], css: str = ""
     return [f'<section id="{anchor}">', f"<h2>{escape(heading)}</h2>", *ul, "</section>"]
 
 
-def _figure_sections(out: Path, failures: Mapping[str, str]) -> list[str]:
+def _figure_sections(out: Path, failures: Mapping[str, str], optional: Mapping) -> list[str]:
     h: list[str] = []
-    for name, (heading, caption) in FIGURES.items():
+    for name, (heading, caption) in {**FIGURES, **optional}.items():
         anchor = name.removesuffix(".png")
         h += [f'<section id="{escape(anchor)}">', f"<h2>{escape(heading)}</h2>"]
         if (out / name).is_file():
@@ -283,7 +300,7 @@ def write_report(
         h += _list_section("notes", "Notes", notes)
     if "included" in runs.columns:
         h += _excluded_section(runs)
-    h += _figure_sections(out, failures)
+    h += _figure_sections(out, failures, _optional_figures(used_histories))
     h += _table_sections(runs, verdicts, correlations, comparison, labels)
     files = [*TABLES, *([FINDINGS_JSON] if findings is not None else [])]
     links = " · ".join(f'<a href="{escape(t, quote=True)}">{escape(t)}</a>' for t in files)

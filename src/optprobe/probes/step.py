@@ -41,13 +41,15 @@ from optprobe.estimators.functional import (
 )
 from optprobe.estimators.geometry import geometry_quantities
 from optprobe.estimators.identities import descent_bound, float_tolerance, step_quantities
+from optprobe.estimators.layer_groups import ParamGroups, group_step_quantities
 from optprobe.optim.registry import optimizer_geometry
 from optprobe.probes.aggregates import RunningAggregates
 from optprobe.probes.base import ProbeCallback
-from optprobe.validate import check_choice, check_number
+from optprobe.validate import check_bool, check_choice, check_number
 
 SCHEME_CHOICES = ("same_batch", "fresh_batch", "auto", "next_batch")
 LEGACY_SCHEMES = {"next_batch": "fresh_batch"}  # the fresh-batch scheme's name before 0.3
+LAYER_PREFIXES = {"step": "layer", "step_fresh": "layer_fresh"}  # per_layer keys, by family
 EMA_KEYS = ("loss_change", "lin_new", "inst_gap", "inst_gap_old", "smooth_lip")
 
 
@@ -90,6 +92,8 @@ class StepProbe(ProbeCallback):
     ``cum_loss_change``, ``cum_lin_old``, ``cum_lin_new``; ``convexity_ratio`` (cumulative
     Σ<g⁺,Δ>/ΣD) and ``convexity_ratio_window``; the running fractions ``frac_<...>_held`` of
     the registry checks judged online (see ``optprobe.assumptions``); ``skipped``.
+    With ``per_layer``: ``layer/<group>/<key>`` (``layer_fresh/`` for the fresh-batch scheme)
+    for the parameter groups of :mod:`optprobe.estimators.layer_groups`.
 
     Args (also the base's cadence arguments: log_spaced, per_decade, start_step):
         scheme: ``same_batch`` evaluates f_t and its gradient at x_{t+1} on the step's batch
@@ -105,6 +109,10 @@ class StepProbe(ProbeCallback):
             inst_gap_old, smooth_*, descent_bound_past, update_cos_old, grad_norm).
         curv_dir: also log Δᵀ H_t Δ / ‖Δ‖² (one forward, one backward with graph, one HVP); the
             ``local`` L of the descent-bound verdicts uses it when logged.
+        per_layer: also log, per parameter group named from the model (embedding, attention,
+            mlp, norm, head, conv, ...), ``lin_new``, ``update_norm``, ``update_cos_new`` and,
+            with the old-point keys, ``lin_old``, ``grad_norm``, ``update_cos_old``,
+            ``smooth_lip``: slices of the vectors the step keys use, no extra pass.
         min_update_norm, min_lr: skip (and count) steps with ‖Δ‖ or lr at or below these.
         window: number of probed steps in ``convexity_ratio_window``.
         ema_betas: EMA factors of the aggregates.
@@ -124,6 +132,7 @@ class StepProbe(ProbeCallback):
         scheme: str = "same_batch",
         old_point_keys: bool = True,
         curv_dir: bool = False,
+        per_layer: bool = False,
         min_update_norm: float = 1e-12,
         min_lr: float = 0.0,
         window: int = 100,
@@ -146,6 +155,8 @@ class StepProbe(ProbeCallback):
         for beta in ema_betas:
             check_number(f"{key}.ema_betas", beta, low=0, high=1, low_open=True, high_open=True)
         self.curv_dir = bool(curv_dir)
+        self.per_layer = check_bool(f"{key}.per_layer", per_layer)
+        self._groups: ParamGroups | None = None  # built from the network at the first probe
         self.min_update_norm = check_number(f"{key}.min_update_norm", min_update_norm, low=0)
         self.min_lr = check_number(f"{key}.min_lr", min_lr, low=0)
         self.agg = RunningAggregates(tuple(ema_betas), window)
@@ -258,7 +269,23 @@ class StepProbe(ProbeCallback):
         out["skipped"] = float(self.num_skipped)
         logged = {f"{self.family}/{k}": v for k, v in out.items()}
         logged.update(self.agg.record_variants(self.family, logged))
+        if self.per_layer:
+            logged.update(self._layer_keys(pl_module, info["delta"], grad_new, grad_old))
         self.log_values(trainer, pl_module, logged)
+
+    def _layer_keys(self, pl_module, delta, grad_new, grad_old) -> dict[str, float]:
+        """``layer/<group>/<key>`` (``layer_fresh/...`` for the fresh-batch scheme): the step's
+        quantities per parameter group, sliced from the step's vectors (NaN ones unlogged)."""
+        if self._groups is None:
+            self._groups = ParamGroups.of(pl_module.net, self.params(pl_module))
+        prefix = LAYER_PREFIXES[self.family]
+        per_group = group_step_quantities(self._groups, delta, grad_new, grad_old)
+        return {
+            f"{prefix}/{group}/{key}": value
+            for group, values in per_group.items()
+            for key, value in values.items()
+            if not math.isnan(value)
+        }
 
     def _online_smoothness(self, values: dict[str, float]) -> dict[str, float]:
         """``L_past`` (max smooth_lip of the *earlier* probed steps, read before this step
