@@ -6,7 +6,9 @@
   correlations.csv and comparison.csv always with their header) and ``findings.json`` (when
   given);
 - ``held_fractions.png``, ``trajectories.png``, ``constants_vs_performance.png``,
-  ``optimizer_comparison.png`` (see :mod:`optprobe.analysis.figures`);
+  ``optimizer_comparison.png`` (see :mod:`optprobe.analysis.figures`), and ``stability.png``
+  only when the runs carry a stability ratio (a learning-rate sweep with the curvature probe,
+  :mod:`optprobe.analysis.stability`);
 - ``report.html``: inline CSS, no JavaScript, no external resource; images and CSVs are
   referenced by relative file name, so the folder can be moved or archived as a whole.
 
@@ -47,6 +49,7 @@ from optprobe.analysis.figures import (
 from optprobe.analysis.figures.comparison import INTERVALS
 from optprobe.analysis.figures.constants import PANEL_STATS
 from optprobe.analysis.figures.held_fractions import INTERVALS as HELD_INTERVALS
+from optprobe.analysis.figures.stability import plot_stability
 from optprobe.analysis.report_tables import (
     assumption_labels,
     comparison_table,
@@ -59,9 +62,11 @@ from optprobe.analysis.report_tables import (
 from optprobe.analysis.report_text import answer_sentences, correlation_sentence, frame
 from optprobe.analysis.run_intervals import DESCRIPTION as RUN_INTERVAL
 from optprobe.analysis.run_status import REASONS
+from optprobe.analysis.stability import DESCRIPTION as STABILITY_RATIO
+from optprobe.analysis.stability import has_stability
 from optprobe.run.folder import JobFolder
 
-__all__ = ["FIGURES", "TABLES", "write_report"]
+__all__ = ["FIGURES", "OPTIONAL_FIGURES", "TABLES", "write_report"]
 
 #: CSV file names, in the order they are listed in the report.
 TABLES: tuple[str, ...] = ("runs.csv", "verdicts.csv", "correlations.csv", "comparison.csv")
@@ -102,6 +107,19 @@ FIGURES: dict[str, tuple[str, str]] = {
     ),
 }
 
+#: Figures drawn only when the sweep has their keys: file name -> (heading, caption).
+OPTIONAL_FIGURES: dict[str, tuple[str, str]] = {
+    "stability.png": (
+        "Fraction held against the edge of stability",
+        "One panel per headline assumption (rows) and optimizer (columns), one point per "
+        f"included run: x = the median over its curvature-probe firings of the {STABILITY_RATIO}"
+        " (log axis; horizontal whiskers: the quartiles over the firings), y = the fraction of "
+        f"probed steps on which the assumption held (vertical whiskers: {HELD_INTERVALS}). "
+        "Dotted line: ratio 1. Runs whose optimizer has no stability threshold are left out, "
+        "with the reason under the figure and in runs.csv (stability:excluded).",
+    ),
+}
+
 _CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto;
        max-width: 1200px; padding: 0 1em; color: #222; line-height: 1.45; }
@@ -126,7 +144,8 @@ tr.robust td { background: #fff1cc; }
 
 
 def _draw_figures(out: Path, runs, verdicts, correlations, comparison, histories):
-    """Draw the four figures into ``out``; return file name -> why it failed, for failures."""
+    """Draw the figures into ``out`` (an optional one only when its keys are there; a stale
+    copy is removed otherwise); return file name -> why it failed, for failures."""
     jobs: dict[str, Callable[[Path], Path]] = {
         "optimizer_comparison.png": lambda p: plot_optimizer_comparison(comparison, p),
         "held_fractions.png": lambda p: plot_held_fractions(verdicts, runs, p),
@@ -135,6 +154,10 @@ def _draw_figures(out: Path, runs, verdicts, correlations, comparison, histories
             runs, correlations, p
         ),
     }
+    if has_stability(runs):
+        jobs["stability.png"] = lambda p: plot_stability(verdicts, runs, p)
+    for name in OPTIONAL_FIGURES.keys() - jobs.keys():
+        (out / name).unlink(missing_ok=True)
     failures: dict[str, str] = {}
     for name, job in jobs.items():
         path = out / name
@@ -183,7 +206,8 @@ def _list_section(anchor: str, heading: str, items: Iterable[str], css: str = ""
 
 def _figure_sections(out: Path, failures: Mapping[str, str]) -> list[str]:
     h: list[str] = []
-    for name, (heading, caption) in FIGURES.items():
+    optional = {k: v for k, v in OPTIONAL_FIGURES.items() if (out / k).is_file() or k in failures}
+    for name, (heading, caption) in {**FIGURES, **optional}.items():
         anchor = name.removesuffix(".png")
         h += [f'<section id="{escape(anchor)}">', f"<h2>{escape(heading)}</h2>"]
         if (out / name).is_file():
@@ -248,7 +272,7 @@ def write_report(
     notes: Iterable[str] = (),
     findings: Mapping | None = None,
 ) -> Path:
-    """Write the CSVs, ``findings.json`` (when ``findings`` is given), the four figures and
+    """Write the CSVs, ``findings.json`` (when ``findings`` is given), the figures and
     ``report.html`` into ``out_dir``; return the path of ``report.html``. Figures show the
     included runs only (runs without an ``included`` column count as included)."""
     out = Path(out_dir)
