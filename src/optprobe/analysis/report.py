@@ -44,12 +44,12 @@ from optprobe.analysis.figures import (
     plot_constant_vs_performance,
     plot_held_fractions,
     plot_optimizer_comparison,
+    plot_stability,
     plot_trajectories,
 )
 from optprobe.analysis.figures.comparison import INTERVALS
 from optprobe.analysis.figures.constants import PANEL_STATS
 from optprobe.analysis.figures.held_fractions import INTERVALS as HELD_INTERVALS
-from optprobe.analysis.figures.stability import plot_stability
 from optprobe.analysis.report_tables import (
     assumption_labels,
     comparison_table,

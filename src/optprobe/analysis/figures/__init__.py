@@ -8,14 +8,15 @@ Assumption names, conditions and order come from :mod:`optprobe.assumptions`.
 
 - :mod:`.canvas`: the figure, its grid of panels, PNG output, the "no data" figure;
 - :mod:`.ordering`: run and assumption order, optimizer colours;
-- :mod:`.held_fractions`, :mod:`.trajectories`, :mod:`.constants`, :mod:`.comparison`: one
-  figure each.
+- :mod:`.held_fractions`, :mod:`.trajectories`, :mod:`.constants`, :mod:`.comparison`,
+  :mod:`.stability`: one figure each.
 """
 
 from optprobe.analysis.figures.comparison import comparison_measures, plot_optimizer_comparison
 from optprobe.analysis.figures.constants import plot_constant_vs_performance
 from optprobe.analysis.figures.held_fractions import plot_held_fractions
 from optprobe.analysis.figures.ordering import ASSUMPTION_ORDER, optimizer_colors
+from optprobe.analysis.figures.stability import plot_stability
 from optprobe.analysis.figures.trajectories import DEFAULT_TRAJECTORY_KEYS, plot_trajectories
 
 __all__ = [
@@ -26,5 +27,6 @@ __all__ = [
     "plot_constant_vs_performance",
     "plot_held_fractions",
     "plot_optimizer_comparison",
+    "plot_stability",
     "plot_trajectories",
 ]
