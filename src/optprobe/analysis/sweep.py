@@ -1,5 +1,5 @@
 """Tidy tables of a sweep: one row per run (config, status, performance, verdicts,
-constants), the run-level comparison per setting × optimizer × verdict entry, the study's
+constants, the stability ratio of :mod:`optprobe.analysis.stability`), the run-level comparison per setting × optimizer × verdict entry, the study's
 findings, and the within-optimizer correlations of the pre-declared constants with
 performance. Excluded runs (:mod:`optprobe.analysis.run_status`) are in the runs and verdicts
 tables and nowhere else."""
@@ -19,6 +19,7 @@ from optprobe.analysis.findings import findings_data, findings_lines
 from optprobe.analysis.fits import slope_comparison
 from optprobe.analysis.run_status import status_columns
 from optprobe.analysis.runs import RunRecord
+from optprobe.analysis.stability import stability_columns
 from optprobe.analysis.verdict_keys import KEY_COLUMN, verdict_key
 from optprobe.analysis.verdicts import verdict_from_metrics
 from optprobe.assumptions import ASSUMPTIONS
@@ -129,6 +130,7 @@ def run_rows(records: list[RunRecord], quantile: float) -> tuple[pd.DataFrame, p
             verdict_rows.append({"run_id": rec.run_id, **entry, "included": row["included"]})
         row.update({f"const:{k}": v for k, v in verdict.constants.items()})
         row.update(slope_columns(rec.history, quantile))
+        row.update(stability_columns(rec.history, rec.summary))
         rows.append(row)
     return pd.DataFrame(rows), pd.DataFrame(verdict_rows)
 
