@@ -156,7 +156,7 @@ def test_curvature_probe_logs_nan_threshold_and_the_reason_for_lion():
     x, y = make_data()
     net = make_mlp()
     lr = 1e-3
-    probe = CurvatureProbe(every_n_steps=1, lanczos_iters=30, hutchinson_samples=2)
+    probe = CurvatureProbe(every_n_steps=1, lanczos_iters=30, trace_max_matvecs=2)
     _, _, _, sink = fit(
         net, x, y, callbacks=[probe], steps=3, optimizer=lambda p: lion_pytorch.Lion(p, lr=lr)
     )
@@ -170,7 +170,7 @@ def test_curvature_probe_logs_nan_threshold_and_the_reason_for_lion():
     assert probe.num_skipped == 0 and probe.num_probed == 3
     assert "lion" in probe.final_summary()["threshold_undefined"]
     # a defined threshold is never flagged
-    values, _ = CurvatureProbe(lanczos_iters=5, hutchinson_samples=2).measure(
+    values, _ = CurvatureProbe(lanczos_iters=5, trace_max_matvecs=2).measure(
         net, cross_entropy, x, y, torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.5)
     )
     assert values["curv/stability_threshold"] == pytest.approx(3.0)

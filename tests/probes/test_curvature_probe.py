@@ -247,6 +247,7 @@ def test_non_finite_steps_are_skipped_not_fatal():
         ({"esd": "yes"}, "probes.curvature.esd"),
         ({"esd_iters": 0}, "probes.curvature.esd_iters"),
         ({"seed": 1.5}, "probes.curvature.seed"),
+        ({"hutchinson_samples": 10}, "probes.curvature.hutchinson_samples was removed"),
     ],
 )
 def test_argument_validation(kwargs, key):

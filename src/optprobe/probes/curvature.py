@@ -137,6 +137,12 @@ class CurvatureProbe(ProbeCallback):
         seed: int = 0,
         **schedule: Any,
     ) -> None:
+        if "hutchinson_samples" in schedule:  # the setting before 0.4
+            raise ValueError(
+                f"probes.{schedule.get('name') or self.default_name}.hutchinson_samples was "
+                "removed: the trace now runs to a target relative standard error; set "
+                "trace_rel_se (default 0.1) and the cap trace_max_matvecs (default 20) instead"
+            )
         super().__init__(every_n_steps, **schedule)
         self.last_lambda_max: float | None = None
         self.max_lambda_max = -math.inf
