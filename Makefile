@@ -25,7 +25,9 @@ run: setup
 ## the reference study's grid at CPU scale (3 settings x SGD-momentum/AdamW x 5 seeds, ~50 min
 ## on 2 cores), then the report: $(REPRO_DIR)/report/report.html. Each job starts with
 ## "[optprobe] job i of 30, ~T left" (T at the pace of the setting that runs).
-REPRO_DIR ?= logs/reproduce/$(shell date +%Y-%m-%d_%H-%M-%S)
+# one time stamp per make call (`:=`), so every line of a recipe writes to the same folder
+RUN_STAMP := $(shell date +%Y-%m-%d_%H-%M-%S)
+REPRO_DIR ?= logs/reproduce/$(RUN_STAMP)
 SEEDS ?= 0,1,2,3,4
 comma := ,
 SWEEP_JOBS = $(shell echo $$((2 * $(words $(subst $(comma), ,$(SEEDS))))))
@@ -42,8 +44,7 @@ reproduce: setup
 ## the MLP on digits, 30 steps, 2 seeds, 3 learning rates each for SGD, SGD-momentum and AdamW
 ## (18 jobs, ~15 min on 2 busy cores), then the report with stability.png:
 ## $(EOS_DIR)/report/report.html
-EOS_STAMP := $(shell date +%Y-%m-%d_%H-%M-%S)
-EOS_DIR ?= logs/eos/$(EOS_STAMP)
+EOS_DIR ?= logs/eos/$(RUN_STAMP)
 eos: setup
 	$(PY) train.py -m experiment=eos_lr_sweep optimizer=sgd optimizer.lr=0.1,0.4,1.6 hydra.sweep.dir=$(EOS_DIR)/sgd
 	$(PY) train.py -m experiment=eos_lr_sweep optimizer=sgdm optimizer.lr=0.025,0.1,0.4 hydra.sweep.dir=$(EOS_DIR)/sgdm
