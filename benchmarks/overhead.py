@@ -95,9 +95,7 @@ def make_callbacks(kind: str, cadence: int, start: int) -> list[Any]:
         return StepProbe(every_n_steps=cadence, start_step=start)
 
     def curvature():
-        return CurvatureProbe(
-            every_n_steps=cadence, start_step=start, lanczos_iters=20, hutchinson_samples=10
-        )
+        return CurvatureProbe(every_n_steps=cadence, start_step=start)  # default settings
 
     def noise():
         return NoiseProbe(every_n_steps=cadence, start_step=start)

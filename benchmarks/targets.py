@@ -44,7 +44,8 @@ def _overhead_note(results, model, cfg) -> str:
     if kind in ("curvature", "bundle") and is_num(hvp) and cadence:
         per = 30 * hvp + (costs.get("graph_build_steps") or 0)
         parts.append(
-            f"one curvature probe = graph build + up to 20 Lanczos + 10 Hutchinson HVPs at "
+            f"one curvature probe = graph build + ~30 HVPs (converged Lanczos + trace; counts "
+            f"per firing in curvature-<device>-quick.md) at "
             f"{hvp:.2f} steps each ~ {per:.0f} steps, i.e. ~{per / cadence:.2f} steps per step at "
             f"cadence {cadence}: the {model} budget needs cadence ≥ {math.ceil(per / 0.3)} "
             "(or fewer HVPs, or a smaller fixed probe batch)"
@@ -89,7 +90,7 @@ def _cockpit_target(results) -> dict[str, Any] | None:
             f"overhead above plain: Cockpit full@64 {theirs - 1:+.3f}, optprobe "
             f"bundle@64 {ours - 1:+.3f}. Cockpit's full configuration computes BackPACK's "
             "diagonal Hessian, individual gradients and a power iteration; the bundle "
-            "a step pass, per-example gradients and 30 HVPs per curvature probe"
+            "a step pass, per-example gradients and ~30 HVPs per curvature probe"
         )
     return row
 

@@ -46,7 +46,7 @@ FULL_PROBES = [
     "probes.noise.every_n_steps=3",
     "probes.curvature.every_n_steps=2",
     "probes.curvature.lanczos_iters=5",
-    "probes.curvature.hutchinson_samples=2",
+    "probes.curvature.trace_max_matvecs=2",
     "probes.curvature.esd_iters=5",
 ]
 # Keys compared step by step between a resumed and an uninterrupted run (timings differ).

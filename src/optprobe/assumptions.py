@@ -17,13 +17,20 @@ metrics.md §1, §1a):
   (directional: ``curv_dir`` where logged; never ``smooth_eff``, whose bound is D_t itself).
 - ``score`` (convexity along the step): ``valid`` (the identity holds; the headline) or
   ``valid_informative`` (it holds *and* certifies a decrease, ⟨g⁺_t, Δ_t⟩ < 0).
+- ``geometry`` (descent bound, (L0,L1)-smoothness; docs/metrics.md §7): ``euclidean`` (‖·‖₂,
+  the headline) or ``optimizer`` (the optimizer's own norm: ‖·‖_P with its diagonal
+  preconditioner P, ℓ∞ for sign methods, spectral per matrix for Muon; keys with the suffix
+  ``_P``, logged only for optimizers that have such a geometry, so not judged elsewhere). The
+  ``local`` L has no ``optimizer`` variant: its bound ⟨g,Δ⟩ + ½ΔᵀHΔ is the same in every norm.
 - ``scheme`` (every step-probe assumption): ``same_batch`` (keys ``step/*``) or
   ``fresh_batch`` (keys ``step_fresh/*``), two different quantities (``SCHEMES``).
 
 A verdict's **id** is the assumption id followed by its axis values in the order ``L``,
-``score``, ``scheme``, joined by ``:`` — ``descent_bound:path:same_batch``,
-``inst_gap:valid_informative:fresh_batch``, ``inst_gap_old:same_batch``, ``ref_gap``,
-``bounded_variance``. The *headline* variants are those at the first value of every axis
+``score``, ``geometry``, ``scheme``, joined by ``:`` — ``descent_bound:path:same_batch``,
+``descent_bound:path:optimizer:same_batch``, ``inst_gap:valid_informative:fresh_batch``,
+``inst_gap_old:same_batch``, ``ref_gap``, ``bounded_variance``. The value ``euclidean`` is
+implicit (``IMPLICIT``): left out of ids, labels and the variant's axis values, so the ids of
+the Euclidean verdicts are those they had before the geometry axis existed. The *headline* variants are those at the first value of every axis
 but the scheme (one per assumption and scheme). The id never changes meaning: a new axis or
 value gets a new id.
 """
@@ -46,6 +53,7 @@ AXES: Mapping[str, tuple[str, ...]] = MappingProxyType(
     {
         "L": ("path", "past", "local"),
         "score": ("valid", "valid_informative"),
+        "geometry": ("euclidean", "optimizer"),
         "scheme": tuple(SCHEMES),
     }
 )
@@ -58,11 +66,22 @@ AXIS_WORDS: Mapping[str, str] = MappingProxyType(
         "local": "L = curvature along the step (curv_dir; not judged where it is not logged)",
         "valid": "valid",
         "valid_informative": "valid and informative",
+        "optimizer": "in the optimizer's norm (‖·‖_P, ℓ∞ or spectral)",
         "same_batch": "same batch",
         "fresh_batch": "fresh batch",
     }
 )
 """How each axis value reads in labels."""
+
+IMPLICIT: Mapping[str, str] = MappingProxyType({"geometry": "euclidean"})
+"""Axis -> the value left out of a variant's fields (ids, labels): the measurement every
+variant made before the axis existed."""
+
+GEOMETRY_SUFFIX = "_P"
+"""Suffix of the keys measured in the optimizer's norm (``step/smooth_lip_P``...)."""
+
+_SAME_IN_EVERY_GEOMETRY = (("L", "local"),)
+"""Axis values whose check does not depend on the norm (no ``optimizer`` variant)."""
 
 ONLINE_L = "past"
 """The one L choice a probe can compute while training (the others need the whole run)."""
@@ -82,7 +101,8 @@ class Assumption:
     ``informative``: the key whose negative value means the identity certifies a decrease
     (the ``valid_informative`` score). ``progress_key``: when set, a step is scored only if
     this key is negative (steps that made no progress are counted apart). ``per_choice``:
-    keys that exist once per L choice (``<key>_<L>``). ``duplicates``: the id of an
+    keys that exist once per L choice (``<key>_<L>``). ``per_geometry``: keys measured in a
+    norm, logged with the suffix ``_P`` in the optimizer's norm. ``duplicates``: the id of an
     assumption it nearly repeats; the two are not independent evidence.
     """
 
@@ -101,6 +121,7 @@ class Assumption:
     informative: str | None = None
     progress_key: str | None = None
     per_choice: tuple[str, ...] = ()
+    per_geometry: tuple[str, ...] = ()
     duplicates: str | None = None
 
     @property
@@ -120,7 +141,12 @@ class Assumption:
         out = []
         for combo in itertools.product(*(AXES[a] for a in ordered)):
             chosen = dict(zip(ordered, combo))
-            out.append(Variant(self, tuple((a, chosen[a]) for a in AXES if a in chosen)))
+            if chosen.get("geometry") == "optimizer" and any(
+                chosen.get(axis) == value for axis, value in _SAME_IN_EVERY_GEOMETRY
+            ):
+                continue
+            fields = ((a, chosen[a]) for a in AXES if a in chosen)
+            out.append(Variant(self, tuple((a, v) for a, v in fields if IMPLICIT.get(a) != v)))
         return out
 
 
@@ -171,6 +197,8 @@ class Variant:
             key = f"{self.prefix}/{rest}"
         if rest and f"{family}/{rest}" in self.assumption.per_choice:
             key = f"{key}_{self.get('L')}"
+        if rest and f"{family}/{rest}" in self.assumption.per_geometry:
+            key += GEOMETRY_SUFFIX if self.get("geometry") == "optimizer" else ""
         return key
 
     @property
@@ -269,16 +297,17 @@ _ALL = (
         label="L-smoothness predicts the progress",
         condition="on a step that made progress (D_t < 0; others counted apart), the descent "
         "lemma with the L of the variant bounds the loss change and predicts a decrease",
-        symbols="D_t ≤ ⟨g_t, Δ_t⟩ + (L/2)‖Δ_t‖² < 0",
+        symbols="D_t ≤ ⟨g_t, Δ_t⟩ + (L/2)‖Δ_t‖² < 0 (optimizer geometry: L_P, ‖Δ_t‖_P)",
         family="step",
         keys=("step/descent_bound", "step/loss_change"),
         kind="sign",
         finding="smoothness",
         holds=_descent_bound_holds,
-        axes=("L", "scheme"),
+        axes=("L", "geometry", "scheme"),
         sides=("step/loss_change", "step/descent_bound"),
         progress_key="step/loss_change",
         per_choice=("step/descent_bound",),
+        per_geometry=("step/descent_bound",),
     ),
     Assumption(
         id="ref_gap",
@@ -297,13 +326,14 @@ _ALL = (
         label="(L0,L1)-smoothness",
         condition="the local smoothness is covered by a line in the gradient norm, with L0, L1 "
         "fitted at quantile q on half of the probed steps and checked on the other half",
-        symbols="smooth_lip_t ≤ L0 + L1‖g_t‖",
+        symbols="smooth_lip_t ≤ L0 + L1‖g_t‖ (optimizer geometry: smooth_lip_P, ‖g_t‖_{P,*})",
         family="step",
         keys=("step/grad_norm", "step/smooth_lip"),
         kind="fitted",
         finding="smoothness",
         fit=("step/grad_norm", "step/smooth_lip", ("L0", "L1")),
-        axes=("scheme",),
+        axes=("geometry", "scheme"),
+        per_geometry=("step/grad_norm", "step/smooth_lip"),
     ),
     Assumption(
         id="bounded_variance",
@@ -402,6 +432,8 @@ def markdown_table() -> str:
         keys = ", ".join(f"`{k}_<L>`" if k in a.per_choice else f"`{k}`" for k in a.keys)
         if "scheme" in a.axes:
             keys += f" (`{SCHEMES['fresh_batch']}/…` for fresh_batch)"
+        if "geometry" in a.axes:
+            keys += f"; `…{GEOMETRY_SUFFIX}` in the optimizer's norm"
         lines.append(
             f"| `{a.id}` | {a.label} | {a.symbols}: {a.condition} | {keys} | {judged} "
             f"| {_variant_words(a)} |"

@@ -123,3 +123,33 @@ def test_ids_are_stable_and_documented():
     # finding 2 includes convexity towards x*; finding 1 both smoothness analyses
     assert [a.id for a in finding_evidence("convexity")] == ["inst_gap", "ref_gap"]
     assert [a.id for a in finding_evidence("smoothness")] == ["descent_bound", "l0l1_smooth"]
+
+
+def test_descent_bound_in_the_optimizers_norm_beside_the_euclidean_one():
+    # Euclidean path L = max smooth_lip = 4: bound = lin_old + 2 >= 0 on every step (0 of 3).
+    # Optimizer's norm: ‖Δ‖_P = 1, L_P = max(max smooth_lip_P = 1.5, precond λ_max = 3) = 3:
+    # bound = lin_old + 1.5 = (-0.5, 0.5, ·, 0.9) holds on step 0 only (D = -1 ≤ -0.5 < 0).
+    df = step_frame()
+    df["step/update_norm_P"] = 1.0
+    df["step/smooth_lip_P"] = [1.0, 1.5, 0.5, 1.0]
+    df["step/grad_norm_P"] = [1.0, 2.0, 3.0, 4.0]
+    df["step/descent_bound_past_P"] = [np.nan, -0.1, -1.0, 0.1]
+    df["curv/precond_lambda_max"] = 3.0
+    out = verdict_from_metrics(df)
+    euclid = out.get("descent_bound:path:same_batch")
+    geom = out.get("descent_bound:path:optimizer:same_batch")
+    assert (euclid.held, euclid.checked) == (0, 3)
+    assert (geom.held, geom.checked) == (1, 3)
+    assert geom.variant == {"L": "path", "geometry": "optimizer", "scheme": "same_batch"}
+    assert euclid.headline and not geom.headline
+    assert "L_P = 3" in geom.note
+    past = out.get("descent_bound:past:optimizer:same_batch")
+    assert (past.held, past.checked) == (1, 2)  # step 1: -0.2 ≤ -0.1 < 0; step 3: 0.1 ≥ 0
+    assert out.get("l0l1_smooth:optimizer:same_batch") is not None
+    assert "descent_bound:local:optimizer:same_batch" not in {v.id for v in all_variants()}
+
+
+def test_no_optimizer_geometry_verdict_without_its_keys():
+    out = verdict_from_metrics(step_frame(lambda_max=3.0))
+    assert out.get("descent_bound:path:same_batch") is not None
+    assert not [a.id for a in out.assumptions if "optimizer" in a.id]

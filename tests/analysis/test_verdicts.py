@@ -274,6 +274,10 @@ def test_assumptions_reported_in_registry_order():
         step__inst_gap_old=0.5 * np.ones(n),
         step__inst_gap=-0.5 * np.ones(n),
         step__curv_dir=np.ones(n),
+        step__smooth_lip_P=np.ones(n),
+        step__grad_norm_P=np.ones(n),
+        step__update_norm_P=np.ones(n),
+        step__descent_bound_past_P=-np.ones(n),
     )
     out = verdict_from_metrics(df)
     expected = [v.id for v in all_variants() if v.get("scheme") != "fresh_batch"]

@@ -20,7 +20,7 @@ from harness import fit, make_data, make_mlp
 
 from optprobe.models.lit_module import cross_entropy
 from optprobe.optim.muon import MuonWithAdamW
-from optprobe.optim.registry import facts_for
+from optprobe.optim.registry import facts_for, optimizer_geometry
 from optprobe.probes.curvature import CurvatureProbe
 
 LAM, EPS_BIG = 3.0, 1e14
@@ -156,7 +156,7 @@ def test_curvature_probe_logs_nan_threshold_and_the_reason_for_lion():
     x, y = make_data()
     net = make_mlp()
     lr = 1e-3
-    probe = CurvatureProbe(every_n_steps=1, lanczos_iters=30, hutchinson_samples=2)
+    probe = CurvatureProbe(every_n_steps=1, lanczos_iters=30, trace_max_matvecs=2)
     _, _, _, sink = fit(
         net, x, y, callbacks=[probe], steps=3, optimizer=lambda p: lion_pytorch.Lion(p, lr=lr)
     )
@@ -170,7 +170,26 @@ def test_curvature_probe_logs_nan_threshold_and_the_reason_for_lion():
     assert probe.num_skipped == 0 and probe.num_probed == 3
     assert "lion" in probe.final_summary()["threshold_undefined"]
     # a defined threshold is never flagged
-    values, _ = CurvatureProbe(lanczos_iters=5, hutchinson_samples=2).measure(
+    values, _ = CurvatureProbe(lanczos_iters=5, trace_max_matvecs=2).measure(
         net, cross_entropy, x, y, torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.5)
     )
     assert values["curv/stability_threshold"] == pytest.approx(3.0)
+
+
+def test_each_optimizer_names_its_own_geometry():
+    net = make_mlp()
+    params = dict(net.named_parameters())
+    muon = optimizer_geometry(MuonWithAdamW(net), params)
+    assert muon.kind == "spectral" and muon.shapes == tuple(p.shape for p in params.values())
+    assert optimizer_geometry(lion_pytorch.Lion(net.parameters()), params).kind == "linf"
+    assert optimizer_geometry(torch.optim.SGD(net.parameters(), lr=0.1), params) is None
+    adam = torch.optim.Adam(net.parameters(), lr=0.1, eps=1e-3)
+    assert optimizer_geometry(adam, params) is None  # no state before the first step
+    x, y = make_data()
+    cross_entropy(net(x), y).backward()
+    adam.step()
+    grad = torch.cat([p.grad.reshape(-1) for p in params.values()]).double()
+    # after one step: v̂ = g², so P = |g| + eps
+    geometry = optimizer_geometry(adam, params)
+    assert geometry.kind == "diagonal"
+    assert torch.allclose(geometry.precond, grad.abs() + 1e-3, rtol=1e-12, atol=0)

@@ -22,6 +22,8 @@ UNDEFINED = {
     "sf_sgd": "schedule_free_sgd",
     "soap": "soap",
 }
+# optimizers with a geometry of their own (step/*_P keys): ‖·‖_P, ℓ∞ (lion), spectral (muon)
+GEOMETRY = {"adam", "adamw", "rmsprop", "adagrad", "sf_adamw", "lion", "muon"}
 BASE = ["debug=smoke", "data.batch_size=8", "trainer.max_steps=4"]
 
 
@@ -50,6 +52,7 @@ def test_schedule_free_probes_observe_and_modes_switch(make_cfg):
     assert "val/loss" in rows[1]
     assert sorted(rows) == list(range(4))
     assert "curv/precond_lambda_max" in rows[2]  # SF-AdamW's preconditioner is read
+    assert "step/smooth_lip_P" in rows[2]  # and gives the step probe its geometry
     assert math.isnan(rows[2]["curv/stability_threshold"])
     assert math.isfinite(rows[2]["curv/sharpness_ratio"])
     summary = json.loads((folder / "summary.json").read_text())
@@ -88,6 +91,8 @@ def test_every_optimizer_runs_with_every_probe(tmp_path):
             if "curv/stability_threshold" in r
         ]
         assert thresholds, optimizer
+        has_geometry = any("step/update_norm_P" in r for r in metric_rows(job).values())
+        assert has_geometry == (optimizer in GEOMETRY), optimizer
         if optimizer in UNDEFINED:
             assert curvature["threshold_undefined"].startswith(UNDEFINED[optimizer])
             assert all(math.isnan(v) for v in thresholds), optimizer

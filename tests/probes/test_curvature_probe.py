@@ -57,7 +57,7 @@ def test_eigenvalues_trace_esd_and_sharpness_match_dense_hessian(tmp_path, monke
     monkeypatch.chdir(tmp_path)  # the harness trainer's default_root_dir is the cwd
     x, y = make_data()
     net = make_mlp()
-    probe = CurvatureProbe(every_n_steps=1, hutchinson_samples=100, esd=True, **LANCZOS)
+    probe = CurvatureProbe(every_n_steps=1, trace_max_matvecs=100, esd=True, **LANCZOS)
     trainer, _, recorder, sink = fit(net, x, y, callbacks=[probe], steps=3)
 
     assert trainer.default_root_dir == str(tmp_path)
@@ -112,7 +112,7 @@ def test_adam_preconditioned_sharpness_matches_dense():
     net = make_mlp()
     lr, betas, eps = 1e-2, (0.9, 0.999), 1e-8
     snapshot = AdamStateSnapshot()
-    probe = CurvatureProbe(every_n_steps=1, hutchinson_samples=2, **LANCZOS)
+    probe = CurvatureProbe(every_n_steps=1, trace_max_matvecs=2, **LANCZOS)
     _, _, recorder, sink = fit(
         net,
         x,
@@ -157,7 +157,7 @@ def test_sgd_stability_thresholds(kwargs, threshold):
     x, y = make_data(16)
     net = make_mlp()
     opt = torch.optim.SGD(net.parameters(), lr=0.05, **kwargs)
-    probe = CurvatureProbe(lanczos_iters=30, hutchinson_samples=2)
+    probe = CurvatureProbe(lanczos_iters=30, trace_max_matvecs=2)
     values, esd = probe.measure(net, cross_entropy, x, y, opt)
     assert esd is None
     assert values["curv/stability_threshold"] == pytest.approx(threshold)
@@ -169,7 +169,7 @@ def test_forward_over_reverse_matches_double_backward():
     net = make_mlp()
     values = {}
     for hvp in ("double_backward", "forward_over_reverse"):
-        probe = CurvatureProbe(hvp=hvp, hutchinson_samples=3, seed=1, **LANCZOS)
+        probe = CurvatureProbe(hvp=hvp, trace_max_matvecs=3, seed=1, **LANCZOS)
         values[hvp], _ = probe.measure(net, cross_entropy, x, y)
     for key in ("curv/lambda_max", "curv/lambda_min", "curv/trace"):
         a, b = values["double_backward"][key], values["forward_over_reverse"][key]
@@ -187,7 +187,7 @@ def test_forward_over_reverse_on_batchnorm_fails_at_setup():
     assert not started.started
     # auto (double backward) runs with BatchNorm in training mode; values are logged on the
     # probed steps only (never repeated, stale, on the steps in between)
-    probe = CurvatureProbe(every_n_steps=2, hutchinson_samples=4, lanczos_iters=10)
+    probe = CurvatureProbe(every_n_steps=2, trace_max_matvecs=4, lanczos_iters=10)
     assert probe.resolved_settings() == {"hvp": "double_backward"}
     torch.manual_seed(0)
     _, _, _, sink = fit(TinyBNNet().double(), x, y, callbacks=[probe], steps=3)
@@ -202,7 +202,7 @@ def test_forward_over_reverse_on_batchnorm_fails_at_setup():
 def test_generator_state_round_trip():
     x, y = make_data()
     net = make_mlp()
-    kwargs = {"every_n_steps": 1, "lanczos_iters": 5, "hutchinson_samples": 5, "seed": 3}
+    kwargs = {"every_n_steps": 1, "lanczos_iters": 5, "trace_max_matvecs": 5, "seed": 3}
     probe = CurvatureProbe(**kwargs)
     _, module, _, _ = fit(net, x, y, callbacks=[probe], steps=2)
     buffer = io.BytesIO()
@@ -211,6 +211,8 @@ def test_generator_state_round_trip():
     resumed = CurvatureProbe(**kwargs)
     resumed.load_state_dict(torch.load(buffer, weights_only=False))
     assert resumed.num_probed == 2
+    # the warm start (the last firing's Ritz vectors) is checkpointed with the generator
+    assert probe.ritz is not None and torch.equal(resumed.ritz, probe.ritz)
     fresh = CurvatureProbe(**kwargs)  # same seed, generator not advanced
     batch = (x[:16], y[:16])
     expected, _ = probe.measure(module.net, module.loss_fn, *batch)
@@ -223,7 +225,7 @@ def test_generator_state_round_trip():
 def test_non_finite_steps_are_skipped_not_fatal():
     x, y = make_data()
     x[:, 0, 0, 0] = math.nan  # every batch has a NaN loss
-    probe = CurvatureProbe(every_n_steps=1, lanczos_iters=5, hutchinson_samples=2)
+    probe = CurvatureProbe(every_n_steps=1, lanczos_iters=5, trace_max_matvecs=2)
     _, _, recorder, sink = fit(make_mlp(), x, y, callbacks=[probe], steps=2)
     assert len(recorder.steps) == 2
     assert sink.series("curv/skipped") == {0: 1.0, 1: 2.0}
@@ -239,10 +241,13 @@ def test_non_finite_steps_are_skipped_not_fatal():
         ({"hvp": "bogus"}, "probes.curvature.hvp"),
         ({"lanczos_iters": 0}, "probes.curvature.lanczos_iters"),
         ({"tol": 0.0}, "probes.curvature.tol"),
-        ({"hutchinson_samples": 1}, "probes.curvature.hutchinson_samples"),
+        ({"trace_max_matvecs": 1}, "probes.curvature.trace_max_matvecs"),
+        ({"trace_rel_se": 0.0}, "probes.curvature.trace_rel_se"),
+        ({"warm_start": "no"}, "probes.curvature.warm_start"),
         ({"esd": "yes"}, "probes.curvature.esd"),
         ({"esd_iters": 0}, "probes.curvature.esd_iters"),
         ({"seed": 1.5}, "probes.curvature.seed"),
+        ({"hutchinson_samples": 10}, "probes.curvature.hutchinson_samples was removed"),
     ],
 )
 def test_argument_validation(kwargs, key):

@@ -159,7 +159,7 @@ def _run_cnn(callbacks):
 
 def test_probes_do_not_change_the_trajectory():
     probes = [
-        CurvatureProbe(every_n_steps=1, lanczos_iters=8, hutchinson_samples=3, esd=False),
+        CurvatureProbe(every_n_steps=1, lanczos_iters=8, trace_max_matvecs=3, esd=False),
         NoiseProbe(every_n_steps=1),
     ]
     with_p = _run_cnn(probes)

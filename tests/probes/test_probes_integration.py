@@ -44,7 +44,7 @@ TINY = [
     "data.batch_size=8",
     "trainer.max_steps=4",
     "probes.curvature.lanczos_iters=5",
-    "probes.curvature.hutchinson_samples=2",
+    "probes.curvature.trace_max_matvecs=2",
     "probes.curvature.esd_iters=5",
     "probes.curvature.every_n_steps=2",
     "probes.noise.every_n_steps=2",
@@ -72,10 +72,11 @@ def test_probes_full_leaves_the_trajectory_bit_identical(make_cfg, family):
     rows = metric_rows(folder)
     assert sorted(rows) == list(range(4))
     families = {k.split("/")[0] for row in rows.values() for k in row}
-    assert {"step", "curv", "noise", "ref"} <= families, families
+    assert {"step", "curv", "noise", "ref", "layer", "layer_fresh"} <= families, families
     for step, row in rows.items():
         for key, value in row.items():
-            if key.split("/")[0] in {"step", "curv", "noise", "ref"} and not key.startswith(
+            prefix = key.split("/")[0]
+            if prefix in {"step", "curv", "noise", "ref", "layer"} and not key.startswith(
                 ("step/update_cos_prev", "ref/pl", "ref/weak_cvx")
             ):
                 assert math.isfinite(value), (step, key, value)

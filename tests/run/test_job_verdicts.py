@@ -1,6 +1,7 @@
 """A job's verdicts are one thing: the probes' running fractions online, ``verdicts.json``
 from the metrics in memory and a recomputation from ``metrics.csv`` offline agree, assumption
-by assumption; ``logger=none`` still gets its verdicts."""
+by assumption; ``logger=none`` still gets its verdicts. The job runs AdamW, so every variant,
+the optimizer-geometry ones (‖·‖_P with P = √v̂ + ε) included, is judged."""
 
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ from optprobe.run.job import train
 
 RUN = [
     "debug=smoke",
+    "optimizer=adamw",
     "probes=full",
     "probes.curvature.every_n_steps=3",
     "probes.curvature.lanczos_iters=5",
-    "probes.curvature.hutchinson_samples=2",
+    "probes.curvature.trace_max_matvecs=2",
     "probes.curvature.esd=false",
     "probes.noise.every_n_steps=1",
     "trainer.max_steps=12",
@@ -35,7 +37,7 @@ def test_online_offline_and_in_memory_verdicts_agree(job):
     saved = {a["id"]: a for a in job.read_verdicts()["assumptions"]}
     offline = verdict_from_metrics(read_metrics_csv(job.metrics))
     assert {a.assumption for a in offline.assumptions} == set(ASSUMPTIONS)  # all 7 checked
-    # probes=full runs both batch schemes: every variant is judged
+    # probes=full runs both batch schemes and AdamW has a geometry: every variant is judged
     assert [a.id for a in offline.assumptions] == [v.id for v in all_variants()]
     assert list(saved) == [a.id for a in offline.assumptions]
     for verdict in offline.assumptions:  # verdicts.json (in memory) == metrics.csv (offline)

@@ -6,7 +6,10 @@
   ``early_prediction.csv`` (the tables as given; the last three always with their header) and
   ``findings.json`` (when given);
 - ``held_fractions.png``, ``trajectories.png``, ``constants_vs_performance.png``,
-  ``optimizer_comparison.png`` (see :mod:`optprobe.analysis.figures`);
+  ``optimizer_comparison.png`` (see :mod:`optprobe.analysis.figures`); ``layers.png`` when
+  some history has per-layer keys (``layer/<group>/<key>``), and ``stability.png`` only when
+  the runs carry a stability ratio (a learning-rate sweep with the curvature probe,
+  :mod:`optprobe.analysis.stability`);
 - ``report.html``: inline CSS, no JavaScript, no external resource; images and CSVs are
   referenced by relative file name, so the folder can be moved or archived as a whole.
 
@@ -45,11 +48,14 @@ from optprobe.analysis.figures import (
     plot_constant_vs_performance,
     plot_held_fractions,
     plot_optimizer_comparison,
+    plot_stability,
     plot_trajectories,
 )
 from optprobe.analysis.figures.comparison import INTERVALS
 from optprobe.analysis.figures.constants import PANEL_STATS
 from optprobe.analysis.figures.held_fractions import INTERVALS as HELD_INTERVALS
+from optprobe.analysis.figures.layers import CAPTION as LAYER_CAPTION
+from optprobe.analysis.figures.layers import layer_prefix, plot_layer_heatmap
 from optprobe.analysis.report_tables import (
     assumption_labels,
     comparison_table,
@@ -62,9 +68,11 @@ from optprobe.analysis.report_tables import (
 from optprobe.analysis.report_text import answer_sentences, correlation_sentence, frame
 from optprobe.analysis.run_intervals import DESCRIPTION as RUN_INTERVAL
 from optprobe.analysis.run_status import REASONS
+from optprobe.analysis.stability import DESCRIPTION as STABILITY_RATIO
+from optprobe.analysis.stability import has_stability
 from optprobe.run.folder import JobFolder
 
-__all__ = ["FIGURES", "TABLES", "write_report"]
+__all__ = ["FIGURES", "OPTIONAL_FIGURES", "TABLES", "write_report"]
 
 #: CSV file names, in the order they are listed in the report.
 TABLES: tuple[str, ...] = (
@@ -112,6 +120,20 @@ FIGURES: dict[str, tuple[str, str]] = {
     ),
 }
 
+#: Figures drawn only when the runs have their keys: file name -> (heading, caption).
+OPTIONAL_FIGURES: dict[str, tuple[str, str]] = {
+    "layers.png": ("Per-layer view of the step", LAYER_CAPTION),
+    "stability.png": (
+        "Fraction held against the edge of stability",
+        "One panel per headline assumption (rows) and optimizer (columns), one point per "
+        f"included run: x = the median over its curvature-probe firings of the {STABILITY_RATIO}"
+        " (log axis; horizontal whiskers: the quartiles over the firings), y = the fraction of "
+        f"probed steps on which the assumption held (vertical whiskers: {HELD_INTERVALS}). "
+        "Dotted line: ratio 1. Runs whose optimizer has no stability threshold are left out, "
+        "with the reason under the figure and in runs.csv (stability:excluded).",
+    ),
+}
+
 _CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto;
        max-width: 1200px; padding: 0 1em; color: #222; line-height: 1.45; }
@@ -136,7 +158,8 @@ tr.robust td { background: #fff1cc; }
 
 
 def _draw_figures(out: Path, runs, verdicts, correlations, comparison, histories):
-    """Draw the four figures into ``out``; return file name -> why it failed, for failures."""
+    """Draw the figures into ``out`` (an optional one only when its keys are there; a stale
+    copy is removed otherwise); return file name -> why it failed, for failures."""
     jobs: dict[str, Callable[[Path], Path]] = {
         "optimizer_comparison.png": lambda p: plot_optimizer_comparison(comparison, p),
         "held_fractions.png": lambda p: plot_held_fractions(verdicts, runs, p),
@@ -145,6 +168,13 @@ def _draw_figures(out: Path, runs, verdicts, correlations, comparison, histories
             runs, correlations, p
         ),
     }
+    optional = _optional_figures(histories, runs)
+    if "layers.png" in optional:
+        jobs["layers.png"] = lambda p: plot_layer_heatmap(histories, runs, p)
+    if "stability.png" in optional:
+        jobs["stability.png"] = lambda p: plot_stability(verdicts, runs, p)
+    for name in OPTIONAL_FIGURES.keys() - jobs.keys():
+        (out / name).unlink(missing_ok=True)
     failures: dict[str, str] = {}
     for name, job in jobs.items():
         path = out / name
@@ -155,6 +185,18 @@ def _draw_figures(out: Path, runs, verdicts, correlations, comparison, histories
             failures[name] = f"{type(exc).__name__}: {exc}"
             path.unlink(missing_ok=True)
     return failures
+
+
+def _optional_figures(histories: Mapping, runs: pd.DataFrame) -> dict[str, tuple[str, str]]:
+    """The entries of ``OPTIONAL_FIGURES`` whose keys the runs have: per-layer keys in some
+    history (``layers.png``), a stability ratio in runs.csv (``stability.png``)."""
+    has = {
+        "layers.png": any(
+            layer_prefix(h) for h in histories.values() if isinstance(h, pd.DataFrame)
+        ),
+        "stability.png": has_stability(runs),
+    }
+    return {name: entry for name, entry in OPTIONAL_FIGURES.items() if has[name]}
 
 
 def _included(runs: pd.DataFrame, verdicts: pd.DataFrame, histories: dict):
@@ -191,9 +233,9 @@ def _list_section(anchor: str, heading: str, items: Iterable[str], css: str = ""
     return [f'<section id="{anchor}">', f"<h2>{escape(heading)}</h2>", *ul, "</section>"]
 
 
-def _figure_sections(out: Path, failures: Mapping[str, str]) -> list[str]:
+def _figure_sections(out: Path, failures: Mapping[str, str], optional: Mapping) -> list[str]:
     h: list[str] = []
-    for name, (heading, caption) in FIGURES.items():
+    for name, (heading, caption) in {**FIGURES, **optional}.items():
         anchor = name.removesuffix(".png")
         h += [f'<section id="{escape(anchor)}">', f"<h2>{escape(heading)}</h2>"]
         if (out / name).is_file():
@@ -277,7 +319,7 @@ def write_report(
 ) -> Path:
     """Write the CSVs (``early_prediction.csv`` from ``early_prediction``, its answer
     ``prediction_sentences`` in the report), ``findings.json`` (when ``findings`` is given),
-    the four figures and
+    the figures and
     ``report.html`` into ``out_dir``; return the path of ``report.html``. Figures show the
     included runs only (runs without an ``included`` column count as included)."""
     out = Path(out_dir)
@@ -313,7 +355,7 @@ def write_report(
         h += _list_section("notes", "Notes", notes)
     if "included" in runs.columns:
         h += _excluded_section(runs)
-    h += _figure_sections(out, failures)
+    h += _figure_sections(out, failures, _optional_figures(used_histories, used))
     h += _table_sections(runs, verdicts, correlations, comparison, labels)
     h += _early_section(early, [str(s) for s in prediction_sentences])
     files = [*TABLES, *([FINDINGS_JSON] if findings is not None else [])]

@@ -20,6 +20,7 @@ from optprobe.assumptions import SCHEMES
 from optprobe.estimators.identities import effective_smoothness, weak_convexity
 
 LAMBDA_MAX_KEY = "curv/lambda_max"
+PRECOND_LAMBDA_MAX_KEY = "curv/precond_lambda_max"
 
 
 def scheme_suffix(prefix: str) -> str:
@@ -51,10 +52,14 @@ def undefined_smooth_eff(df: pd.DataFrame, prefix: str) -> int | None:
     return int(np.count_nonzero(checked & np.isnan(eff)))
 
 
-def path_smoothness(df: pd.DataFrame, prefix: str) -> float | None:
+def path_smoothness(df: pd.DataFrame, prefix: str, suffix: str = "") -> float | None:
     """The ``path`` L: the max over the whole run of ``<prefix>/smooth_lip`` and
-    ``curv/lambda_max`` (every global L is at least this); None without either."""
-    found = [finite_values(df, k) for k in (f"{prefix}/smooth_lip", LAMBDA_MAX_KEY)]
+    ``curv/lambda_max`` (every global L is at least this); None without either. With
+    ``suffix="_P"`` the same in the optimizer's norm: ``smooth_lip_P`` and
+    ``curv/precond_lambda_max`` (λ_max(P⁻¹H) is the ‖·‖_P-Lipschitz constant of the quadratic
+    model's gradient; logged only for diagonal preconditioners)."""
+    curvature = PRECOND_LAMBDA_MAX_KEY if suffix else LAMBDA_MAX_KEY
+    found = [finite_values(df, k) for k in (f"{prefix}/smooth_lip{suffix}", curvature)]
     found = [v for v in found if v is not None]
     return float(max(v.max() for v in found)) if found else None
 

@@ -1,8 +1,9 @@
 """Tidy tables of a sweep: one row per run (config, status, performance, verdicts,
-constants), the run-level comparison per setting × optimizer × verdict entry, the study's
-findings, the within-optimizer correlations of the pre-declared constants with
-performance, and of the same constants measured early in each run with the final loss
-(:mod:`optprobe.analysis.early`). Excluded runs (:mod:`optprobe.analysis.run_status`) are in the runs and verdicts
+constants, the stability ratio of :mod:`optprobe.analysis.stability`), the run-level
+comparison per setting × optimizer × verdict entry, the study's findings, the
+within-optimizer correlations of the pre-declared constants with performance, and of the same
+constants measured early in each run with the final loss (:mod:`optprobe.analysis.early`).
+Excluded runs (:mod:`optprobe.analysis.run_status`) are in the runs and verdicts
 tables and nowhere else."""
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from optprobe.analysis.findings import findings_data, findings_lines
 from optprobe.analysis.fits import slope_comparison
 from optprobe.analysis.run_status import status_columns
 from optprobe.analysis.runs import RunRecord
+from optprobe.analysis.stability import stability_columns
 from optprobe.analysis.verdict_keys import KEY_COLUMN, verdict_key
 from optprobe.analysis.verdicts import verdict_from_metrics
 from optprobe.assumptions import ASSUMPTIONS
@@ -145,6 +147,7 @@ def run_rows(
         early = early_constants(rec.history, quantile, early_fraction)
         row.update({f"{EARLY_PREFIX}{k}": v for k, v in early.items()})
         row.update(slope_columns(rec.history, quantile))
+        row.update(stability_columns(rec.history, rec.summary))
         rows.append(row)
     return pd.DataFrame(rows), pd.DataFrame(verdict_rows)
 

@@ -9,7 +9,9 @@ of :mod:`optprobe.analysis.run_intervals` (the steps are autocorrelated).
 
 The ``path`` and ``local`` descent bounds are not logged (they need the whole run): they are
 added here as columns ``<prefix>/descent_bound_path`` and ``<prefix>/descent_bound_local``
-from ``lin_old``, ``update_norm`` and the L of :mod:`optprobe.analysis.run_constants`.
+from ``lin_old``, ``update_norm`` and the L of :mod:`optprobe.analysis.run_constants`; in the
+optimizer's norm, ``<prefix>/descent_bound_path_P`` from ``update_norm_P`` and the run's max of
+``smooth_lip_P`` and ``curv/precond_lambda_max``.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from optprobe.analysis.fits import interleaved_split
 from optprobe.analysis.run_constants import local_smoothness, path_smoothness
 from optprobe.analysis.run_intervals import run_interval
 from optprobe.analysis.stats import quantile_regression_line
-from optprobe.assumptions import SCHEMES, Variant, all_variants
+from optprobe.assumptions import GEOMETRY_SUFFIX, SCHEMES, Variant, all_variants
 from optprobe.estimators.identities import descent_bound
 
 CONFIDENCE = 0.95
@@ -105,11 +107,31 @@ def with_derived_bounds(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]
             notes[f"{prefix}/path"] = (
                 f"L = {path:.4g}, the run's max of {prefix}/smooth_lip and curv/lambda_max"
             )
+        out, notes = _with_path_bound_P(out, notes, prefix)
         local = local_smoothness(df, prefix)
         if local is not None:
             out[f"{prefix}/descent_bound_local"] = descent_bound(lin, norm, local[0])
             notes[f"{prefix}/local"] = local[1]
     return out, notes
+
+
+def _with_path_bound_P(
+    df: pd.DataFrame, notes: dict[str, str], prefix: str
+) -> tuple[pd.DataFrame, dict[str, str]]:
+    """The ``path`` descent bound in the optimizer's norm, ``<prefix>/descent_bound_path_P``,
+    where the run logged ``update_norm_P`` and ``smooth_lip_P`` (its note under
+    ``<prefix>/path/optimizer``)."""
+    norm_key = f"{prefix}/update_norm{GEOMETRY_SUFFIX}"
+    path = path_smoothness(df, prefix, GEOMETRY_SUFFIX) if present(df, norm_key) else None
+    if path is None or not present(df, f"{prefix}/smooth_lip{GEOMETRY_SUFFIX}"):
+        return df, notes
+    lin, norm = df[f"{prefix}/lin_old"].to_numpy(float), df[norm_key].to_numpy(float)
+    df[f"{prefix}/descent_bound_path{GEOMETRY_SUFFIX}"] = descent_bound(lin, norm, path)
+    notes[f"{prefix}/path/optimizer"] = (
+        f"L_P = {path:.4g}, the run's max of {prefix}/smooth_lip_P (dual-norm ratio in the "
+        "optimizer's norm) and curv/precond_lambda_max"
+    )
+    return df, notes
 
 
 # --------------------------------------------------------------------------- sign checks
@@ -218,7 +240,8 @@ def variant_verdicts(df: pd.DataFrame, q: float) -> list[AssumptionVerdict]:
     out: list[AssumptionVerdict | None] = []
     for variant in all_variants():
         if variant.assumption.kind == "sign":
-            note = notes.get(f"{variant.prefix}/{variant.get('L')}", "")
+            geometry = "/optimizer" if variant.get("geometry") == "optimizer" else ""
+            note = notes.get(f"{variant.prefix}/{variant.get('L')}{geometry}", "")
             out.append(sign_check(df, variant, note))
         else:
             out.append(fitted_form(df, variant, q))

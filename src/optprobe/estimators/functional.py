@@ -7,6 +7,7 @@ cloned, so BatchNorm running statistics of the live network never change.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable
 
 import torch
@@ -105,6 +106,18 @@ def hvp_double_backward(loss_of_params: LossOfParams, params: ParamDict) -> MatV
     return matvec
 
 
+def load_jvp_decompositions() -> None:
+    """Import torch's forward-mode decompositions now, without the one FutureWarning their
+    import raises (they are registered with ``torch.jit.script``, deprecated in torch 2.14;
+    Python prints it with the source line ``warnings.warn(`` echoed). Forward-mode AD imports
+    them lazily on first use; any other warning still shows."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning
+        )
+        import torch._decomp.decompositions_for_jvp  # noqa: F401
+
+
 def hvp_forward_over_reverse(loss_of_params: LossOfParams, params: ParamDict) -> MatVec:
     """Hessian-vector product by ``torch.func`` forward-over-reverse (jvp of grad).
 
@@ -114,6 +127,7 @@ def hvp_forward_over_reverse(loss_of_params: LossOfParams, params: ParamDict) ->
     """
     base = {k: v.detach() for k, v in params.items()}
     grad_fn = torch.func.grad(loss_of_params)
+    load_jvp_decompositions()
 
     def matvec(v: Tensor) -> Tensor:
         tangents = unflatten_like(v, base)

@@ -19,6 +19,7 @@ from optprobe.estimators.matvec import (
     DIM_HINT,
     Device,
     apply_matvec,
+    project_out,
     random_vector,
     require_finite,
     tridiagonal,
@@ -29,17 +30,38 @@ from optprobe.validate import check_choice, check_int, check_number
 #: (ResNet-18: 11M parameters, 30 float64 vectors would take 2.7 GB).
 FLOAT64_BASIS_MAX_DIM = 1_000_000
 
+#: Rows of the Lanczos basis allocated at first; the basis doubles when it fills up.
+BASIS_CHUNK = 16
+
+#: Default cap on the matvecs of one :func:`extreme_eigenvalues` run (measured: enough for
+#: both extremes to 1e-3 on the benchmark MLP, CNN and GPT in
+#: benchmarks/results/curvature-cpu-quick.md, written by benchmarks/curvature_accuracy.py).
+DEFAULT_MAX_ITERS = 80
+
+#: Weight of the random component of a warm start vector (relative to the previous Ritz
+#: vectors, each of unit norm): it makes the start touch every eigenvector with probability one.
+WARM_NOISE = 1e-2
+
 
 @dataclass
 class EigenEstimate:
     """Extreme Hessian eigenvalues from Lanczos (loss units per squared parameter unit).
 
-    ``rel_residual_*`` is the Ritz residual bound ``|beta_k s_k| / |theta|``: the true eigenvalue
-    nearest to ``theta`` lies within ``rel_residual * |theta|`` of it. ``converged`` says both
-    bounds are at most the requested ``tol``, or that Lanczos hit an invariant subspace or
-    exhausted the space (both exact up to rounding). Lanczos only sees the part of the spectrum
-    its start vector touches, so ``converged`` means "these are eigenvalues", which is "the
-    extreme eigenvalues" with probability one for a Gaussian start vector.
+    ``rel_residual_max`` is the Ritz residual bound ``|beta_k s_k|`` of the top Ritz value over
+    ``|theta_max|``; ``rel_residual_min`` is the bound of the bottom Ritz value over the
+    spectrum's scale ``max(|theta_max|, |theta_min|)``, so that a zero eigenvalue (a singular
+    Hessian) converges. The true eigenvalue nearest to ``theta`` lies within the bound of it.
+    ``converged`` says both are at most the requested ``tol``, or that Lanczos hit an invariant
+    subspace or exhausted the space (both exact up to rounding); False means the cap
+    ``max_iters`` was hit first. Lanczos only sees the part of the spectrum its start vector
+    touches, so ``converged`` means "these are eigenvalues", which is "the extreme eigenvalues"
+    with probability one for a start vector with a random component.
+
+    ``ritz_vectors`` (2, dim), float32 on the operator's device: the unit Ritz vectors of
+    ``lambda_max`` and ``lambda_min``, the warm start of the next run. ``basis`` (k, dim): the
+    orthonormal Lanczos vectors as rows, and ``basis_trace = tr(Q^T H Q)`` (the sum of the
+    Lanczos alphas), for a trace estimate deflated by the Krylov space
+    (:func:`optprobe.estimators.hutchinson.hutchpp_trace`).
     """
 
     lambda_max: float
@@ -48,6 +70,10 @@ class EigenEstimate:
     converged: bool
     rel_residual_max: float
     rel_residual_min: float
+    ritz_vectors: Tensor | None = None
+    basis: Tensor | None = None
+    basis_trace: float = math.nan
+    matvecs_to_max: int | None = None
 
 
 class _Lanczos:
@@ -68,7 +94,10 @@ class _Lanczos:
     ) -> None:
         self.matvec = matvec
         self.dim = dim
-        self.basis = torch.empty(capacity, dim, dtype=basis_dtype, device=start.device)
+        self.capacity = capacity
+        # rows are allocated as needed: a run that converges early never holds the whole cap
+        rows = min(capacity, BASIS_CHUNK)
+        self.basis = torch.empty(rows, dim, dtype=basis_dtype, device=start.device)
         self.alphas: list[float] = []
         self.couplings: list[float] = []
         self.residual = math.nan
@@ -90,23 +119,17 @@ class _Lanczos:
 
     def _orthogonalize(self, w: Tensor) -> Tensor:
         """Remove the components of ``w`` along the stored basis (two passes)."""
-        q = self.basis[: self.k]
-        if q.dtype == torch.float64:
-            for _ in range(2):
-                w = w - q.T @ (q @ w)
-        else:  # float32 basis: upcast one row at a time instead of the whole block
-            for _ in range(2):
-                for i in range(self.k):
-                    qi = q[i].to(torch.float64)
-                    w = w - torch.dot(qi, w) * qi
-        return w
+        return project_out(self.basis[: self.k], w, passes=2)
 
     def step(self) -> bool:
         """One Lanczos step. Returns True on breakdown (an invariant subspace was found)."""
         if self._q is None:
             raise RuntimeError("Lanczos broke down; call restart() before stepping again")
-        if self.k >= self.basis.shape[0]:
+        if self.k >= self.capacity:
             raise RuntimeError("Lanczos basis capacity reached")
+        if self.k >= self.basis.shape[0]:
+            rows = min(self.capacity, 2 * self.basis.shape[0]) - self.k
+            self.basis = torch.cat([self.basis, self.basis.new_empty(rows, self.dim)])
         q = self._q
         self.basis[self.k] = q.to(self.basis.dtype)
         w = apply_matvec(self.matvec, q, self.dim)
@@ -218,80 +241,128 @@ def lanczos_tridiagonal(
     return alphas, betas, lanczos.basis[: lanczos.k]
 
 
+def warm_start_vector(
+    previous: Tensor, generator: torch.Generator | None, device: Device = None
+) -> Tensor:
+    """A Lanczos start vector from earlier Ritz vectors ``previous`` (m, dim): the sum of the
+    normalized rows plus a Gaussian component of norm ``WARM_NOISE`` (float64, on ``device``).
+
+    The Krylov space of a sum of m approximate eigenvectors resolves them in about m steps; the
+    random component keeps every other eigenvector in reach (with probability one), so an
+    eigenvalue that overtakes the tracked ones is still found, if more slowly.
+    """
+    rows = previous.to(device=device, dtype=torch.float64)
+    start = (rows / torch.linalg.vector_norm(rows, dim=1, keepdim=True)).sum(0)
+    noise = random_vector("gaussian", rows.shape[1], generator, device)
+    return start + WARM_NOISE * noise / torch.linalg.vector_norm(noise)
+
+
+def _ritz_bounds(lanczos: _Lanczos, block_start: int) -> tuple[float, float, float, float]:
+    """``(theta_max, theta_min, bound_max, bound_min)`` of the block of ``T`` from
+    ``block_start`` on: its extreme Ritz values and their residual bounds ``|beta_k s_k|``."""
+    t = lanczos.tridiagonal()[block_start:, block_start:]
+    evals, evecs = torch.linalg.eigh(t)
+    return (
+        float(evals[-1]),
+        float(evals[0]),
+        abs(lanczos.residual * float(evecs[-1, -1])),
+        abs(lanczos.residual * float(evecs[-1, 0])),
+    )
+
+
+def _estimate(
+    lanczos: _Lanczos, converged: bool, rel: tuple[float, float], to_max: int | None
+) -> EigenEstimate:
+    """The extremes of the whole ``T`` (block diagonal after a restart, so they are the
+    extremes over all blocks), their Ritz vectors, the basis and ``tr(T)``."""
+    evals, evecs = torch.linalg.eigh(lanczos.tridiagonal())
+    basis = lanczos.basis[: lanczos.k]
+    coeffs = evecs[:, [-1, 0]].to(device=basis.device, dtype=basis.dtype)
+    ritz = (coeffs.T @ basis).to(torch.float32)
+    return EigenEstimate(
+        lambda_max=float(evals[-1]),
+        lambda_min=float(evals[0]),
+        num_matvecs=lanczos.k,
+        converged=converged,
+        rel_residual_max=rel[0],
+        rel_residual_min=rel[1],
+        ritz_vectors=ritz,
+        basis=basis,
+        basis_trace=float(sum(lanczos.alphas)),
+        matvecs_to_max=to_max,
+    )
+
+
 def extreme_eigenvalues(
     matvec: MatVec,
     dim: int,
-    max_iters: int = 30,
+    max_iters: int = DEFAULT_MAX_ITERS,
     tol: float = 1e-3,
     generator: torch.Generator | None = None,
     device: Device = None,
+    warm_start: Tensor | None = None,
 ) -> EigenEstimate:
     """Largest and smallest (signed) eigenvalues of the symmetric operator ``matvec`` by Lanczos.
 
-    Adds one Lanczos vector (one matvec) at a time from a Gaussian start vector and, after each,
-    computes the Ritz values ``theta`` of the tridiagonal ``T_k`` and the residual bounds
-    ``|beta_k * s_k|`` (``s_k``: last component of the Ritz vector). Stops as soon as both the
-    largest and smallest Ritz value have ``bound / |theta| <= tol``, or after ``max_iters``
-    matvecs. On a first breakdown (an invariant subspace: its Ritz values are exact eigenvalues,
-    but the start vector may have missed the extremes) it restarts once from a random vector
-    orthogonal to the basis, judges convergence on the new block and reports the extremes over
-    both; a second breakdown counts as converged. When ``dim <= max_iters`` the run stops at
-    the latest after ``dim`` steps, where the result is exact up to rounding. Eigenvalues are in
-    loss units per squared parameter unit.
+    Starts from a Gaussian vector, or, with ``warm_start`` (m, dim: earlier Ritz vectors, e.g.
+    the previous firing's ``ritz_vectors``), from :func:`warm_start_vector`. Adds one Lanczos
+    vector (one matvec) at a time and, after each, computes the Ritz values ``theta`` of the
+    tridiagonal ``T_k`` and their a-posteriori residual bounds ``|beta_k s_k|`` (``s_k``: last
+    component of the Ritz vector; an eigenvalue lies within it). Stops as soon as the bound of
+    the largest Ritz value is ``<= tol * |theta_max|`` and that of the smallest is ``<= tol *
+    max(|theta_max|, |theta_min|)`` (the spectrum's scale: a zero eigenvalue converges), or
+    after ``max_iters`` matvecs (``converged`` False). On a first breakdown (an invariant
+    subspace: its Ritz values are exact eigenvalues, but the start vector may have missed the
+    extremes) it restarts once from a random vector orthogonal to the basis, judges convergence
+    on the new block and reports the extremes over both; a second breakdown counts as
+    converged. When ``dim <= max_iters`` the run stops at the latest after ``dim`` steps,
+    where the result is exact up to rounding. Eigenvalues are in loss units per squared
+    parameter unit.
     """
     check_int("dim", dim, 1, hint=DIM_HINT)
-    check_int("max_iters", max_iters, 1, example=30, hint="the most matvecs")
+    check_int("max_iters", max_iters, 1, example=DEFAULT_MAX_ITERS, hint="the most matvecs")
     check_number("tol", tol, low=0, low_open=True, example="1e-3", hint="relative tolerance")
+    if warm_start is not None and (warm_start.ndim != 2 or warm_start.shape[1] != dim):
+        raise ValueError(
+            f"warm_start has shape {tuple(warm_start.shape)}; it must be (m, dim={dim}): "
+            "earlier Ritz vectors of an operator of the same dimension"
+        )
     capacity = min(max_iters, dim)
-    start = random_vector("gaussian", dim, generator, device)
+    if warm_start is None:
+        start = random_vector("gaussian", dim, generator, device)
+    else:
+        start = warm_start_vector(warm_start, generator, device)
     lanczos = _Lanczos(matvec, dim, capacity, start, _default_basis_dtype(dim))
     tiny = torch.finfo(torch.float64).tiny
-    # (theta, relative residual) of the extremes of finished (invariant) blocks, if any
-    done_max: tuple[float, float] | None = None
-    done_min: tuple[float, float] | None = None
-    best_max = best_min = (math.nan, math.inf)
     block_start = 0  # a restart after a breakdown begins a new, decoupled block
     restarts_left = 1
     converged = False
+    rel = (math.inf, math.inf)
+    to_max = None
     while lanczos.k < capacity:
         broke_down = lanczos.step()
-        t = lanczos.tridiagonal()[block_start:, block_start:]
-        evals, evecs = torch.linalg.eigh(t)
-        theta_min, theta_max = float(evals[0]), float(evals[-1])
-        # floor the denominator so an exactly-zero eigenvalue gives a finite relative residual
-        floor = 1e-12 * max(abs(theta_min), abs(theta_max), tiny)
-        rel_min = abs(lanczos.residual * float(evecs[-1, 0])) / max(abs(theta_min), floor)
-        rel_max = abs(lanczos.residual * float(evecs[-1, -1])) / max(abs(theta_max), floor)
+        theta_max, theta_min, bound_max, bound_min = _ritz_bounds(lanczos, block_start)
+        scale = max(abs(theta_max), abs(theta_min), tiny)
+        # floor |theta_max| so an exactly-zero top eigenvalue gives a finite relative bound
+        rel = (bound_max / max(abs(theta_max), 1e-12 * scale), bound_min / scale)
         # Convergence is judged on the current block alone: it is a Lanczos run from a random
         # vector in the complement of the earlier block, so it sees the rest of the spectrum.
         # A breakdown is exact (an invariant subspace): its Ritz values are eigenvalues.
-        converged = lanczos.exhausted or broke_down or (rel_min <= tol and rel_max <= tol)
-        best_max = (theta_max, rel_max)
-        if done_max is not None and done_max[0] > theta_max:
-            best_max = done_max
-        best_min = (theta_min, rel_min)
-        if done_min is not None and done_min[0] < theta_min:
-            best_min = done_min
+        converged = lanczos.exhausted or broke_down or max(rel) <= tol
+        if to_max is None and (rel[0] <= tol or converged):
+            to_max = lanczos.k
         if broke_down and restarts_left and not lanczos.exhausted and lanczos.k < capacity:
             # The start vector may have missed the extreme eigenvectors (it lies in an invariant
             # subspace): restart once from a random vector orthogonal to that subspace. A
             # random vector in the complement touches every remaining eigenspace, so a second
             # breakdown is conclusive.
             restarts_left -= 1
-            done_max, done_min = best_max, best_min
             lanczos.restart(generator)
             block_start = lanczos.k
             continue
         if converged:
             break
-    return EigenEstimate(
-        lambda_max=best_max[0],
-        lambda_min=best_min[0],
-        num_matvecs=lanczos.k,
-        converged=converged,
-        rel_residual_max=best_max[1],
-        rel_residual_min=best_min[1],
-    )
+    return _estimate(lanczos, converged, rel, to_max)
 
 
 def power_iteration(

@@ -67,3 +67,19 @@ def tridiagonal(alphas: Tensor, betas: Tensor) -> Tensor:
     if betas.numel() > 0:
         t = t + torch.diag(betas, 1) + torch.diag(betas, -1)
     return t
+
+
+def project_out(basis: Tensor | None, w: Tensor, passes: int = 1) -> Tensor:
+    """``w`` minus its components along the orthonormal rows of ``basis`` (float64 arithmetic;
+    ``passes=2`` repeats it, as full reorthogonalization needs). A float32 basis is upcast one
+    row at a time instead of as a whole block, to save memory."""
+    if basis is None or basis.shape[0] == 0:
+        return w
+    for _ in range(passes):
+        if basis.dtype == torch.float64:
+            w = w - basis.T @ (basis @ w)
+        else:
+            for row in basis:
+                q = row.to(torch.float64)
+                w = w - torch.dot(q, w) * q
+    return w

@@ -20,6 +20,11 @@ the step is not linear in g, so no linearization gives a threshold), Adafactor (
 and the parameter-scaled relative step make the step nonlinear), Schedule-Free (the averaging
 weight c_t = 1/t makes the iteration time-varying), SOAP (its preconditioner is not diagonal and
 is not read) and every optimizer not in the table. Weight decay is left out of every formula.
+
+Each entry also names the optimizer's own geometry (docs/metrics.md §7,
+:mod:`optprobe.estimators.geometry`), read by :func:`optimizer_geometry`: ``diagonal`` (‖·‖_P
+with the entry's preconditioner: Adam-type, RMSprop, Adagrad, Schedule-Free AdamW), ``linf``
+(sign methods: Lion), ``spectral`` (Muon); none for the others (SGD, Adafactor, SOAP...).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import torch
 from torch import Tensor
 
 from optprobe.estimators.functional import ParamDict
+from optprobe.estimators.geometry import Geometry
 from optprobe.validate import check_choice
 
 #: Update rules :func:`stability_threshold` knows.
@@ -119,7 +125,8 @@ class OptimizerFacts:
     hyperparameters (None: not defined, see ``reason``). ``preconditioner(optimizer, params)``:
     the flat diagonal P of the last applied step (gradient units), None before the first step;
     absent for optimizers without a diagonal preconditioner. ``step_size(optimizer)``: the
-    learning rate the next step uses (default ``param_groups[0]["lr"]``).
+    learning rate the next step uses (default ``param_groups[0]["lr"]``). ``norm``: the
+    optimizer's geometry when it is not its diagonal preconditioner's (``linf``, ``spectral``).
     """
 
     name: str
@@ -127,6 +134,7 @@ class OptimizerFacts:
     reason: str = ""
     preconditioner: Preconditioner | None = None
     step_size: Callable[[torch.optim.Optimizer], float] | None = None
+    norm: str | None = None
 
     def lr(self, optimizer: torch.optim.Optimizer) -> float:
         """The learning rate of the next step (first parameter group)."""
@@ -187,11 +195,13 @@ OPTIMIZERS: dict[tuple[str, str], OptimizerFacts] = {
         reason="update clipping and the parameter-scaled relative step make the step "
         "nonlinear in g: no linear stability threshold",
     ),
-    ("torch", "Muon"): OptimizerFacts("muon", reason=_ORTHO),
+    ("torch", "Muon"): OptimizerFacts("muon", reason=_ORTHO, norm="spectral"),
     ("optprobe", "MuonWithAdamW"): OptimizerFacts(
-        "muon", reason=_ORTHO + " (AdamW's threshold covers only the fallback parameters)"
+        "muon",
+        reason=_ORTHO + " (AdamW's threshold covers only the fallback parameters)",
+        norm="spectral",
     ),
-    ("lion_pytorch", "Lion"): OptimizerFacts("lion", reason=_SIGN),
+    ("lion_pytorch", "Lion"): OptimizerFacts("lion", reason=_SIGN, norm="linf"),
     ("schedulefree", "AdamWScheduleFree"): OptimizerFacts(
         "schedule_free_adamw",
         reason=_SCHEDULE_FREE,
@@ -221,3 +231,21 @@ def facts_for(optimizer: Any) -> OptimizerFacts:
         reason=f"no stability threshold is registered for {name} "
         "(add its closed form to optprobe.optim.registry.OPTIMIZERS)",
     )
+
+
+def optimizer_geometry(optimizer: Any, params: ParamDict) -> Geometry | None:
+    """The geometry of ``optimizer`` over ``params`` (flat order): its diagonal preconditioner
+    as it stands now (read right after a step: the P that step used), ℓ∞ or spectral per its
+    entry; None without a registered geometry, before the preconditioner exists, or where some
+    P_i = 0 (eps = 0 and a zero second moment: the dual norm would be infinite)."""
+    facts = facts_for(optimizer)
+    if facts.norm == "linf":
+        return Geometry("linf")
+    if facts.norm == "spectral":
+        return Geometry("spectral", shapes=tuple(p.shape for p in params.values()))
+    if facts.preconditioner is None:
+        return None
+    precond = facts.preconditioner(getattr(optimizer, "optimizer", optimizer), params)
+    if precond is None or bool((precond <= 0).any()):
+        return None
+    return Geometry("diagonal", precond=precond)

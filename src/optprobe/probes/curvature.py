@@ -27,8 +27,8 @@ from optprobe.estimators.functional import (
     hvp_forward_over_reverse,
     trainable_params,
 )
-from optprobe.estimators.hutchinson import hutchinson_trace
-from optprobe.estimators.lanczos import EigenEstimate, extreme_eigenvalues
+from optprobe.estimators.hutchinson import hutchpp_trace
+from optprobe.estimators.lanczos import DEFAULT_MAX_ITERS, EigenEstimate, extreme_eigenvalues
 from optprobe.estimators.preconditioning import preconditioned_matvec
 from optprobe.estimators.spectral_density import spectral_density
 from optprobe.log import warn
@@ -56,13 +56,23 @@ class CurvatureProbe(ProbeCallback):
     (nats / param^2 for cross-entropy). Logged keys:
 
     - ``curv/lambda_max``, ``curv/lambda_min``: largest and smallest (signed) eigenvalue of H
-      by Lanczos with full reorthogonalization (``extreme_eigenvalues``), stopped when
-      both Ritz residual bounds are ``<= tol`` relative, or after ``lanczos_iters`` HVPs.
+      by Lanczos with full reorthogonalization (``extreme_eigenvalues``), run until both Ritz
+      residual bounds ``|beta_k s_k|`` are ``<= tol`` relative (lambda_max: to
+      ``|lambda_max|``; lambda_min: to the spectrum's scale ``max(|lambda_max|,
+      |lambda_min|)``, so a zero eigenvalue converges) or ``lanczos_iters`` HVPs were spent.
+      With ``warm_start`` every firing after the first starts from the previous firing's
+      Ritz vectors of lambda_max and lambda_min (plus a small random component).
     - ``curv/lanczos_matvecs``: HVPs Lanczos used (<= ``lanczos_iters``).
     - ``curv/lanczos_converged``: 1 if both extremes met ``tol`` (or Lanczos exhausted the
-      space), else 0.
-    - ``curv/trace``, ``curv/trace_stderr``: Hutchinson estimate of tr H with
-      ``hutchinson_samples`` Rademacher probes, and its standard error (sample std / sqrt(n)).
+      space), 0 when the cap ``lanczos_iters`` was hit first.
+    - ``curv/lanczos_warm``: 1 when this firing's Lanczos was warm-started, else 0.
+    - ``curv/trace``, ``curv/trace_stderr``: tr H and its standard error by Hutchinson
+      deflated by the Lanczos basis (``hutchpp_trace``): ``tr(Q^T H Q)`` exactly (the sum of
+      the Lanczos alphas, no extra HVP) plus Rademacher samples of ``tr(P H P)``
+      (``P = I - Q Q^T``), drawn until at least 8 give a standard error ``<= trace_rel_se *
+      |trace|`` or ``trace_max_matvecs`` HVPs were spent.
+    - ``curv/trace_matvecs``: HVPs the trace used; ``curv/trace_converged``: 1 when the
+      standard error met ``trace_rel_se``, 0 when the cap was hit first.
     - ``curv/precond_lambda_max`` (optimizers with a diagonal preconditioner in
       :mod:`optprobe.optim.registry`: Adam/AdamW, RMSprop, Adagrad, Schedule-Free AdamW, once
       they have state): ``lambda_max(P^-1 H)`` with P the preconditioner of the last applied
@@ -80,7 +90,9 @@ class CurvatureProbe(ProbeCallback):
       reason warned once and kept in the summary (``threshold_undefined``). Before a
       preconditioned optimizer's first step neither the ratio nor the threshold is logged.
     - ``curv/esd_saved`` (``esd=True``): 1 when the spectral density by stochastic Lanczos
-      quadrature (``spectral_density``, ``esd_probes`` x ``esd_iters`` HVPs) was written
+      quadrature (``spectral_density``, ``esd_probes`` x ``esd_iters`` HVPs, from its own
+      random start vectors: quadrature weights need an isotropic start vector, which a warm
+      start is not, so the density cannot share the eigenvalue run's basis) was written
       to ``<default_root_dir>/probes/esd/step_<t>.npz`` (arrays ``grid``: eigenvalue,
       ``density``: per eigenvalue unit, integrating to 1) with a PNG plot next to it (also sent
       to W&B as ``curv/esd`` when a W&B logger is attached).
@@ -88,14 +100,17 @@ class CurvatureProbe(ProbeCallback):
       when a value is non-finite (NaN/inf loss or HVP).
 
     HVPs per probed step: one forward + backward with ``create_graph`` (double backward), then
-    at most ``lanczos_iters`` (+ ``lanczos_iters`` for Adam-type) + ``hutchinson_samples``
+    at most ``lanczos_iters`` (+ ``lanczos_iters`` for Adam-type) + ``trace_max_matvecs``
     (+ ``esd_probes * esd_iters``) HVPs, each one backward pass through the gradient graph
     (double_backward) or one jvp of the gradient (forward_over_reverse, ~2-3 passes).
 
     Args (Hydra ``probes.curvature.*``; the cadence and batch arguments are the base's):
-        lanczos_iters: maximum HVPs for each Lanczos run (>= 1).
+        lanczos_iters: cap on the HVPs of each Lanczos run (>= 1).
         tol: relative tolerance on the Ritz residual bounds (> 0).
-        hutchinson_samples: Rademacher probes for the trace (>= 2, for a standard error).
+        trace_rel_se: target relative standard error of the trace (> 0).
+        trace_max_matvecs: cap on the HVPs of the trace (>= 2, for a standard error).
+        warm_start: start each firing's Lanczos from the previous firing's Ritz vectors (kept
+            in the probe's checkpointed state; they never touch training).
         esd: also compute and save the spectral density.
         esd_iters, esd_probes: Lanczos steps per probe vector and probe vectors of the density.
         hvp: ``auto`` (double_backward, the cheaper one on CPU), ``double_backward`` (works
@@ -110,9 +125,11 @@ class CurvatureProbe(ProbeCallback):
     def __init__(
         self,
         every_n_steps: int = 50,
-        lanczos_iters: int = 20,
+        lanczos_iters: int = DEFAULT_MAX_ITERS,
         tol: float = 1e-3,
-        hutchinson_samples: int = 10,
+        trace_rel_se: float = 0.1,
+        trace_max_matvecs: int = 20,
+        warm_start: bool = True,
         esd: bool = False,
         esd_iters: int = 30,
         esd_probes: int = 1,
@@ -120,6 +137,12 @@ class CurvatureProbe(ProbeCallback):
         seed: int = 0,
         **schedule: Any,
     ) -> None:
+        if "hutchinson_samples" in schedule:  # the setting before 0.4
+            raise ValueError(
+                f"probes.{schedule.get('name') or self.default_name}.hutchinson_samples was "
+                "removed: the trace now runs to a target relative standard error; set "
+                "trace_rel_se (default 0.1) and the cap trace_max_matvecs (default 20) instead"
+            )
         super().__init__(every_n_steps, **schedule)
         self.last_lambda_max: float | None = None
         self.max_lambda_max = -math.inf
@@ -127,7 +150,14 @@ class CurvatureProbe(ProbeCallback):
         key = self.config_key
         self.lanczos_iters = check_int(f"{key}.lanczos_iters", lanczos_iters, 1)
         self.tol = check_number(f"{key}.tol", tol, low=0, low_open=True, example="1e-3")
-        self.hutchinson_samples = check_int(f"{key}.hutchinson_samples", hutchinson_samples, 2)
+        self.trace_rel_se = check_number(
+            f"{key}.trace_rel_se", trace_rel_se, low=0, low_open=True, example="0.1"
+        )
+        self.trace_max_matvecs = check_int(f"{key}.trace_max_matvecs", trace_max_matvecs, 2)
+        self.warm_start = check_bool(f"{key}.warm_start", warm_start)
+        # Ritz vectors (2, dim, float32) of the last firing: the next Lanczos run's warm start
+        self.ritz: Tensor | None = None
+        self.precond_ritz: Tensor | None = None
         self.esd = check_bool(f"{key}.esd", esd)
         self.esd_iters = check_int(f"{key}.esd_iters", esd_iters, 1)
         self.esd_probes = check_int(f"{key}.esd_probes", esd_probes, 1)
@@ -177,22 +207,44 @@ class CurvatureProbe(ProbeCallback):
         device = next(iter(params.values())).device
         matvec = self.matvec(net, loss_fn, inputs, targets)
         rng = {"generator": self.generator, "device": device}
-        eig = extreme_eigenvalues(matvec, dim, self.lanczos_iters, self.tol, **rng)
-        trace, stderr, _ = hutchinson_trace(matvec, dim, self.hutchinson_samples, **rng)
+        warm = self._warm(self.ritz, dim)
+        eig = extreme_eigenvalues(matvec, dim, self.lanczos_iters, self.tol, warm_start=warm, **rng)
+        trace = hutchpp_trace(
+            matvec,
+            dim,
+            self.trace_rel_se,
+            self.trace_max_matvecs,
+            basis=eig.basis,
+            basis_trace=eig.basis_trace,
+            **rng,
+        )
+        eig.basis = None  # the trace was its last user: free it before the next HVPs
         values = {
             "curv/lambda_max": eig.lambda_max,
             "curv/lambda_min": eig.lambda_min,
             "curv/lanczos_matvecs": float(eig.num_matvecs),
             "curv/lanczos_converged": float(eig.converged),
-            "curv/trace": trace,
-            "curv/trace_stderr": stderr,
+            "curv/lanczos_warm": float(warm is not None),
+            "curv/trace": trace.trace,
+            "curv/trace_stderr": trace.stderr,
+            "curv/trace_matvecs": float(trace.num_matvecs),
+            "curv/trace_converged": float(trace.reached),
         }
+        self.ritz = eig.ritz_vectors
         if optimizer is not None:
             values.update(self._sharpness(_torch_optimizer(optimizer), params, eig, matvec, dim))
         esd = None
         if self.esd:
             esd = spectral_density(matvec, dim, self.esd_probes, self.esd_iters, **rng)
         return values, esd
+
+    def _warm(self, ritz: Tensor | None, dim: int) -> Tensor | None:
+        """The warm start for a Lanczos run in ``dim`` dimensions: the kept Ritz vectors, or
+        None (cold start) when warm starts are off, on the first firing, or when the
+        parameter count changed (e.g. a resume into another model)."""
+        if not self.warm_start or ritz is None or ritz.shape[1] != dim:
+            return None
+        return ritz
 
     def _sharpness(
         self,
@@ -220,7 +272,9 @@ class CurvatureProbe(ProbeCallback):
             self.tol,
             generator=self.generator,
             device=device,
+            warm_start=self._warm(self.precond_ritz, dim),
         )
+        self.precond_ritz = pre.ritz_vectors
         return {
             **values,
             "curv/precond_lambda_max": pre.lambda_max,
@@ -308,6 +362,8 @@ class CurvatureProbe(ProbeCallback):
             "seed": self.seed,
             "last_lambda_max": self.last_lambda_max,
             "max_lambda_max": self.max_lambda_max,
+            "ritz": None if self.ritz is None else self.ritz.cpu(),
+            "precond_ritz": None if self.precond_ritz is None else self.precond_ritz.cpu(),
         }
 
     @override
@@ -316,3 +372,6 @@ class CurvatureProbe(ProbeCallback):
             self.generator.set_state(state["generator"])
         self.last_lambda_max = state.get("last_lambda_max")
         self.max_lambda_max = state.get("max_lambda_max", -math.inf)
+        # moved to the parameters' device by the next Lanczos run (warm_start_vector)
+        self.ritz = state.get("ritz")
+        self.precond_ritz = state.get("precond_ritz")

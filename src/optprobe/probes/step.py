@@ -39,13 +39,17 @@ from optprobe.estimators.functional import (
     hvp_double_backward,
     unflatten_like,
 )
+from optprobe.estimators.geometry import geometry_quantities
 from optprobe.estimators.identities import descent_bound, float_tolerance, step_quantities
+from optprobe.estimators.layer_groups import ParamGroups, group_step_quantities
+from optprobe.optim.registry import optimizer_geometry
 from optprobe.probes.aggregates import RunningAggregates
 from optprobe.probes.base import ProbeCallback
-from optprobe.validate import check_choice, check_number
+from optprobe.validate import check_bool, check_choice, check_number
 
 SCHEME_CHOICES = ("same_batch", "fresh_batch", "auto", "next_batch")
 LEGACY_SCHEMES = {"next_batch": "fresh_batch"}  # the fresh-batch scheme's name before 0.3
+LAYER_PREFIXES = {"step": "layer", "step_fresh": "layer_fresh"}  # per_layer keys, by family
 EMA_KEYS = ("loss_change", "lin_new", "inst_gap", "inst_gap_old", "smooth_lip")
 
 
@@ -58,6 +62,20 @@ def resolve_scheme(config_key: str, scheme: str, old_point_keys: bool) -> str:
     return LEGACY_SCHEMES.get(scheme, scheme)
 
 
+def _past_bound(
+    values: dict[str, float], suffix: str, max_lip: float | None, out: dict[str, float]
+) -> float:
+    """Adds ``L_past<suffix>`` and ``descent_bound_past<suffix>`` (from the max ``max_lip`` of
+    the earlier steps' ``smooth_lip<suffix>``; none on the first) to ``out``; returns the max
+    including this step."""
+    if max_lip is not None:
+        out[f"L_past{suffix}"] = max_lip
+        out[f"descent_bound_past{suffix}"] = descent_bound(
+            values["lin_old"], values[f"update_norm{suffix}"], max_lip
+        )
+    return max(max_lip or 0.0, values[f"smooth_lip{suffix}"])
+
+
 class StepProbe(ProbeCallback):
     """Step probes of docs/metrics.md section 1, logged as ``step/<key>`` (same-batch scheme)
     or ``step_fresh/<key>`` (fresh-batch scheme).
@@ -67,11 +85,15 @@ class StepProbe(ProbeCallback):
     ``float_tol``; ``smooth_eff_undefined`` counts those steps), ``update_cos_old``,
     ``update_cos_new``, ``update_cos_prev``, ``grad_norm``, ``update_norm``, ``curv_dir``
     (optional), ``float_tol``, ``L_past`` and ``descent_bound_past`` (from the second probed
-    step on: L_past is the max of smooth_lip over the earlier probed steps). Aggregates:
+    step on: L_past is the max of smooth_lip over the earlier probed steps); in the
+    optimizer's own norm, where the registry gives one (module docstring): ``update_norm_P``,
+    ``smooth_lip_P``, ``grad_norm_P``, ``L_past_P``, ``descent_bound_past_P``. Aggregates:
     ``<key>_ema<β>`` for loss_change, lin_new, inst_gap, inst_gap_old, smooth_lip;
     ``cum_loss_change``, ``cum_lin_old``, ``cum_lin_new``; ``convexity_ratio`` (cumulative
     Σ<g⁺,Δ>/ΣD) and ``convexity_ratio_window``; the running fractions ``frac_<...>_held`` of
     the registry checks judged online (see ``optprobe.assumptions``); ``skipped``.
+    With ``per_layer``: ``layer/<group>/<key>`` (``layer_fresh/`` for the fresh-batch scheme)
+    for the parameter groups of :mod:`optprobe.estimators.layer_groups`.
 
     Args (also the base's cadence arguments: log_spaced, per_decade, start_step):
         scheme: ``same_batch`` evaluates f_t and its gradient at x_{t+1} on the step's batch
@@ -87,6 +109,10 @@ class StepProbe(ProbeCallback):
             inst_gap_old, smooth_*, descent_bound_past, update_cos_old, grad_norm).
         curv_dir: also log Δᵀ H_t Δ / ‖Δ‖² (one forward, one backward with graph, one HVP); the
             ``local`` L of the descent-bound verdicts uses it when logged.
+        per_layer: also log, per parameter group named from the model (embedding, attention,
+            mlp, norm, head, conv, ...), ``lin_new``, ``update_norm``, ``update_cos_new`` and,
+            with the old-point keys, ``lin_old``, ``grad_norm``, ``update_cos_old``,
+            ``smooth_lip``: slices of the vectors the step keys use, no extra pass.
         min_update_norm, min_lr: skip (and count) steps with ‖Δ‖ or lr at or below these.
         window: number of probed steps in ``convexity_ratio_window``.
         ema_betas: EMA factors of the aggregates.
@@ -106,6 +132,7 @@ class StepProbe(ProbeCallback):
         scheme: str = "same_batch",
         old_point_keys: bool = True,
         curv_dir: bool = False,
+        per_layer: bool = False,
         min_update_norm: float = 1e-12,
         min_lr: float = 0.0,
         window: int = 100,
@@ -128,10 +155,13 @@ class StepProbe(ProbeCallback):
         for beta in ema_betas:
             check_number(f"{key}.ema_betas", beta, low=0, high=1, low_open=True, high_open=True)
         self.curv_dir = bool(curv_dir)
+        self.per_layer = check_bool(f"{key}.per_layer", per_layer)
+        self._groups: ParamGroups | None = None  # built from the network at the first probe
         self.min_update_norm = check_number(f"{key}.min_update_norm", min_update_norm, low=0)
         self.min_lr = check_number(f"{key}.min_lr", min_lr, low=0)
         self.agg = RunningAggregates(tuple(ema_betas), window)
         self.max_lip: float | None = None  # max smooth_lip over the probed steps so far
+        self.max_lip_P: float | None = None  # the same of smooth_lip_P (optimizer's norm)
         self.num_eff_undefined = 0
         self.prev_delta: torch.Tensor | None = None
         self._x_old: torch.Tensor | None = None
@@ -166,6 +196,8 @@ class StepProbe(ProbeCallback):
         if not self.is_probe_step(step):
             return
         info = {**self._at_step, "delta": delta, "delta_prev": prev, "step": step}
+        # after the step: the optimizer's state holds the preconditioner this step used
+        info["geometry"] = optimizer_geometry(trainer.optimizers[0], params)
         if self.scheme == "fresh_batch":
             info["x_old"] = self._x_old
             self._pending = info
@@ -218,6 +250,8 @@ class StepProbe(ProbeCallback):
             loss_old, loss_new, grad_new, info["delta"], grad_old, info["delta_prev"], tol=tol
         )
         values["float_tol"] = tol
+        if info.get("geometry") is not None:
+            values.update(geometry_quantities(info["geometry"], info["delta"], grad_new, grad_old))
         if self.curv_dir and "x_old_params" in info:
             values["curv_dir"] = self._curvature_along_update(pl_module, info)
         may_be_nan = ("update_cos_prev", "smooth_eff")
@@ -235,20 +269,34 @@ class StepProbe(ProbeCallback):
         out["skipped"] = float(self.num_skipped)
         logged = {f"{self.family}/{k}": v for k, v in out.items()}
         logged.update(self.agg.record_variants(self.family, logged))
+        if self.per_layer:
+            logged.update(self._layer_keys(pl_module, info["delta"], grad_new, grad_old))
         self.log_values(trainer, pl_module, logged)
+
+    def _layer_keys(self, pl_module, delta, grad_new, grad_old) -> dict[str, float]:
+        """``layer/<group>/<key>`` (``layer_fresh/...`` for the fresh-batch scheme): the step's
+        quantities per parameter group, sliced from the step's vectors (NaN ones unlogged)."""
+        if self._groups is None:
+            self._groups = ParamGroups.of(pl_module.net, self.params(pl_module))
+        prefix = LAYER_PREFIXES[self.family]
+        per_group = group_step_quantities(self._groups, delta, grad_new, grad_old)
+        return {
+            f"{prefix}/{group}/{key}": value
+            for group, values in per_group.items()
+            for key, value in values.items()
+            if not math.isnan(value)
+        }
 
     def _online_smoothness(self, values: dict[str, float]) -> dict[str, float]:
         """``L_past`` (max smooth_lip of the *earlier* probed steps, read before this step
-        updates it) and its descent bound; the count of steps with smooth_eff undefined."""
+        updates it) and its descent bound, the same in the optimizer's norm (``_P``) where
+        measured; the count of steps with smooth_eff undefined."""
         if math.isnan(values["smooth_eff"]):
             self.num_eff_undefined += 1
         out = {"smooth_eff_undefined": float(self.num_eff_undefined)}
-        if self.max_lip is not None:
-            out["L_past"] = self.max_lip
-            out["descent_bound_past"] = descent_bound(
-                values["lin_old"], values["update_norm"], self.max_lip
-            )
-        self.max_lip = max(self.max_lip or 0.0, values["smooth_lip"])
+        self.max_lip = _past_bound(values, "", self.max_lip, out)
+        if "smooth_lip_P" in values:
+            self.max_lip_P = _past_bound(values, "_P", self.max_lip_P, out)
         return out
 
     def _cumulative(self, values: dict[str, float]) -> dict[str, float]:
@@ -275,6 +323,7 @@ class StepProbe(ProbeCallback):
             "scheme": self.scheme,
             "held": self.agg.fractions(),
             "max_smooth_lip": self.max_lip,
+            "max_smooth_lip_P": self.max_lip_P,
             "smooth_eff_undefined": self.num_eff_undefined,
         }
 
@@ -283,6 +332,7 @@ class StepProbe(ProbeCallback):
         return {
             "agg": self.agg.state_dict(),
             "max_lip": self.max_lip,
+            "max_lip_P": self.max_lip_P,
             "num_eff_undefined": self.num_eff_undefined,
             "prev_delta": self.prev_delta,
             "pending": self._pending,
@@ -292,6 +342,7 @@ class StepProbe(ProbeCallback):
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.agg.load_state_dict(state["agg"])
         self.max_lip = state["max_lip"]
+        self.max_lip_P = state.get("max_lip_P")
         self.num_eff_undefined = state.get("num_eff_undefined", 0)
         self.prev_delta = state["prev_delta"]
         self._pending = state["pending"]
