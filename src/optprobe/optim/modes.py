@@ -18,22 +18,20 @@ from typing import Any
 import torch
 from torch import Tensor
 
-
-def _torch(optimizer: Any) -> torch.optim.Optimizer:
-    return getattr(optimizer, "optimizer", optimizer)
+from optprobe.optim.registry import torch_optimizer
 
 
 def has_modes(optimizer: Any) -> bool:
     """Whether ``optimizer`` (or the torch optimizer behind Lightning's wrapper) has
     Schedule-Free train/eval modes (a ``train_mode`` flag in its parameter groups)."""
-    groups = _torch(optimizer).param_groups
+    groups = torch_optimizer(optimizer).param_groups
     return bool(groups) and "train_mode" in groups[0]
 
 
 def set_mode(optimizer: Any, train: bool) -> None:
     """``optimizer.train()`` or ``optimizer.eval()`` for a Schedule-Free optimizer; nothing for
     any other optimizer."""
-    optimizer = _torch(optimizer)
+    optimizer = torch_optimizer(optimizer)
     if has_modes(optimizer):
         optimizer.train() if train else optimizer.eval()
 
@@ -46,7 +44,7 @@ class ModeSwitch:
 
     def to_eval(self, optimizer: Any) -> None:
         """Save y, then put the averaged point x into the parameters."""
-        optimizer = _torch(optimizer)
+        optimizer = torch_optimizer(optimizer)
         if not has_modes(optimizer) or not optimizer.param_groups[0]["train_mode"]:
             return
         params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -56,7 +54,7 @@ class ModeSwitch:
     @torch.no_grad()
     def to_train(self, optimizer: Any) -> None:
         """Put back the saved y (bit-exact) or, without one, ``optimizer.train()``."""
-        optimizer = _torch(optimizer)
+        optimizer = torch_optimizer(optimizer)
         if not has_modes(optimizer) or optimizer.param_groups[0]["train_mode"]:
             return
         if self.saved is None:

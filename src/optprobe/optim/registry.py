@@ -216,11 +216,16 @@ OPTIMIZERS: dict[tuple[str, str], OptimizerFacts] = {
 }
 
 
+def torch_optimizer(optimizer: Any) -> torch.optim.Optimizer:
+    """The torch optimizer behind Lightning's ``LightningOptimizer`` (or ``optimizer`` itself)."""
+    return getattr(optimizer, "optimizer", optimizer)
+
+
 def facts_for(optimizer: Any) -> OptimizerFacts:
     """The facts of ``optimizer`` (a torch optimizer, or Lightning's wrapper of one): the
     entry of its class or of its nearest registered base class; for an unregistered optimizer
     a ``facts`` whose threshold is undefined, with the reason."""
-    optimizer = getattr(optimizer, "optimizer", optimizer)
+    optimizer = torch_optimizer(optimizer)
     for cls in type(optimizer).__mro__:
         facts = OPTIMIZERS.get((cls.__module__.split(".")[0], cls.__name__))
         if facts is not None:
@@ -245,7 +250,7 @@ def optimizer_geometry(optimizer: Any, params: ParamDict) -> Geometry | None:
         return Geometry("spectral", shapes=tuple(p.shape for p in params.values()))
     if facts.preconditioner is None:
         return None
-    precond = facts.preconditioner(getattr(optimizer, "optimizer", optimizer), params)
+    precond = facts.preconditioner(torch_optimizer(optimizer), params)
     if precond is None or bool((precond <= 0).any()):
         return None
     return Geometry("diagonal", precond=precond)

@@ -32,16 +32,11 @@ from optprobe.estimators.lanczos import DEFAULT_MAX_ITERS, EigenEstimate, extrem
 from optprobe.estimators.preconditioning import preconditioned_matvec
 from optprobe.estimators.spectral_density import spectral_density
 from optprobe.log import warn
-from optprobe.optim.registry import facts_for
+from optprobe.optim.registry import facts_for, torch_optimizer
 from optprobe.probes.base import ProbeCallback
 from optprobe.validate import check_bool, check_choice, check_int, check_number
 
 HVP_MODES = ("auto", "double_backward", "forward_over_reverse")
-
-
-def _torch_optimizer(optimizer: Any) -> torch.optim.Optimizer:
-    """The torch optimizer behind a ``LightningOptimizer`` (or the optimizer itself)."""
-    return getattr(optimizer, "optimizer", optimizer)
 
 
 class CurvatureProbe(ProbeCallback):
@@ -232,7 +227,7 @@ class CurvatureProbe(ProbeCallback):
         }
         self.ritz = eig.ritz_vectors
         if optimizer is not None:
-            values.update(self._sharpness(_torch_optimizer(optimizer), params, eig, matvec, dim))
+            values.update(self._sharpness(torch_optimizer(optimizer), params, eig, matvec, dim))
         esd = None
         if self.esd:
             esd = spectral_density(matvec, dim, self.esd_probes, self.esd_iters, **rng)
