@@ -186,8 +186,6 @@ class StepProbe(ProbeCallback):
         self._at_step = {"loss": loss_now, "grad": grad_now, "lr": optimizer.param_groups[0]["lr"]}
         if finishing:
             self._finish_fresh_batch(trainer, pl_module, params)
-        if self.curv_dir and self.is_probe_step(step):
-            self._at_step["x_old_params"] = {k: p.detach().clone() for k, p in params.items()}
 
     def after_step(self, trainer, pl_module, step: int) -> None:
         params = self.params(pl_module)
@@ -198,8 +196,8 @@ class StepProbe(ProbeCallback):
         info = {**self._at_step, "delta": delta, "delta_prev": prev, "step": step}
         # after the step: the optimizer's state holds the preconditioner this step used
         info["geometry"] = optimizer_geometry(trainer.optimizers[0], params)
+        info["x_old"] = self._x_old  # x_t, flat float64 (fresh_batch's pass, curv_dir's HVP)
         if self.scheme == "fresh_batch":
-            info["x_old"] = self._x_old
             self._pending = info
             return
         self._probe_same_batch(trainer, pl_module, params, info)
@@ -233,7 +231,7 @@ class StepProbe(ProbeCallback):
 
     # --------------------------------------------------------------------------- bookkeeping
     def _curvature_along_update(self, pl_module, info: dict) -> float:
-        x_old = info["x_old_params"]
+        x_old = unflatten_like(info["x_old"], self.params(pl_module))  # exact: float64 holds x_t
         matvecs = []
         for inputs, targets in self.window:
             fn = functional_loss(pl_module.net, inputs, targets, pl_module.loss_fn)
@@ -252,7 +250,7 @@ class StepProbe(ProbeCallback):
         values["float_tol"] = tol
         if info.get("geometry") is not None:
             values.update(geometry_quantities(info["geometry"], info["delta"], grad_new, grad_old))
-        if self.curv_dir and "x_old_params" in info:
+        if self.curv_dir:
             values["curv_dir"] = self._curvature_along_update(pl_module, info)
         may_be_nan = ("update_cos_prev", "smooth_eff")
         if not self.finite_or_skip(trainer, pl_module, values, info["step"], may_be_nan):
