@@ -61,6 +61,7 @@ def configurations(model: str) -> list[dict[str, Any]]:
         ]
     plan = [
         ("step", (1, 16, 64)),
+        ("step_fresh", (1, 16)),
         ("curvature", (16, 64)),
         ("noise", (1, 16)),
         ("bundle", (16, 64)),
@@ -94,6 +95,11 @@ def make_callbacks(kind: str, cadence: int, start: int) -> list[Any]:
     def step():
         return StepProbe(every_n_steps=cadence, start_step=start)
 
+    def step_fresh():  # the convexity keys only: one extra forward per probed update
+        return StepProbe(
+            every_n_steps=cadence, start_step=start, scheme="fresh_batch", old_point_keys=False
+        )
+
     def curvature():
         return CurvatureProbe(every_n_steps=cadence, start_step=start)  # default settings
 
@@ -103,6 +109,7 @@ def make_callbacks(kind: str, cadence: int, start: int) -> list[Any]:
     table = {
         "plain": [],
         "step": [step],
+        "step_fresh": [step_fresh],
         "curvature": [curvature],
         "noise": [noise],
         "bundle": [step, curvature, noise],
@@ -208,6 +215,13 @@ def run_block(setup, kind: str, cadence: int, steps: int, args, device, memory) 
     noise = [c for c in callbacks if type(c).__name__ == "NoiseProbe"]
     if curv:
         out["curvature_probed"] = curv[0].num_probed
+        hvps = [
+            sum(row.get(f"curv/{k}_matvecs", 0.0) for k in ("lanczos", "trace"))
+            for row in trainer.logger.rows.values()
+            if "curv/lanczos_matvecs" in row
+        ]
+        if hvps:
+            out["curvature_hvps_per_firing"] = sum(hvps) / len(hvps)
     if noise:
         out["noise_method"] = noise[0].method_used
     del trainer, module
@@ -280,7 +294,7 @@ def measure_overhead(setup, args, device) -> dict[str, Any]:
                 probe_share=common.median([b["probe_share"] for b in blocks]),
                 plain_spread=common.median([b["plain_spread"] for b in blocks]),
             )
-            for key in ("noise_method", "curvature_probed"):
+            for key in ("noise_method", "curvature_probed", "curvature_hvps_per_firing"):
                 if key in blocks[0]:
                     entry[key] = blocks[0][key]
         if row["errors"]:

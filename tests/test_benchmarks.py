@@ -46,6 +46,8 @@ def test_quick_benchmark_on_the_mlp_writes_json_and_table(tmp_path: Path):
         "step@1",
         "step@16",
         "step@64",
+        "step_fresh@1",
+        "step_fresh@16",
         "curvature@16",
         "curvature@64",
         "noise@1",
@@ -58,6 +60,8 @@ def test_quick_benchmark_on_the_mlp_writes_json_and_table(tmp_path: Path):
         assert cfg["time_ratio"] > 0, name
         assert cfg["mem_ratio"] > 0, name
         assert cfg["repetitions"] == 1 and cfg["block_steps"] >= cfg["cadence"]
+        if cfg["kind"] in ("curvature", "bundle"):  # converged Lanczos + trace: > 2 HVPs
+            assert cfg["curvature_hvps_per_firing"] > 2, name
     costs = mlp["costs"]
     assert costs["hvp_steps"] > 0 and costs["train_step_ms"] > 0
     lam = costs["lambda_max"]
@@ -70,6 +74,7 @@ def test_quick_benchmark_on_the_mlp_writes_json_and_table(tmp_path: Path):
             assert mlp["peers"][tool].get("error") or mlp["peers"][tool]["status"]
     names = {t["target"] for t in results["targets"]}
     assert any("λ_max" in n for n in names)
+    assert {"fresh-batch convexity keys every step", "full bundle at cadence 64"} <= names
 
     table = (tmp_path / "smoke.md").read_text()
     assert "## Targets" in table and "## Overhead" in table and "| step@16 |" in table

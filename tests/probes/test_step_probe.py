@@ -6,6 +6,7 @@ import copy
 import math
 
 import pytest
+import pytorch_lightning as pl
 import torch
 from harness import fit
 from torch.nn import functional as F
@@ -249,3 +250,51 @@ def test_both_schemes_run_side_by_side_without_changing_the_trajectory():
     assert sink.series("step/loss_change") != sink.series("step_fresh/loss_change")
     assert "inst_gap:valid:fresh_batch" in fresh.final_summary()["held"]
     assert "step_fresh/frac_descent_bound_past_held" in {k for r in sink.rows.values() for k in r}
+
+
+class ScaleThroughData(pl.Callback):
+    """Writes every parameter through ``.data`` after each step (after the probes), as an EMA
+    swap would: the version counters do not see it."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        for p in pl_module.net.parameters():
+            p.data.mul_(0.9)
+
+
+@pytest.mark.parametrize("scheme", ["same_batch", "fresh_batch"])
+def test_x_t_is_copied_once_per_step_and_writes_between_steps_are_seen(scheme, monkeypatch):
+    """x_{t+1} flattened at a step's end is reused as the next step's x_t (one float64 copy
+    of the parameters per step, not two), unless a parameter was written in between; then
+    Δ_t is still x_{t+1} − x_t of the step itself."""
+    import optprobe.probes.step as step_module
+
+    torch.manual_seed(0)
+    net = MLP((1, 4, 4), 3, hidden=(8,), activation="tanh").double()
+    n_params = sum(p.numel() for p in net.parameters())
+    full_copies = []
+    counting = lambda tensors, **kw: _count_full(full_copies, n_params, tensors, **kw)  # noqa: E731
+    monkeypatch.setattr(step_module, "flatten", counting)
+    x, y = data()
+    prefix = {"same_batch": "step", "fresh_batch": "step_fresh"}[scheme]
+    fit(copy.deepcopy(net), x, y, [StepProbe(scheme=scheme)], steps=6)
+    assert len(full_copies) == 1 + 6  # x_0 at the first step, then x_{t+1} at each step's end
+
+    full_copies.clear()
+    _, _, rec, sink = fit(
+        copy.deepcopy(net), x, y, [StepProbe(scheme=scheme), ScaleThroughData()], steps=6
+    )
+    norms = sink.series(f"{prefix}/update_norm")
+    assert len(norms) >= 5
+    for t, step in enumerate(sorted(norms)):
+        s = rec.steps[t]
+        expected = (flat(s.next_params) - flat(s.params)).norm().item()
+        assert norms[step] == pytest.approx(expected, rel=1e-12)
+
+
+def _count_full(calls, n_params, tensors, **kw):
+    from optprobe.estimators.functional import flatten
+
+    out = flatten(tensors, **kw)
+    if out.numel() == n_params:
+        calls.append(out)
+    return out

@@ -76,6 +76,13 @@ def _past_bound(
     return max(max_lip or 0.0, values[f"smooth_lip{suffix}"])
 
 
+def _write_marks(params: ParamDict) -> tuple:
+    """What changes when a parameter is written: its version counters and its end elements."""
+    with torch.no_grad():
+        ends = flatten(p.detach().reshape(-1)[[0, -1]] for p in params.values())
+    return tuple(p._version for p in params.values()), tuple(ends.tolist())
+
+
 class StepProbe(ProbeCallback):
     """Step probes of docs/metrics.md section 1, logged as ``step/<key>`` (same-batch scheme)
     or ``step_fresh/<key>`` (fresh-batch scheme).
@@ -165,17 +172,38 @@ class StepProbe(ProbeCallback):
         self.num_eff_undefined = 0
         self.prev_delta: torch.Tensor | None = None
         self._x_old: torch.Tensor | None = None
+        # (write marks, flat float64 x) at the last recorded step's end: the next step's x_t
+        self._x_cache: tuple[tuple, torch.Tensor] | None = None
         self._pending: dict[str, Any] | None = None  # fresh_batch: the update awaiting z_{t+1}
         self._at_step: dict[str, Any] = {}
 
     # --------------------------------------------------------------------------- hooks
     def wants_step(self, step: int) -> bool:
-        # Neighbouring steps record x_t and Δ_t too (update_cos_prev, fresh_batch scheme).
-        return any(self.is_probe_step(step + k) for k in (-1, 0, 1))
+        # The step before a probed one records Δ_{t-1} (update_cos_prev); under fresh_batch the
+        # step after finishes the pending update with its own loss and gradient.
+        return self._records_delta(step) or (
+            self.scheme == "fresh_batch" and self.is_probe_step(step - 1)
+        )
+
+    def _records_delta(self, step: int) -> bool:
+        """Whether Δ_step is needed: the probed update itself, or Δ_{t-1} of the next one."""
+        return self.is_probe_step(step) or self.is_probe_step(step + 1)
+
+    def _flat_params(self, params: ParamDict) -> torch.Tensor:
+        """x as one flat float64 vector, reusing the copy taken at the previous step's end when
+        no parameter was written since: one float64 copy of the parameters per recorded step
+        instead of two. Written means a changed version counter (in-place ops on a parameter)
+        or a changed first/last element of a parameter (writes through ``.data``, which the
+        counter does not see)."""
+        if self._x_cache is not None and self._x_cache[0] == _write_marks(params):
+            return self._x_cache[1]
+        return flatten(p.detach() for p in params.values())
 
     def before_step(self, trainer, pl_module, optimizer, step: int) -> None:
         params = self.params(pl_module)
-        self._x_old = flatten(p.detach() for p in params.values())
+        if self._records_delta(step):
+            self._x_old = self._flat_params(params)
+        self._x_cache = None
         finishing = self.scheme == "fresh_batch" and self._pending is not None
         # The training step's loss and gradient are needed for a probed update (same_batch) or
         # to finish the pending one (fresh_batch: they are f_{t+1}(x_{t+1}) and its gradient);
@@ -188,8 +216,13 @@ class StepProbe(ProbeCallback):
             self._finish_fresh_batch(trainer, pl_module, params)
 
     def after_step(self, trainer, pl_module, step: int) -> None:
+        if not self._records_delta(step):
+            self.prev_delta = None  # fresh_batch's finishing step: its own Δ is not needed
+            return
         params = self.params(pl_module)
-        delta = flatten(p.detach() for p in params.values()) - self._x_old
+        x_new = flatten(p.detach() for p in params.values())
+        self._x_cache = (_write_marks(params), x_new)
+        delta = x_new - self._x_old
         prev, self.prev_delta = self.prev_delta, delta
         if not self.is_probe_step(step):
             return
