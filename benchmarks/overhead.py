@@ -232,6 +232,8 @@ def measure_overhead(setup, args, device) -> dict[str, Any]:
     """Interleave plain and probed blocks (P c1 P c2 ... P) for every repetition."""
     memory = common.PeakMemory(device)
     plan = configurations(setup.name)
+    if args.configs:
+        plan = [c for c in plan if c["name"] in args.configs]
     reps = repetitions(setup.name, args.quick, args.reps)
     rows: dict[str, dict[str, Any]] = {c["name"]: {**c, "blocks": [], "errors": []} for c in plan}
     plain_cache: dict[int, list[dict[str, Any]]] = {}
@@ -378,10 +380,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cifar-dir", default=None, help="CIFAR-10 python batches for ResNet")
     parser.add_argument("--out-dir", default=str(RESULTS_DIR))
     parser.add_argument("--tag", default=None, help="file name stem (default <device>-<mode>)")
+    parser.add_argument(
+        "--configs",
+        default=None,
+        help="comma-separated subset of the overhead configurations, e.g. step@1,bundle@64",
+    )
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the other models of an existing <tag>.json (each model records its command)",
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--worker-out", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.parts = [p for p in args.parts.split(",") if p]
+    args.configs = [c for c in (args.configs or "").split(",") if c] or None
     args.models = [m for m in args.models.split(",") if m]
     for m in args.models:
         if m not in common.MODELS:
@@ -449,10 +462,22 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = args.tag or f"{device.type}-{mode}"
+    existing = out_dir / f"{stem}.json"
+    if args.merge and existing.exists():  # the other models as an earlier command measured them
+        earlier = json.loads(existing.read_text())
+        for model, entry in earlier.get("models", {}).items():
+            entry.setdefault("command", earlier["meta"]["command"])
+            entry.setdefault("started", earlier["meta"]["started"])
+            results["models"][model] = entry
     start = time.perf_counter()
     for model in args.models:
         print(f"=== {model} ===", flush=True)
-        results["models"][model] = run_worker_process(model, args, child_argv)
+        started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+        results["models"][model] = {
+            **run_worker_process(model, args, child_argv),
+            "command": command.strip(),
+            "started": started,
+        }
         results["meta"]["seconds"] = round(time.perf_counter() - start, 1)
         markdown = write_results(results, out_dir, stem)  # after each model: partial results
     print(markdown)

@@ -79,6 +79,8 @@ def _header(results: dict[str, Any], models: list[str]) -> list[str]:
             line += f"; {r['precision']}"
         if r.get("precision_note"):
             line += f" ({r['precision_note']})"
+        if r.get("command") and r["command"] != meta["command"]:
+            line += f"; measured by `{r['command']}` ({r.get('started')})"
         lines.append(line)
     return lines
 
