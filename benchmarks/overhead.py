@@ -215,13 +215,11 @@ def run_block(setup, kind: str, cadence: int, steps: int, args, device, memory) 
     noise = [c for c in callbacks if type(c).__name__ == "NoiseProbe"]
     if curv:
         out["curvature_probed"] = curv[0].num_probed
-        hvps = [
-            sum(row.get(f"curv/{k}_matvecs", 0.0) for k in ("lanczos", "trace"))
-            for row in trainer.logger.rows.values()
-            if "curv/lanczos_matvecs" in row
-        ]
-        if hvps:
+        firings = [r for r in trainer.logger.rows.values() if "curv/lanczos_matvecs" in r]
+        if firings:
+            hvps = [r["curv/lanczos_matvecs"] + r.get("curv/trace_matvecs", 0.0) for r in firings]
             out["curvature_hvps_per_firing"] = sum(hvps) / len(hvps)
+            out["curvature_converged"] = [r.get("curv/lanczos_converged") for r in firings]
     if noise:
         out["noise_method"] = noise[0].method_used
     del trainer, module
@@ -299,6 +297,10 @@ def measure_overhead(setup, args, device) -> dict[str, Any]:
             for key in ("noise_method", "curvature_probed", "curvature_hvps_per_firing"):
                 if key in blocks[0]:
                     entry[key] = blocks[0][key]
+            # Lanczos converged (1) or capped (0), every firing of every repetition
+            converged = [c for b in blocks for c in b.get("curvature_converged", [])]
+            if converged:
+                entry["curvature_converged"] = converged
         if row["errors"]:
             entry["error"] = row["errors"][0]
         configs[name] = entry
