@@ -156,6 +156,13 @@ class PeakMemory:
             return torch.cuda.max_memory_allocated(self.device) / 2**20
         return self._status("VmHWM")
 
+    def current_mib(self) -> float:
+        """Memory in use now (MiB): ``torch.cuda.memory_allocated``, or the CPU's RSS (VmRSS)."""
+        if self.device.type == "cuda":
+            sync(self.device)
+            return torch.cuda.memory_allocated(self.device) / 2**20
+        return self._status("VmRSS")
+
 
 # ------------------------------------------------------------------------------- models
 
