@@ -1,6 +1,6 @@
 """Memory of the Lanczos basis: on the CPU it is allocated once at the cap (pages are mapped
-when written) and never copied to grow; the estimates are bit-for-bit those of the growing
-(doubling) basis used off the CPU."""
+when written) and never copied to grow; off the CPU it grows once, from its first chunk to the
+cap; the estimates are bit-for-bit the same either way."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from optprobe.estimators.hutchinson import hutchpp_trace
 from optprobe.estimators.lanczos import BASIS_CHUNK, extreme_eigenvalues
 
 DIM = 120
-CAP = 80  # > 4 * BASIS_CHUNK: the doubling basis grows three times
+CAP = 80  # > 4 * BASIS_CHUNK: growing by doubling would copy the basis three times
 
 
 def hard_operator():
@@ -22,7 +22,7 @@ def hard_operator():
     return dense_matvec(symmetric_with_spectrum(eigs, seed=7))
 
 
-def doubling(monkeypatch):
+def growing(monkeypatch):
     """Make the CPU grow its basis from ``BASIS_CHUNK`` rows, as CUDA does."""
     monkeypatch.setattr(lanczos, "_first_rows", lambda capacity, device: min(capacity, BASIS_CHUNK))
 
@@ -43,7 +43,8 @@ def run(matvec, warm=None):
     return est, trace
 
 
-def test_cpu_basis_is_allocated_once_at_the_cap_and_never_copied(monkeypatch):
+def basis_pointers(monkeypatch) -> list[int]:
+    """The basis storage's address after every Lanczos step (a new one: a copy to grow)."""
     pointers = []
     step = lanczos._Lanczos.step
 
@@ -53,16 +54,24 @@ def test_cpu_basis_is_allocated_once_at_the_cap_and_never_copied(monkeypatch):
         return out
 
     monkeypatch.setattr(lanczos._Lanczos, "step", spy)
+    return pointers
+
+
+def test_cpu_basis_is_allocated_once_at_the_cap_and_never_copied(monkeypatch):
+    pointers = basis_pointers(monkeypatch)
     est, _ = run(hard_operator())
     assert est.num_matvecs == CAP and not est.converged
     assert len(set(pointers)) == 1  # no copy while growing: the old rows never sit next to a new
     assert est.basis.untyped_storage().nbytes() == CAP * DIM * 8
 
 
-def test_growing_basis_never_allocates_past_the_cap(monkeypatch):
-    doubling(monkeypatch)  # 16 -> 32 -> 64 -> 80 rows, not 128
+def test_growing_basis_grows_once_to_the_cap(monkeypatch):
+    growing(monkeypatch)  # 16 -> 80 rows: a peak of 96 rows, not 16 + 32 + 64 + 80 copies
+    pointers = basis_pointers(monkeypatch)
     est, _ = run(hard_operator())
     assert est.num_matvecs == CAP
+    assert len(set(pointers)) == 2
+    assert pointers[BASIS_CHUNK - 1] != pointers[BASIS_CHUNK]
     assert est.basis.untyped_storage().nbytes() == CAP * DIM * 8
 
 
@@ -73,7 +82,7 @@ def test_estimates_are_identical_to_the_growing_basis(monkeypatch, basis_dtype):
     matvec = hard_operator()
     cold, cold_trace = run(matvec)
     warm, warm_trace = run(matvec, cold.ritz_vectors)
-    doubling(monkeypatch)
+    growing(monkeypatch)
     cold2, cold2_trace = run(matvec)
     warm2, warm2_trace = run(matvec, cold2.ritz_vectors)
     assert cold.basis.dtype == getattr(torch, basis_dtype)

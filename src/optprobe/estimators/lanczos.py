@@ -30,8 +30,8 @@ from optprobe.validate import check_choice, check_int, check_number
 #: (ResNet-18: 11M parameters, 30 float64 vectors would take 2.7 GB).
 FLOAT64_BASIS_MAX_DIM = 1_000_000
 
-#: Rows of the Lanczos basis allocated at first off the CPU; the basis doubles when it fills up
-#: (on the CPU the whole cap is allocated at once, see :func:`_first_rows`).
+#: Rows of the Lanczos basis allocated at first off the CPU; when they fill up the basis grows
+#: once, to the cap (on the CPU the whole cap is allocated at once, see :func:`_first_rows`).
 BASIS_CHUNK = 16
 
 #: Default cap on the matvecs of one :func:`extreme_eigenvalues` run (measured: enough for
@@ -127,8 +127,8 @@ class _Lanczos:
             raise RuntimeError("Lanczos broke down; call restart() before stepping again")
         if self.k >= self.capacity:
             raise RuntimeError("Lanczos basis capacity reached")
-        if self.k >= self.basis.shape[0]:
-            rows = min(self.capacity, 2 * self.basis.shape[0]) - self.k
+        if self.k >= self.basis.shape[0]:  # off the CPU, once: the first chunk to the cap
+            rows = self.capacity - self.k
             self.basis = torch.cat([self.basis, self.basis.new_empty(rows, self.dim)])
         q = self._q
         self.basis[self.k] = q.to(self.basis.dtype)
@@ -195,9 +195,10 @@ def _first_rows(capacity: int, device: torch.device) -> int:
 
     CPU: the whole ``capacity``. Its memory pages are mapped when first written, so rows never
     reached cost nothing, and the basis is never copied to grow (a copy holds the old rows and
-    the grown tensor at once: growing 64 -> 80 rows peaks at 144 rows). Elsewhere (CUDA
-    allocates the whole tensor at once): ``BASIS_CHUNK`` rows, doubled as it fills up, so a
-    run that converges early never holds the whole cap.
+    the grown tensor at once). Elsewhere (CUDA allocates the whole tensor at once):
+    ``BASIS_CHUNK`` rows, so a run that converges within them never holds the whole cap; a
+    longer run grows once to the cap, a peak of ``BASIS_CHUNK`` + cap rows (doubling 16, 32,
+    64, 80 peaked at 144 rows for a cap of 80).
     """
     return capacity if device.type == "cpu" else min(capacity, BASIS_CHUNK)
 
