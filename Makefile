@@ -62,7 +62,7 @@ predict: setup
 	$(PY) -m optprobe.cli.analyze $(PREDICT_DIR)
 
 ## what changes with scale: the study's GPT setting scaled 7x in parameters (416k), context 64,
-## 200 steps, SGD-momentum and AdamW x SCALE_SEEDS (6 runs, ~20 min on 2 cores), then the
+## 200 steps, SGD-momentum and AdamW x SCALE_SEEDS (6 runs, 70 min of job time on the shared 2-core build machine), then the
 ## report beside the small setting's (README "What changes with scale"):
 ## $(SCALE_DIR)/report/report.html
 SCALE_DIR ?= logs/scale/$(RUN_STAMP)

@@ -173,13 +173,14 @@ def _converged_target(results, model) -> dict[str, Any] | None:
     flags = [f for cfg in configs.values() for f in cfg.get("curvature_converged", [])]
     if not flags:
         return None
-    share = sum(1 for f in flags if f == 1) / len(flags)
+    converged = sum(1 for f in flags if f == 1)
+    share = converged / len(flags)
     row = {
         "target": "λ_max and λ_min converged to 1e-3 (default config)",
         "model": model,
         "limit": "≥ 95 % of firings",
         "measured": share,
-        "detail": f"{sum(1 for f in flags if f == 1)} of {len(flags)} firings",
+        "detail": f"{converged} of {len(flags)} firings",
         "met": share >= 0.95,
     }
     if not row["met"]:

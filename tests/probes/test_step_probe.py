@@ -298,3 +298,25 @@ def _count_full(calls, n_params, tensors, **kw):
     if out.numel() == n_params:
         calls.append(out)
     return out
+
+
+class CacheWatch(pl.Callback):
+    """After each step (and after the probe): whether the probe holds an x copy for later."""
+
+    def __init__(self, probe: StepProbe):
+        self.probe, self.held = probe, []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.held.append(self.probe._x_cache is not None)
+
+
+def test_the_x_copy_is_kept_only_for_a_next_step_that_uses_it():
+    """At cadence 4 the steps 3, 4, 7 and 8 record Δ; a copy of x_{t+1} outlives step t only
+    where step t + 1 records too (after steps 3 and 7), not through the unprobed steps."""
+    torch.manual_seed(0)
+    net = MLP((1, 4, 4), 3, hidden=(8,), activation="tanh").double()
+    x, y = data()
+    probe = StepProbe(every_n_steps=4, start_step=4)
+    watch = CacheWatch(probe)
+    fit(copy.deepcopy(net), x, y, [probe, watch], steps=9)
+    assert [t for t, held in enumerate(watch.held) if held] == [3, 7]

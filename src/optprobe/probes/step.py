@@ -79,7 +79,7 @@ def _past_bound(
 def _write_marks(params: ParamDict) -> tuple:
     """What changes when a parameter is written: its version counters and its end elements."""
     with torch.no_grad():
-        ends = flatten(p.detach().reshape(-1)[[0, -1]] for p in params.values())
+        ends = flatten(p.detach().reshape(-1)[[0, -1]] for p in params.values() if p.numel())
     return tuple(p._version for p in params.values()), tuple(ends.tolist())
 
 
@@ -221,7 +221,8 @@ class StepProbe(ProbeCallback):
             return
         params = self.params(pl_module)
         x_new = flatten(p.detach() for p in params.values())
-        self._x_cache = (_write_marks(params), x_new)
+        if self._records_delta(step + 1):  # kept only for the next step's x_t, never longer
+            self._x_cache = (_write_marks(params), x_new)
         delta = x_new - self._x_old
         prev, self.prev_delta = self.prev_delta, delta
         if not self.is_probe_step(step):
