@@ -7,6 +7,11 @@ measure (``PERFORMANCE``), with an exact permutation p-value (all n! pairings up
 ``EXACT_MAX_N`` runs, else 20000 random ones) and Holm's correction over every test of the
 table (family-wise error rate ``ALPHA``). With too few runs for any test to pass the
 correction, :func:`correlation_note` says so instead of listing "significant" pairs.
+
+Beside each pooled test, the within-cell test of :mod:`optprobe.analysis.within_cells`: the
+same pair correlated only among runs that share every swept hyperparameter but the seed
+(``CELL_COLUMNS``), with its own Holm correction over the table. A constant that only tracks
+the learning rate passes the pooled test and fails this one.
 """
 
 from __future__ import annotations
@@ -24,14 +29,17 @@ from optprobe.analysis.stats import (
     spearman,
     spearman_permutation_pvalue,
 )
+from optprobe.analysis.within_cells import UNTESTED, within_cells_test
 
 __all__ = [
     "ALPHA",
+    "CELL_COLUMNS",
     "COLUMNS",
     "CONSTANTS",
     "CORRECTION",
     "PERFORMANCE",
     "correlation_note",
+    "cell_keys",
     "correlations",
     "smallest_possible_p",
 ]
@@ -48,6 +56,10 @@ CORRECTION = "holm"
 MIN_PAIRS = 3
 N_RESAMPLES = 20000  # random pairings above EXACT_MAX_N runs
 
+CELL_COLUMNS = ("lr", "weight_decay", "scheduler")
+"""The runs-table columns whose values, together, name a run's hyperparameter cell (the seed
+varies within a cell)."""
+
 COLUMNS = (
     "setting",
     "optimizer",
@@ -61,17 +73,34 @@ COLUMNS = (
     "correction",
     "tests",
     "significant",
+    "cells",
+    "n_within",
+    "rho_within",
+    "pvalue_within",
+    "pvalue_within_adjusted",
+    "significant_within",
 )
 """correlations.csv's columns (written even when there is no row): ``pvalue`` the two-sided
 permutation p-value, ``pvalue_adjusted`` Holm's over the ``tests`` of the table,
-``significant`` whether that is at most ``ALPHA``."""
+``significant`` whether that is at most ``ALPHA``; ``cells`` the hyperparameter cells with
+≥ 2 runs and ``n_within`` the runs in them, ``rho_within`` the stratified Spearman ρ,
+``pvalue_within`` its within-cell permutation p, ``pvalue_within_adjusted`` Holm's over the
+table's within-cell tests and ``significant_within`` whether that is at most ``ALPHA`` (NaN
+and false where no cell holds two runs, or the runs table has none of the ``CELL_COLUMNS``)."""
 
 
-def _pairs(group: pd.DataFrame, column: str, perf: str) -> tuple[np.ndarray, np.ndarray]:
-    x = pd.to_numeric(group.get(column), errors="coerce").to_numpy(float)
-    y = pd.to_numeric(group.get(perf), errors="coerce").to_numpy(float)
-    keep = np.isfinite(x) & np.isfinite(y)
-    return x[keep], y[keep]
+def cell_keys(runs: pd.DataFrame) -> list[tuple]:
+    """Each run's hyperparameter cell: its values of the ``CELL_COLUMNS`` it has (missing
+    values as None), so runs differing only in seed share a key."""
+    cols = [c for c in CELL_COLUMNS if c in runs.columns]
+    return [
+        tuple(None if pd.isna(v) else v for v in values)
+        for values in runs[cols].itertuples(index=False, name=None)
+    ]
+
+
+def _values(group: pd.DataFrame, column: str) -> np.ndarray:
+    return pd.to_numeric(group.get(column), errors="coerce").to_numpy(float)
 
 
 def correlations(
@@ -86,17 +115,25 @@ def correlations(
     used = runs[runs["included"].astype(bool)] if "included" in runs else runs
     rows = []
     for (setting, optimizer), group in used.groupby(["setting", "optimizer"], sort=True):
+        keys = cell_keys(group) if set(CELL_COLUMNS) & set(group.columns) else None
         for const in constants:
             if f"{prefix}{const}" not in group:
                 continue
             for perf in performance:
                 if perf not in group:
                     continue
-                x, y = _pairs(group, f"{prefix}{const}", perf)
+                x_all, y_all = _values(group, f"{prefix}{const}"), _values(group, perf)
+                keep = np.isfinite(x_all) & np.isfinite(y_all)
+                x, y = x_all[keep], y_all[keep]
                 rho = spearman(x, y) if x.size >= MIN_PAIRS else math.nan
                 if not math.isfinite(rho):
                     continue
                 p, method = spearman_permutation_pvalue(x, y, n_resamples=N_RESAMPLES, seed=seed)
+                within = (
+                    within_cells_test(x_all, y_all, keys, n_resamples=N_RESAMPLES, seed=seed)
+                    if keys is not None
+                    else UNTESTED
+                )
                 rows.append(
                     {
                         "setting": setting,
@@ -107,6 +144,10 @@ def correlations(
                         "rho": rho,
                         "pvalue": p,
                         "pvalue_method": method,
+                        "cells": within.cells,
+                        "n_within": within.n,
+                        "rho_within": within.rho,
+                        "pvalue_within": within.pvalue,
                     }
                 )
     table = pd.DataFrame(rows, columns=list(COLUMNS))
@@ -116,6 +157,8 @@ def correlations(
     table["correction"] = CORRECTION
     table["tests"] = int(table["pvalue"].notna().sum())
     table["significant"] = table["pvalue_adjusted"] <= ALPHA
+    table["pvalue_within_adjusted"] = holm(table["pvalue_within"].to_numpy(float))
+    table["significant_within"] = table["pvalue_within_adjusted"] <= ALPHA
     return table
 
 

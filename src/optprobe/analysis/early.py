@@ -5,7 +5,10 @@ the first ``fraction`` of a run only (runs.csv ``const_early:<name>``), correlat
 setting × optimizer with the final training loss by
 :func:`optprobe.analysis.correlations.correlations` (Spearman ρ, permutation p, Holm's
 correction over every test of the table), and answered in one sentence per setting ×
-optimizer (:func:`prediction_sentences`).
+optimizer (:func:`prediction_sentences`), each followed by the within-cell answer: whether
+the constant still predicts among runs that share every hyperparameter but the seed
+(:mod:`optprobe.analysis.within_cells`), i.e. beyond what the learning rate and weight decay
+explain.
 
 "The first ``fraction`` of a run" is the rows with step ≤ ``fraction`` × the last logged step
 (the planned length for a completed run; excluded runs enter no correlation).
@@ -19,11 +22,14 @@ from optprobe.analysis.correlations import (
     ALPHA,
     CONSTANTS,
     MIN_PAIRS,
+    N_RESAMPLES,
+    cell_keys,
     correlations,
     smallest_possible_p,
 )
 from optprobe.analysis.report_text import pretty_optimizer
 from optprobe.analysis.run_constants import run_constants
+from optprobe.analysis.within_cells import smallest_within_pvalue
 
 __all__ = [
     "EARLY_FRACTION",
@@ -98,22 +104,68 @@ def _sentence(name: str, rows: pd.DataFrame, tests: int, n_runs: int) -> str:
     return f"{name}: the early {named} {verb} the final training loss (n = {n})."
 
 
+def _within_sentence(rows: pd.DataFrame, cell_sizes: list[int], tests: int) -> str:
+    """The within-cell answer for one setting × optimizer: its rows of the table, the run
+    count of each of its hyperparameter cells and the number of within-cell tests of the
+    table (Holm's family)."""
+    done = rows[rows["pvalue_within"].notna()] if "pvalue_within" in rows else rows.iloc[0:0]
+    if done.empty:
+        return (
+            "Within hyperparameter cells: not tested (the runs table has no lr, "
+            "weight_decay or scheduler column, or no cell of runs sharing them holds two "
+            "runs with both values)."
+        )
+    cells, n = int(done["cells"].max()), int(done["n_within"].max())
+    where = f"{cells} cells of runs that differ only in seed, n = {n}"
+    floor = smallest_within_pvalue(cell_sizes, N_RESAMPLES)
+    if floor * tests > ALPHA:
+        return (
+            f"Within hyperparameter cells ({where}): too few runs per cell to answer (the "
+            f"smallest possible p-value {floor:.3g} times the {tests} within-cell tests "
+            f"exceeds α = {ALPHA})."
+        )
+    sig = done[done["significant_within"].astype(bool)]
+    if sig.empty:
+        best = done.sort_values("pvalue_within_adjusted", kind="mergesort").iloc[0]
+        return (
+            f"Within hyperparameter cells ({where}): no early constant predicts the final "
+            f"loss beyond the hyperparameters (smallest Holm-adjusted p = "
+            f"{best.pvalue_within_adjusted:.2g}, {best.constant} with ρ_within = "
+            f"{best.rho_within:.2f})."
+        )
+    named = "; ".join(
+        f"{r.constant} (ρ_within = {r.rho_within:.2f}, Holm-adjusted p = "
+        f"{r.pvalue_within_adjusted:.2g})"
+        for r in sig.sort_values("pvalue_within_adjusted", kind="mergesort").itertuples()
+    )
+    verb = "predicts" if len(sig) == 1 else "predict"
+    return (
+        f"Within hyperparameter cells ({where}): the early {named} still {verb} the final "
+        "loss beyond the hyperparameters."
+    )
+
+
 def prediction_sentences(
     runs: pd.DataFrame, table: pd.DataFrame, fraction: float = EARLY_FRACTION
 ) -> list[str]:
-    """One sentence per setting × optimizer of the included runs: which early constant
+    """One answer per setting × optimizer of the included runs: which early constant
     predicts the final training loss after Holm's correction, that none does (with the
-    smallest adjusted p), or that the sweep is too small to tell."""
+    smallest adjusted p), or that the sweep is too small to tell; then the same within
+    hyperparameter cells (beyond the learning rate and weight decay)."""
     if runs.empty or not {"setting", "optimizer"} <= set(runs.columns):
         return []
     used = runs[runs["included"].astype(bool)] if "included" in runs else runs
     early = [f"{EARLY_PREFIX}{c}" for c in CONSTANTS if f"{EARLY_PREFIX}{c}" in used]
     tests = len(table)
+    within_tests = int(table["pvalue_within"].notna().sum()) if "pvalue_within" in table else 0
     out = []
     for (setting, optimizer), group in used.groupby(["setting", "optimizer"], sort=True):
         mine = table[(table["setting"] == setting) & (table["optimizer"] == optimizer)]
         has = group[early].notna().any(axis=1) if early else pd.Series(False, group.index)
         n_runs = int((has & group[TARGET].notna()).sum()) if TARGET in group else 0
         name = f"{pretty_optimizer(optimizer)} ({setting}, first {100 * fraction:.0f}% of training)"
-        out.append(_sentence(name, mine, tests, n_runs))
+        answered = group[has & group[TARGET].notna()] if TARGET in group else group.iloc[0:0]
+        sizes = pd.Series(cell_keys(answered), dtype=object).value_counts().tolist()
+        pooled = _sentence(name, mine, tests, n_runs)
+        out.append(f"{pooled} {_within_sentence(mine, sizes, within_tests)}")
     return out

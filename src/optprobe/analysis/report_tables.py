@@ -92,15 +92,23 @@ def correlation_table(corr: pd.DataFrame) -> str:
     corr = corr.sort_values(["_p", "_abs"], na_position="last")
     header = [
         "setting", "optimizer", "constant", "performance", "n", "Spearman ρ",
-        "permutation p", "Holm-adjusted p", "passes",
+        "permutation p", "Holm-adjusted p", "passes", "cells (runs)", "ρ within cells",
+        "within-cell Holm p", "passes within cells",
     ]  # fmt: skip
     rows, classes = [], []
     for _, r in corr.iterrows():
         sig = bool(r.get("significant", False))
+        within = pd.notna(r.get("pvalue_within", np.nan))
         rows.append(
             [cell(r.get(c)) for c in ("setting", "optimizer", "constant", "performance", "n")]
             + [cell(r.get("rho")), cell(r.get("pvalue")), cell(r.get("pvalue_adjusted"))]
             + ["yes" if sig else "no"]
+            + [
+                f"{cell(r.get('cells'))} ({cell(r.get('n_within'))})" if within else "",
+                cell(r.get("rho_within")),
+                cell(r.get("pvalue_within_adjusted")),
+            ]
+            + [("yes" if bool(r.get("significant_within")) else "no") if within else ""]
         )
         classes.append("robust" if sig else "")
     return table_html(header, rows, text_cols=4, row_classes=classes)
