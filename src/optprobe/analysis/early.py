@@ -88,20 +88,31 @@ def _sentence(name: str, rows: pd.DataFrame, tests: int, n_runs: int) -> str:
             f"{name}: the sweep is too small to answer (n = {n} runs; the smallest possible "
             f"p-value {floor:.3g} times the {tests} tests of the table exceeds α = {ALPHA})."
         )
-    sig = rows[rows["significant"].astype(bool)]
+    passing, text = _outcome(rows, within=False)
+    if not passing:
+        return f"{name}: no early constant predicts the final training loss (n = {n}, {text})."
+    verb = "predicts" if passing == 1 else "predict"
+    return f"{name}: the early {text} {verb} the final training loss (n = {n})."
+
+
+def _outcome(rows: pd.DataFrame, within: bool) -> tuple[int, str]:
+    """How many constants pass Holm's correction (the pooled or the within-cell columns) and,
+    best first, those constants with their ρ and adjusted p, or, when none passes, the
+    smallest adjusted p and its constant."""
+    suffix, rho_name = ("_within", "ρ_within") if within else ("", "ρ")
+    ranked = rows.sort_values(f"pvalue{suffix}_adjusted", kind="mergesort")
+    sig = ranked[ranked[f"significant{suffix}"].astype(bool)]
     if sig.empty:
-        best = rows.sort_values("pvalue_adjusted", kind="mergesort").iloc[0]
-        return (
-            f"{name}: no early constant predicts the final training loss (n = {n}, smallest "
-            f"Holm-adjusted p = {best.pvalue_adjusted:.2g}, {best.constant} with ρ = "
-            f"{best.rho:.2f})."
+        best = ranked.iloc[0]
+        return 0, (
+            f"smallest Holm-adjusted p = {best[f'pvalue{suffix}_adjusted']:.2g}, "
+            f"{best.constant} with {rho_name} = {best[f'rho{suffix}']:.2f}"
         )
-    named = "; ".join(
-        f"{r.constant} (ρ = {r.rho:.2f}, Holm-adjusted p = {r.pvalue_adjusted:.2g})"
-        for r in sig.sort_values("pvalue_adjusted", kind="mergesort").itertuples()
+    return len(sig), "; ".join(
+        f"{r.constant} ({rho_name} = {r[f'rho{suffix}']:.2f}, Holm-adjusted p = "
+        f"{r[f'pvalue{suffix}_adjusted']:.2g})"
+        for _, r in sig.iterrows()
     )
-    verb = "predicts" if len(sig) == 1 else "predict"
-    return f"{name}: the early {named} {verb} the final training loss (n = {n})."
 
 
 def _within_sentence(rows: pd.DataFrame, cell_sizes: list[int], tests: int) -> str:
@@ -124,23 +135,15 @@ def _within_sentence(rows: pd.DataFrame, cell_sizes: list[int], tests: int) -> s
             f"smallest possible p-value {floor:.3g} times the {tests} within-cell tests "
             f"exceeds α = {ALPHA})."
         )
-    sig = done[done["significant_within"].astype(bool)]
-    if sig.empty:
-        best = done.sort_values("pvalue_within_adjusted", kind="mergesort").iloc[0]
+    passing, text = _outcome(done, within=True)
+    if not passing:
         return (
             f"Within hyperparameter cells ({where}): no early constant predicts the final "
-            f"loss beyond the hyperparameters (smallest Holm-adjusted p = "
-            f"{best.pvalue_within_adjusted:.2g}, {best.constant} with ρ_within = "
-            f"{best.rho_within:.2f})."
+            f"loss beyond the hyperparameters ({text})."
         )
-    named = "; ".join(
-        f"{r.constant} (ρ_within = {r.rho_within:.2f}, Holm-adjusted p = "
-        f"{r.pvalue_within_adjusted:.2g})"
-        for r in sig.sort_values("pvalue_within_adjusted", kind="mergesort").itertuples()
-    )
-    verb = "predicts" if len(sig) == 1 else "predict"
+    verb = "predicts" if passing == 1 else "predict"
     return (
-        f"Within hyperparameter cells ({where}): the early {named} still {verb} the final "
+        f"Within hyperparameter cells ({where}): the early {text} still {verb} the final "
         "loss beyond the hyperparameters."
     )
 
