@@ -39,22 +39,17 @@ import common
 import torch
 from tables import fmt, table
 
+from optprobe.estimators import lanczos
+
 RESULTS_DIR = common.ROOT / "benchmarks" / "results"
 MIB = 2**20
-
-
-def growth_rows(capacity: int, device: torch.device) -> list[int]:
-    """The basis row counts ``_Lanczos`` allocates on ``device``, in order, up to ``capacity``."""
-    from optprobe.estimators.lanczos import _first_rows
-
-    first = _first_rows(capacity, device)
-    return [first] if first >= capacity else [first, capacity]  # one growth, to the cap
+CUDA = torch.device("cuda")  # only its type is read: CUDA's basis allocation policy
 
 
 def growth_peak_rows(capacity: int, device: torch.device) -> int:
     """Most basis rows allocated at once while the basis grows to ``capacity``: a copying
     growth holds the old rows and the grown tensor together."""
-    rows = growth_rows(capacity, device)
+    rows = lanczos.basis_rows(capacity, device)
     return max([rows[0]] + [a + b for a, b in zip(rows, rows[1:])])
 
 
@@ -63,9 +58,7 @@ def analytic(
 ) -> dict[str, Any]:
     """Sizes (MiB) that follow from the parameter count alone, for the basis on ``device`` and
     on CUDA (which grows it once, from its first chunk to the cap)."""
-    from optprobe.estimators.lanczos import _default_basis_dtype
-
-    dtype = _default_basis_dtype(dim)
+    dtype = lanczos._default_basis_dtype(dim)
     row_bytes = dim * dtype.itemsize
     out = {
         "params_mib": params_bytes / MIB,
@@ -78,10 +71,10 @@ def analytic(
         "basis_at_default_cap_mib": default_cap * row_bytes / MIB,
         "ritz_vectors_mib": 2 * dim * 4 / MIB,
     }
-    for where, dev in (("device", device), ("cuda", torch.device("cuda"))):
+    for where, dev in (("device", device), ("cuda", CUDA)):
         for label, rows in (("cap", cap), ("default_cap", default_cap)):
             peak = growth_peak_rows(rows, dev)
-            out[f"{where}_growth_rows_at_{label}"] = growth_rows(rows, dev)
+            out[f"{where}_growth_rows_at_{label}"] = list(lanczos.basis_rows(rows, dev))
             out[f"{where}_growth_peak_rows_at_{label}"] = peak
             out[f"{where}_growth_peak_at_{label}_mib"] = peak * row_bytes / MIB
     return out
@@ -143,11 +136,9 @@ def basis_check(dim: int, cap: int, device: torch.device, memory: common.PeakMem
     model's dimension (``d`` evenly spaced in [1, 2], so tol 1e-14 is not reached): its peak and
     held memory (MiB) with the basis allocated as this device does and grown from
     ``BASIS_CHUNK`` rows as CUDA does."""
-    from optprobe.estimators import lanczos
-
     diag = torch.linspace(1.0, 2.0, dim, dtype=torch.float64, device=device)
-    real = lanczos._first_rows
-    policies = {"this_device": real, "chunk_then_cap": lambda c, d: min(c, lanczos.BASIS_CHUNK)}
+    real = lanczos.basis_rows
+    policies = {"this_device": real, "chunk_then_cap": lambda c, d: real(c, CUDA)}
 
     def run_to_cap():
         gen = torch.Generator().manual_seed(0)
@@ -156,12 +147,12 @@ def basis_check(dim: int, cap: int, device: torch.device, memory: common.PeakMem
         )
 
     out = {}
-    for label, first_rows in policies.items():
-        lanczos._first_rows = first_rows
+    for label, rows in policies.items():
+        lanczos.basis_rows = rows
         try:
             eig, stats = block(memory, run_to_cap)
         finally:
-            lanczos._first_rows = real
+            lanczos.basis_rows = real
         row_bytes = dim * eig.basis.element_size()
         stats["steps"] = eig.num_matvecs
         stats["allocated_rows"] = eig.basis.untyped_storage().nbytes() // row_bytes

@@ -24,7 +24,8 @@ def hard_operator():
 
 def growing(monkeypatch):
     """Make the CPU grow its basis from ``BASIS_CHUNK`` rows, as CUDA does."""
-    monkeypatch.setattr(lanczos, "_first_rows", lambda capacity, device: min(capacity, BASIS_CHUNK))
+    cuda_rows = lanczos.basis_rows
+    monkeypatch.setattr(lanczos, "basis_rows", lambda c, device: cuda_rows(c, torch.device("cuda")))
 
 
 def run(matvec, warm=None):

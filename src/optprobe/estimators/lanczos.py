@@ -31,7 +31,7 @@ from optprobe.validate import check_choice, check_int, check_number
 FLOAT64_BASIS_MAX_DIM = 1_000_000
 
 #: Rows of the Lanczos basis allocated at first off the CPU; when they fill up the basis grows
-#: once, to the cap (on the CPU the whole cap is allocated at once, see :func:`_first_rows`).
+#: once, to the cap (on the CPU the whole cap is allocated at once, see :func:`basis_rows`).
 BASIS_CHUNK = 16
 
 #: Default cap on the matvecs of one :func:`extreme_eigenvalues` run (measured: enough for
@@ -96,7 +96,7 @@ class _Lanczos:
         self.matvec = matvec
         self.dim = dim
         self.capacity = capacity
-        rows = _first_rows(capacity, start.device)
+        rows = basis_rows(capacity, start.device)[0]
         self.basis = torch.empty(rows, dim, dtype=basis_dtype, device=start.device)
         self.alphas: list[float] = []
         self.couplings: list[float] = []
@@ -190,17 +190,20 @@ class _Lanczos:
         return tridiagonal(*self.alphas_betas())
 
 
-def _first_rows(capacity: int, device: torch.device) -> int:
-    """Rows of the Lanczos basis to allocate before the first step.
+def basis_rows(capacity: int, device: torch.device) -> tuple[int, ...]:
+    """Row counts of the Lanczos basis as it is allocated, in order (the last is
+    ``capacity``; a run that stops early never reaches the later ones).
 
-    CPU: the whole ``capacity``. Its memory pages are mapped when first written, so rows never
-    reached cost nothing, and the basis is never copied to grow (a copy holds the old rows and
-    the grown tensor at once). Elsewhere (CUDA allocates the whole tensor at once):
-    ``BASIS_CHUNK`` rows, so a run that converges within them never holds the whole cap; a
-    longer run grows once to the cap, a peak of ``BASIS_CHUNK`` + cap rows (doubling 16, 32,
+    CPU: the whole ``capacity`` at once. Its memory pages are mapped when first written, so
+    rows never reached cost nothing, and the basis is never copied to grow (a copy holds the
+    old rows and the grown tensor at once). Elsewhere (CUDA allocates the whole tensor at
+    once): ``BASIS_CHUNK`` rows, so a run that converges within them never holds the whole
+    cap, then one growth to the cap, a peak of ``BASIS_CHUNK`` + cap rows (doubling 16, 32,
     64, 80 peaked at 144 rows for a cap of 80).
     """
-    return capacity if device.type == "cpu" else min(capacity, BASIS_CHUNK)
+    if device.type == "cpu" or capacity <= BASIS_CHUNK:
+        return (capacity,)
+    return (BASIS_CHUNK, capacity)
 
 
 def _default_basis_dtype(dim: int) -> torch.dtype:
