@@ -39,6 +39,10 @@ BASIS_CHUNK = 16
 #: benchmarks/results/curvature-cpu-quick.md, written by benchmarks/curvature_accuracy.py).
 DEFAULT_MAX_ITERS = 80
 
+#: Full reorthogonalization repeats its projection when the first one left less than this
+#: share of the vector's norm (Kahan and Parlett's "twice is enough" criterion, 1/sqrt(2)).
+REORTH_RATIO = 2**-0.5
+
 #: Weight of the random component of a warm start vector (relative to the previous Ritz
 #: vectors, each of unit norm): it makes the start touch every eigenvector with probability one.
 WARM_NOISE = 1e-2
@@ -118,8 +122,15 @@ class _Lanczos:
         return self.k >= self.dim
 
     def _orthogonalize(self, w: Tensor) -> Tensor:
-        """Remove the components of ``w`` along the stored basis (two passes)."""
-        return project_out(self.basis[: self.k], w, passes=2)
+        """Remove the components of ``w`` along the stored basis: one pass, and a second one
+        when the first removed much of ``w`` (its norm fell below ``REORTH_RATIO`` of the
+        norm before), as the second pass is then needed for orthogonality to rounding."""
+        basis = self.basis[: self.k]
+        before = float(torch.linalg.vector_norm(w))
+        w = project_out(basis, w)
+        if float(torch.linalg.vector_norm(w)) < REORTH_RATIO * before:
+            w = project_out(basis, w)
+        return w
 
     def step(self) -> bool:
         """One Lanczos step. Returns True on breakdown (an invariant subspace was found)."""

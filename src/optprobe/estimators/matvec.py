@@ -69,17 +69,35 @@ def tridiagonal(alphas: Tensor, betas: Tensor) -> Tensor:
     return t
 
 
-def project_out(basis: Tensor | None, w: Tensor, passes: int = 1) -> Tensor:
-    """``w`` minus its components along the orthonormal rows of ``basis`` (float64 arithmetic;
-    ``passes=2`` repeats it, as full reorthogonalization needs). A float32 basis is upcast one
-    row at a time instead of as a whole block, to save memory."""
+UPCAST_BLOCK_BYTES = {"cpu": 4 * 2**20, "other": 256 * 2**20}
+"""Float64 scratch (bytes) per column block when a float32 basis is projected out. CPU: small
+enough to stay in cache (measured on ResNet-18's 11.2M parameters and 54 rows: 1.1 s per pass
+at 1-4 MiB, 3.5 s at 32 MiB, 5.4 s upcasting one row at a time). Elsewhere (a GPU): large,
+so the per-block kernel launches stay few."""
+
+
+def _column_blocks(basis: Tensor):
+    """``(start, stop, block)``: the basis's columns in blocks, each upcast to float64 and at
+    most ``UPCAST_BLOCK_BYTES`` (the whole basis is never upcast at once)."""
+    rows, dim = basis.shape
+    budget = UPCAST_BLOCK_BYTES["cpu" if basis.device.type == "cpu" else "other"]
+    width = max(1, budget // (8 * rows))
+    for start in range(0, dim, width):
+        stop = min(dim, start + width)
+        yield start, stop, basis[:, start:stop].to(torch.float64)
+
+
+def project_out(basis: Tensor | None, w: Tensor) -> Tensor:
+    """``w`` minus its components along the orthonormal rows of ``basis``: ``w - Q^T (Q w)``
+    in float64 arithmetic (one classical Gram-Schmidt pass; Lanczos repeats it when needed). A
+    float32 basis is upcast by column blocks (``UPCAST_BLOCK_BYTES``), never as a whole, to
+    save memory."""
     if basis is None or basis.shape[0] == 0:
         return w
-    for _ in range(passes):
-        if basis.dtype == torch.float64:
-            w = w - basis.T @ (basis @ w)
-        else:
-            for row in basis:
-                q = row.to(torch.float64)
-                w = w - torch.dot(q, w) * q
+    if basis.dtype == torch.float64:
+        return w - basis.T @ (basis @ w)
+    coeffs = sum(block @ w[start:stop] for start, stop, block in _column_blocks(basis))
+    w = w.clone()
+    for start, stop, block in _column_blocks(basis):
+        w[start:stop] -= block.T @ coeffs
     return w
