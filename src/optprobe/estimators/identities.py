@@ -50,9 +50,14 @@ def weak_convexity(gap: Any, dist: Any, tol: Any) -> Any:
     return _scalar_or_array(np.where(dist > 0, out, np.nan))
 
 
-def _cos(a: Tensor, b: Tensor) -> float:
-    denom = float(a.norm() * b.norm())
-    return float(a @ b) / denom if denom > 0 else math.nan
+def _cos(dot: float, norm_a: float, norm_b: float) -> float:
+    """cos(a, b) from ⟨a, b⟩ and the norms; NaN where a norm is 0."""
+    denom = norm_a * norm_b
+    return dot / denom if denom > 0 else math.nan
+
+
+def _norm(a: Tensor) -> float:
+    return float(torch.linalg.vector_norm(a))
 
 
 def step_quantities(
@@ -72,26 +77,28 @@ def step_quantities(
     """
     d = loss_new - loss_old
     sq = float(delta @ delta)
+    norm_delta = math.sqrt(sq)
     lin_new = float(grad_new @ delta)
     out = {
         "loss_change": d,
         "lin_new": lin_new,
         "inst_gap": d - lin_new,
-        "update_cos_new": _cos(grad_new, delta),
-        "update_norm": math.sqrt(sq),
+        "update_cos_new": _cos(lin_new, _norm(grad_new), norm_delta),
+        "update_norm": norm_delta,
     }
     if grad_old is not None:
         lin_old = float(grad_old @ delta)
+        grad_norm = _norm(grad_old)
         out.update(
             lin_old=lin_old,
             inst_gap_old=d - lin_old,
-            smooth_lip=float((grad_new - grad_old).norm()) / math.sqrt(sq),
+            smooth_lip=_norm(grad_new - grad_old) / norm_delta,
             smooth_eff=effective_smoothness(d - lin_old, sq, tol),
-            update_cos_old=_cos(grad_old, delta),
-            grad_norm=float(grad_old.norm()),
+            update_cos_old=_cos(lin_old, grad_norm, norm_delta),
+            grad_norm=grad_norm,
         )
     if delta_prev is not None:
-        out["update_cos_prev"] = _cos(delta, delta_prev)
+        out["update_cos_prev"] = _cos(float(delta @ delta_prev), norm_delta, _norm(delta_prev))
     return out
 
 

@@ -27,7 +27,7 @@ from pytorch_lightning.callbacks import Callback
 from torch import Tensor, nn
 from typing_extensions import override
 
-from optprobe.dist import from_rank_zero, rank_mean
+from optprobe.dist import from_rank_zero, rank_mean, world_size
 from optprobe.estimators.functional import (
     ParamDict,
     flatten,
@@ -215,8 +215,12 @@ class ProbeCallback(Callback):
             loss, grad = loss_and_grad(fn, params)
             losses.append(loss.reshape(1))
             grads.append(grad)
-        local = torch.cat([torch.stack(grads).mean(0), torch.cat(losses).mean().reshape(1)])
-        packed = self.global_mean(local)  # one all-reduce for both
+        # one micro-batch on one rank (the common case): no copy of the gradient
+        grad = grads[0] if len(grads) == 1 else torch.stack(grads).mean(0)
+        loss = torch.cat(losses).mean()
+        if self.batch_mode != "current" or world_size() == 1:
+            return float(loss), grad
+        packed = self.global_mean(torch.cat([grad, loss.reshape(1)]))  # one all-reduce for both
         return float(packed[-1]), packed[:-1]
 
     def training_loss_and_grad(
