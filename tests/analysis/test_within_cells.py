@@ -11,7 +11,7 @@ import pytest
 from scipy import stats
 
 from optprobe.analysis import within_cells
-from optprobe.analysis.correlations import CONSTANTS
+from optprobe.analysis.correlations import CONSTANTS, correlation_note, correlations
 from optprobe.analysis.early import EARLY_PREFIX, early_prediction, prediction_sentences
 from optprobe.analysis.within_cells import smallest_within_pvalue, within_cells_test
 
@@ -162,4 +162,17 @@ def test_without_hyperparameter_columns_the_within_test_is_not_run():
         "Within hyperparameter cells: not tested (the runs table has no lr, "
         "weight_decay or scheduler column, or no cell of runs sharing them "
         "holds two runs with both values)."
+    )
+
+
+def test_correlation_note_answers_pooled_and_within_cells():
+    table = correlations(_lr_sweep(link_within=True), prefix=EARLY_PREFIX)
+    note = correlation_note(table)
+    assert ": 7 of 7 tests pass the correction: " in note
+    within = note.split("Within hyperparameter cells (runs that differ only in seed), ")[1]
+    assert within.startswith("1 of 7 tests pass the correction: L1 with final_train_loss")
+    assert "ρ_within = 1.00, n = 24, adjusted p = " in within
+    no_cells = table.assign(pvalue_within=np.nan, significant_within=False)
+    assert correlation_note(no_cells).endswith(
+        "Within hyperparameter cells: not tested (no cell holds two runs)."
     )

@@ -195,12 +195,23 @@ def correlation_note(corr: pd.DataFrame) -> str:
             f"{floor:.3g}, above the {ALPHA / m:.3g} (= {ALPHA}/{m}) the correction needs; "
             "the ρ values are descriptive only."
         )
-    sig = corr[corr["significant"].astype(bool)]
+    return head + f": {_passing(corr, '')} {_passing(corr, '_within')}"
+
+
+def _passing(corr: pd.DataFrame, suffix: str) -> str:
+    """Which tests of the pooled (``suffix`` "") or within-cell ("_within") family pass."""
+    m = int(corr[f"pvalue{suffix}"].notna().sum()) if f"pvalue{suffix}" in corr else 0
+    if suffix and m == 0:
+        return "Within hyperparameter cells: not tested (no cell holds two runs)."
+    where = "Within hyperparameter cells (runs that differ only in seed), " if suffix else ""
+    sig = corr[corr[f"significant{suffix}"].astype(bool)]
     if sig.empty:
-        return head + f": none of the {m} tests passes the correction."
+        return f"{where}none of the {m} tests passes the correction."
+    rho = "ρ_within" if suffix else "ρ"
     listed = "; ".join(
-        f"{r.constant} with {r.performance} ({r.setting} {r.optimizer}: ρ = {r.rho:.2f}, "
-        f"n = {r.n}, adjusted p = {r.pvalue_adjusted:.3g})"
-        for r in sig.itertuples()
+        f"{r['constant']} with {r['performance']} ({r['setting']} {r['optimizer']}: {rho} = "
+        f"{r[f'rho{suffix}']:.2f}, n = {int(r[f'n{suffix}'])}, adjusted p = "
+        f"{r[f'pvalue{suffix}_adjusted']:.3g})"
+        for _, r in sig.iterrows()
     )
-    return head + f": {len(sig)} of {m} tests pass the correction: {listed}."
+    return f"{where}{len(sig)} of {m} tests pass the correction: {listed}."

@@ -100,7 +100,7 @@ def _outcome(rows: pd.DataFrame, within: bool) -> tuple[int, str]:
     best first, those constants with their ρ and adjusted p, or, when none passes, the
     smallest adjusted p and its constant."""
     suffix, rho_name = ("_within", "ρ_within") if within else ("", "ρ")
-    ranked = rows.sort_values(f"pvalue{suffix}_adjusted", kind="mergesort")
+    ranked = rows.sort_values([f"pvalue{suffix}_adjusted", f"pvalue{suffix}"], kind="mergesort")
     sig = ranked[ranked[f"significant{suffix}"].astype(bool)]
     if sig.empty:
         best = ranked.iloc[0]
