@@ -119,7 +119,7 @@ def _within_sentence(rows: pd.DataFrame, cell_sizes: list[int], tests: int) -> s
     """The within-cell answer for one setting × optimizer: its rows of the table, the run
     count of each of its hyperparameter cells and the number of within-cell tests of the
     table (Holm's family)."""
-    done = rows[rows["pvalue_within"].notna()] if "pvalue_within" in rows else rows.iloc[0:0]
+    done = rows[rows["pvalue_within"].notna()]
     if done.empty:
         return (
             "Within hyperparameter cells: not tested (the runs table has no lr, "
@@ -160,7 +160,7 @@ def prediction_sentences(
     used = runs[runs["included"].astype(bool)] if "included" in runs else runs
     early = [f"{EARLY_PREFIX}{c}" for c in CONSTANTS if f"{EARLY_PREFIX}{c}" in used]
     tests = len(table)
-    within_tests = int(table["pvalue_within"].notna().sum()) if "pvalue_within" in table else 0
+    within_tests = int(table["pvalue_within"].notna().sum())
     out = []
     for (setting, optimizer), group in used.groupby(["setting", "optimizer"], sort=True):
         mine = table[(table["setting"] == setting) & (table["optimizer"] == optimizer)]

@@ -23,6 +23,7 @@ from scipy import stats as sps
 __all__ = [
     "EXACT_MAX_N",
     "TInterval",
+    "all_permutations",
     "average_ranks",
     "benjamini_hochberg",
     "bootstrap_ci",
@@ -242,7 +243,8 @@ _REL_TOL = 1e-9  # a permuted statistic equal to the observed one up to round-of
 
 
 @lru_cache(maxsize=4)
-def _all_permutations(n: int) -> np.ndarray:
+def all_permutations(n: int) -> np.ndarray:
+    """Every permutation of range(n), one per row (n! rows; int8, so n ≤ 127; cached)."""
     return np.array(list(itertools.permutations(range(n))), dtype=np.int8)
 
 
@@ -270,7 +272,7 @@ def spearman_permutation_pvalue(
     observed = abs(float(rx @ ry))
     tol = _REL_TOL * float(np.sqrt((rx @ rx) * (ry @ ry)))
     if n <= exact_max_n:
-        stats_ = np.abs(ry[_all_permutations(n)] @ rx)
+        stats_ = np.abs(ry[all_permutations(n)] @ rx)
         return (float(np.mean(stats_ >= observed - tol)), "exact")
     rng = np.random.default_rng(seed)
     perms = rng.permuted(np.tile(ry, (n_resamples, 1)), axis=1)

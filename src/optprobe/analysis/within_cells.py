@@ -19,13 +19,12 @@ within-cell pairings up to ``EXACT_MAX_PAIRINGS``, else from random within-cell 
 
 from __future__ import annotations
 
-import itertools
 import math
 from typing import NamedTuple
 
 import numpy as np
 
-from optprobe.analysis.stats import average_ranks
+from optprobe.analysis.stats import all_permutations, average_ranks
 
 __all__ = [
     "EXACT_MAX_PAIRINGS",
@@ -85,8 +84,7 @@ def _exact_sums(cells: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
     """Σ_c ⟨r_c(x), π_c r_c(y)⟩ for every combination of within-cell permutations π_c."""
     sums = np.zeros(1)
     for rx, ry in cells:
-        perms = np.array(list(itertools.permutations(range(rx.size))), dtype=np.int64)
-        sums = np.add.outer(sums, ry[perms] @ rx).ravel()
+        sums = np.add.outer(sums, ry[all_permutations(rx.size)] @ rx).ravel()
     return sums
 
 

@@ -121,16 +121,18 @@ class _Lanczos:
         """True when the basis spans the whole space (T is then exactly similar to H)."""
         return self.k >= self.dim
 
-    def _orthogonalize(self, w: Tensor) -> Tensor:
-        """Remove the components of ``w`` along the stored basis: one pass, and a second one
-        when the first removed much of ``w`` (its norm fell below ``REORTH_RATIO`` of the
-        norm before), as the second pass is then needed for orthogonality to rounding."""
+    def _orthogonalize(self, w: Tensor) -> tuple[Tensor, float]:
+        """``w`` without its components along the stored basis, and its norm: one pass, and a
+        second one when the first removed much of ``w`` (its norm fell below ``REORTH_RATIO``
+        of the norm before), as the second pass is then needed for orthogonality to rounding."""
         basis = self.basis[: self.k]
         before = float(torch.linalg.vector_norm(w))
         w = project_out(basis, w)
-        if float(torch.linalg.vector_norm(w)) < REORTH_RATIO * before:
+        norm = float(torch.linalg.vector_norm(w))
+        if norm < REORTH_RATIO * before:
             w = project_out(basis, w)
-        return w
+            norm = float(torch.linalg.vector_norm(w))
+        return w, norm
 
     def step(self) -> bool:
         """One Lanczos step. Returns True on breakdown (an invariant subspace was found)."""
@@ -150,8 +152,7 @@ class _Lanczos:
         if self._q_prev is not None:
             w = w - self._beta_prev * self._q_prev
         self.k += 1
-        w = self._orthogonalize(w)
-        beta = float(torch.linalg.vector_norm(w))
+        w, beta = self._orthogonalize(w)
         require_finite(beta, "a Lanczos beta")
         self.alphas.append(alpha)
         self.scale = max(self.scale, abs(alpha), beta)
@@ -180,8 +181,7 @@ class _Lanczos:
             raise RuntimeError("Lanczos already spans the whole space")
         for _ in range(5):
             v = random_vector("gaussian", self.dim, generator, self.basis.device)
-            v = self._orthogonalize(v)
-            norm = float(torch.linalg.vector_norm(v))
+            v, norm = self._orthogonalize(v)
             if norm > 1e-8 * math.sqrt(self.dim):
                 break
         else:  # pragma: no cover - needs five random vectors inside the basis span

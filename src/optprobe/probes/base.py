@@ -218,7 +218,7 @@ class ProbeCallback(Callback):
         # one micro-batch on one rank (the common case): no copy of the gradient
         grad = grads[0] if len(grads) == 1 else torch.stack(grads).mean(0)
         loss = torch.cat(losses).mean()
-        if self.batch_mode != "current" or world_size() == 1:
+        if not self.averages_over_ranks():
             return float(loss), grad
         packed = self.global_mean(torch.cat([grad, loss.reshape(1)]))  # one all-reduce for both
         return float(packed[-1]), packed[:-1]
@@ -241,7 +241,12 @@ class ProbeCallback(Callback):
         """A probe pass on this rank's part of the step's batch, averaged over the DDP ranks so
         it is the value on the global batch. A fixed probe batch is the same on every rank and
         is returned as is."""
-        return rank_mean(value) if self.batch_mode == "current" else value
+        return rank_mean(value) if self.averages_over_ranks() else value
+
+    def averages_over_ranks(self) -> bool:
+        """Whether probe passes are averaged over DDP ranks: on the step's own batch, with
+        more than one rank."""
+        return self.batch_mode == "current" and world_size() > 1
 
     def resolved_settings(self) -> dict[str, Any]:
         """Settings decided at run time, written into the job's config (override)."""
