@@ -163,3 +163,19 @@ def test_slurm_sweep_without_slurm_is_one_line_naming_the_local_cluster(tmp_path
     assert "\n" not in message and "not on PATH" in message
     assert "slurm/start_cluster.sh" in message
     assert not (tmp_path / "s").exists()  # stopped before any folder was made
+
+
+def test_writability_checks_of_one_folder_at_once_do_not_collide(tmp_path):
+    """Two runs started together check the same folder: each check writes and removes a test
+    file of its own, so neither fails on the other's removal (it must reach the lock instead)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from optprobe.run.folder import make_writable_dir
+
+    folder = tmp_path / "job"
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        errors = [
+            f.exception() for f in [pool.submit(make_writable_dir, folder) for _ in range(400)]
+        ]
+    assert [e for e in errors if e is not None] == []
+    assert list(folder.iterdir()) == []  # no test file left behind

@@ -28,6 +28,11 @@ PACKAGES = ("munge", "slurm-client", "slurmctld", "slurmd", "slurmdbd", "mariadb
 SKIP_CODES = {2: "not root", 3: "packages missing and no apt-get", 4: "a foreign SLURM config"}
 
 
+# seconds between a requeue and the restart: past the second in which slurmd revoked the job's
+# credential (see start_requeued_job_now)
+CREDENTIAL_REVOKE_SECONDS = 2
+
+
 def sh(*cmd: str, timeout: float = 30) -> subprocess.CompletedProcess:
     return subprocess.run(
         cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
@@ -217,17 +222,35 @@ def wait_for_checkpoint_and_requeue(job: Path, job_id: str, timeout: float = 120
 
 
 def start_requeued_job_now(job_id: str) -> bool:
-    """A requeued job waits ~2 min for its BeginTime (SLURM's requeue delay): skip the wait.
+    """A requeued job waits ~2 min for its BeginTime (SLURM's requeue delay): skip most of it.
+    Not all: slurmd refuses a job's credential made in the second it revoked the job's last one
+    (at the requeue; times in whole seconds), so a restart within that second fails to launch
+    and the job ends FAILED. The start time is reset 2 s after the requeue was seen.
     True when the start time was reset (False: it already runs, or never showed as pending)."""
     for _ in range(60):
         reason = sh("squeue", "-h", "-j", job_id, "-o", "%T %r").stdout.split()
         if reason == ["PENDING", "BeginTime"]:
+            time.sleep(CREDENTIAL_REVOKE_SECONDS)
             sh("scontrol", "update", f"JobId={job_id}", "StartTime=now")
             return True
         if reason and reason[0] == "RUNNING":
             return False
         time.sleep(1)
     return False
+
+
+def requeue_diagnosis(job: Path, job_id: str) -> str:
+    """What SLURM and the task recorded, for a failed requeue test: every accounting record of
+    the job (-D: both incarnations), the controller's and slurmd's last log lines, and the end
+    of task 0's stdout (the requeued incarnation writes nothing to stderr when it runs)."""
+    records = sh("sacct", "-j", job_id, "-D", "-P", "-o", "JobID,JobIDRaw,State,ExitCode,Start,End")
+    parts = [f"\n--- sacct -D -j {job_id}\n{records.stdout}{records.stderr}"]
+    for log in ("/var/log/slurm/slurmctld.log", "/var/log/slurm/slurmd.log"):
+        if os.path.isfile(log):
+            parts.append(f"--- {log}\n" + "".join(Path(log).read_text().splitlines(True)[-25:]))
+    for out in sorted(job.parent.glob(".submitit/*_0/*_0_log.out")):
+        parts.append(f"--- {out}\n" + "".join(out.read_text().splitlines(True)[-25:]))
+    return "\n".join(parts)
 
 
 def test_usr1_checkpoints_requeues_and_resumes_with_the_same_verdicts(slurm_cluster, tmp_path):
@@ -274,7 +297,7 @@ def test_usr1_checkpoints_requeues_and_resumes_with_the_same_verdicts(slurm_clus
             launcher.wait()
         sh("scancel", f"--name={name}")  # nothing left queued when the test failed
         raise
-    assert launcher.returncode == 0, output[-4000:]
+    assert launcher.returncode == 0, output[-4000:] + requeue_diagnosis(job, job_id)
     summary = json.loads((job / "summary.json").read_text())
     assert summary["status"] == "completed", summary.get("error")
     assert summary["global_step"] == max_steps

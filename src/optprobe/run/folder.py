@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -130,9 +131,10 @@ def make_writable_dir(path: str | Path) -> None:
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".optprobe-write-test"
-        probe.write_text("")
-        probe.unlink()
+        # a name of this process's own: two runs checking one folder at once must not remove
+        # each other's test file (the loser of a race then learns of the lock, not of this)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".optprobe-write-test-"):
+            pass
     except OSError as err:
         raise PermissionError(
             f"output folder {path} is not writable ({err.strerror or err}); point runs at a "
