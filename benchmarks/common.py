@@ -16,6 +16,7 @@ Models (``MODELS``):
 from __future__ import annotations
 
 import copy
+import json
 import os
 import platform
 import re
@@ -202,6 +203,27 @@ class Setup:
     def num_params(self) -> int:
         return sum(p.numel() for p in self.net.parameters() if p.requires_grad)
 
+    def train_with_firings(
+        self, cadence: int, firings: int
+    ) -> Iterator[tuple[int, nn.Module, Tensor, Tensor]]:
+        """Train a fresh CPU copy with the model's optimizer for ``cadence * firings`` steps;
+        before every ``cadence``-th update yield ``(step, net, inputs, targets)`` of that step
+        (the caller measures at x_t, then the update is applied)."""
+        net = self.fresh_net(torch.device("cpu")).train()
+        opt = self.optimizer(net.parameters())
+        batches: Iterator = iter(())
+        for step in range(cadence * firings):
+            try:
+                x, y = next(batches)
+            except StopIteration:
+                batches = iter(self.datamodule.train_dataloader())
+                x, y = next(batches)
+            if step % cadence == 0:
+                yield step, net, x, y
+            opt.zero_grad(set_to_none=True)
+            loss_fn(net(x), y).backward()
+            opt.step()
+
 
 def sequential_cnn(input_shape: tuple[int, ...], num_classes: int) -> nn.Sequential:
     """SmallCNN's layers (same modules, same initialization) as one nn.Sequential."""
@@ -322,6 +344,73 @@ def build_setup(
         optimizer=optimizer,
         optimizer_desc=optimizer_desc,
     )
+
+
+def add_firing_arguments(parser: Any, models: tuple[str, ...], firings: int) -> None:
+    """The options of a firing benchmark: --quick (half of ``firings``), --models, --cadence,
+    --firings, --threads and --out-dir (default benchmarks/results)."""
+    parser.add_argument("--quick", action="store_true", help="few firings")
+    parser.add_argument("--models", default=",".join(models), help="comma-separated")
+    parser.add_argument("--cadence", type=int, default=64, help="training steps between firings")
+    parser.add_argument(
+        "--firings", type=int, default=None, help=f"default {firings} (quick {firings // 2})"
+    )
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
+    parser.set_defaults(default_firings=firings)
+
+
+def firing_results(args: Any, name: str, suffix: str = "") -> tuple[Path, dict[str, Any]]:
+    """After parsing: fill in --firings, set the threads, and return the results file
+    ``<out-dir>/<name>-cpu-<quick|full><suffix>.json`` with what it holds (one file for all models: a
+    run of some models replaces their rows and keeps the others)."""
+    args.firings = args.firings or (
+        args.default_firings // 2 if args.quick else args.default_firings
+    )
+    torch.set_num_threads(args.threads)
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}-cpu-{'quick' if args.quick else 'full'}{suffix}.json"
+    return path, json.loads(path.read_text()) if path.exists() else {"models": {}}
+
+
+def run_firings(
+    setup: Setup, cadence: int, firings: int, fire: Callable[[int, nn.Module, Tensor, Tensor], dict]
+) -> dict[str, Any]:
+    """A model's record of a firing benchmark: ``fire(step, net, inputs, targets)`` on every
+    firing of :meth:`Setup.train_with_firings`, with the model's description and seconds."""
+    start = time.time()
+    rows = [
+        {"step": step, **fire(step, net, x, y)}
+        for step, net, x, y in setup.train_with_firings(cadence, firings)
+    ]
+    return {
+        "description": setup.description,
+        "num_params": setup.num_params,
+        "seconds": time.time() - start,
+        "firings": rows,
+    }
+
+
+def run_models(
+    path: Path,
+    results: dict[str, Any],
+    args: Any,
+    run_model: Callable[[str, Any], dict[str, Any]],
+    markdown: Callable[[dict[str, Any]], str],
+) -> None:
+    """Run every model of ``--models`` (``run_model(name, args)``, its record), stamp each with
+    the command and start time, rewrite the results file ``path`` (.json) and its table (.md)
+    after each model, and print the table."""
+    for name in args.models.split(","):
+        started = time.gmtime()
+        res = run_model(name, args)
+        res["command"] = f"python benchmarks/{Path(sys.argv[0]).name} " + " ".join(sys.argv[1:])
+        res["started"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", started)
+        results["models"][name] = res
+        path.write_text(json.dumps(results, indent=1))
+        path.with_suffix(".md").write_text(markdown(results))
+    print(markdown(results))
 
 
 def sgd_momentum(params: Iterator[nn.Parameter]) -> torch.optim.Optimizer:

@@ -28,15 +28,12 @@ import json
 import math
 import statistics
 import sys
-import time
-from pathlib import Path
 from typing import Any
 
 import common
 import torch
 from tables import fmt, table
 
-RESULTS_DIR = common.ROOT / "benchmarks" / "results"
 DEFAULT_MODELS = ("mlp", "cnn", "gpt")
 
 
@@ -124,33 +121,27 @@ def run_model(name: str, args) -> dict[str, Any]:
     )
 
     setup = common.build_setup(name, quick=args.quick)
-    net = setup.fresh_net(torch.device("cpu")).train()
-    opt = setup.optimizer(net.parameters())
-    rows, previous, batches = [], None, iter(())
     fixed = setup.batch(torch.device("cpu"))  # the probe batch of --batch fixed
-    start = time.time()
-    for step in range(args.firings * args.cadence):
-        try:
-            x, y = next(batches)
-        except StopIteration:
-            batches = iter(setup.datamodule.train_dataloader())
-            x, y = next(batches)
-        if step % args.cadence == 0:
-            px, py = fixed if args.batch == "fixed" else (x, y)
-            params = {k: p.detach() for k, p in trainable_params(net).items()}
-            dim = sum(p.numel() for p in params.values())
-            matvec = hvp_double_backward(functional_loss(net, px, py, common.loss_fn), params)
-            row, previous = fire(matvec, dim, previous, args, seed=step)
-            rows.append({"step": step, **row})
-        opt.zero_grad(set_to_none=True)
-        common.loss_fn(net(x), y).backward()
-        opt.step()
-    return {
-        "description": setup.description,
-        "num_params": setup.num_params,
-        "seconds": time.time() - start,
-        "firings": rows,
+    previous = None
+
+    def firing(step: int, net, x, y) -> dict[str, Any]:
+        nonlocal previous
+        px, py = fixed if args.batch == "fixed" else (x, y)
+        params = {k: p.detach() for k, p in trainable_params(net).items()}
+        dim = sum(p.numel() for p in params.values())
+        matvec = hvp_double_backward(functional_loss(net, px, py, common.loss_fn), params)
+        row, previous = fire(matvec, dim, previous, args, seed=step)
+        return row
+
+    record = common.run_firings(setup, args.cadence, args.firings, firing)
+    record["summary"] = summarize(record)
+    record["settings"] = {
+        "firings": args.firings,
+        "ref_tol": args.ref_tol,
+        "ref_cap": args.ref_cap,
+        "ref_trace_cap": args.ref_trace_cap,
     }
+    return record
 
 
 def summarize(model: dict[str, Any]) -> dict[str, Any]:
@@ -256,48 +247,22 @@ def main(argv: list[str] | None = None) -> int:
     from optprobe.estimators.lanczos import DEFAULT_MAX_ITERS
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="few firings")
-    parser.add_argument("--models", default=",".join(DEFAULT_MODELS), help="comma-separated")
-    parser.add_argument("--cadence", type=int, default=64, help="training steps between firings")
-    parser.add_argument("--firings", type=int, default=None, help="default 8 (quick 4)")
+    common.add_firing_arguments(parser, DEFAULT_MODELS, firings=8)
     parser.add_argument("--ref-tol", type=float, default=1e-6)
     parser.add_argument("--ref-cap", type=int, default=300)
     parser.add_argument("--trace-cap", type=int, default=20, help="HVPs for the trace")
     parser.add_argument("--ref-trace-cap", type=int, default=200, help="reference trace HVPs")
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
         "--batch", default="current", choices=("current", "fixed"), help="probe batch"
     )
-    parser.add_argument("--out-dir", default=str(RESULTS_DIR))
     args = parser.parse_args(argv)
-    args.firings = args.firings or (4 if args.quick else 8)
-    torch.set_num_threads(args.threads)
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     suffix = "" if args.batch == "current" else "-fixed-batch"
-    path = out / f"curvature-cpu-{'quick' if args.quick else 'full'}{suffix}.json"
-    # one file for all models: a run of some models replaces their rows and keeps the others
-    results = json.loads(path.read_text()) if path.exists() else {"models": {}}
+    path, results = common.firing_results(args, "curvature", suffix)
     batch = "the step's batch" if args.batch == "current" else "one fixed batch"
     results.update(
         batch=batch, cadence=args.cadence, lanczos_cap=DEFAULT_MAX_ITERS, trace_cap=args.trace_cap
     )
-    for name in args.models.split(","):
-        started = time.gmtime()
-        res = run_model(name, args)
-        res["summary"] = summarize(res)
-        res["command"] = "python benchmarks/curvature_accuracy.py " + " ".join(sys.argv[1:])
-        res["started"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", started)
-        res["settings"] = {
-            "firings": args.firings,
-            "ref_tol": args.ref_tol,
-            "ref_cap": args.ref_cap,
-            "ref_trace_cap": args.ref_trace_cap,
-        }
-        results["models"][name] = res
-        path.write_text(json.dumps(results, indent=1))
-        path.with_suffix(".md").write_text(markdown(results))
-    print(markdown(results))
+    common.run_models(path, results, args, run_model, markdown)
     return 0
 
 

@@ -90,3 +90,31 @@ def test_rounding_noise_makes_no_constant():
     assert out.constants["L_eff_max"] == pytest.approx(8e-3)  # not 2e-7 / 1e-8 = 20
     assert out.constants["rho"] == pytest.approx(0.0)  # gaps 5e-7, 2e-7 within tolerance: 0
     assert out.constants["gamma"] == pytest.approx(np.quantile([0.5, 1.0, 0.75], 0.5))
+
+
+def test_path_l_leaves_out_a_subsampled_lambda_max():
+    """λ_max from HVPs on a subset of the batch is the curvature of another function: the path
+    L (and its note) then comes from smooth_lip alone; with the whole batch it is the max."""
+    from optprobe.analysis.variant_checks import with_derived_bounds
+
+    n, nan = 20, np.nan
+    rng = np.random.default_rng(0)
+    lip = rng.uniform(1, 2, n)
+    lam = np.full(n, nan)
+    lam[::5] = [3.0, 8.0, 4.0, 5.0]  # above every smooth_lip
+    columns = dict(
+        step__smooth_lip=lip,
+        step__inst_gap_old=rng.normal(size=n),
+        step__update_norm=rng.uniform(0.5, 2.0, n),
+        step__lin_old=rng.normal(size=n),
+        curv__lambda_max=lam,
+    )
+    whole = frame(n, **columns)
+    examples = np.where(np.isnan(lam), nan, 8.0)
+    subset = frame(n, **columns, curv__hvp_examples=examples)
+    assert verdict_from_metrics(whole).constants["L_path"] == pytest.approx(8.0)
+    assert verdict_from_metrics(subset).constants["L_path"] == pytest.approx(lip.max())
+    _, notes = with_derived_bounds(whole)
+    assert notes["step/path"].endswith("max of step/smooth_lip and curv/lambda_max")
+    _, notes = with_derived_bounds(subset)
+    assert notes["step/path"].endswith("max of step/smooth_lip")

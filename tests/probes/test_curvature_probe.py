@@ -91,6 +91,45 @@ def test_eigenvalues_trace_esd_and_sharpness_match_dense_hessian(tmp_path, monke
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_subsampled_hvps_measure_the_hessian_of_the_drawn_examples(monkeypatch):
+    """hvp_examples=k: each firing draws k distinct examples of the step's batch, and λ_max,
+    λ_min and the trace are those of the dense Hessian of the loss on exactly those."""
+    x, y = make_data()
+    net = make_mlp()
+    probe = CurvatureProbe(every_n_steps=1, trace_max_matvecs=100, hvp_examples=5, **LANCZOS)
+    drawn = []
+    draw = probe.hvp_batch
+
+    def recording(inputs, targets):
+        sub = draw(inputs, targets)
+        drawn.append((inputs, targets, sub))
+        return sub
+
+    monkeypatch.setattr(probe, "hvp_batch", recording)
+    _, _, recorder, sink = fit(net, x, y, callbacks=[probe], steps=3, batch_size=16)
+    assert sink.series("curv/hvp_examples") == {0: 5.0, 1: 5.0, 2: 5.0}
+    picks = []
+    for t, (rec, (inputs, targets, (sx, sy))) in enumerate(zip(recorder.steps, drawn)):
+        rows = [int(torch.nonzero((inputs == row).flatten(1).all(1))[0]) for row in sx]
+        assert len(set(rows)) == 5 and torch.equal(targets[rows], sy)  # 5 distinct examples
+        picks.append(rows)
+        evals = torch.linalg.eigvalsh(dense_hessian(net, rec.params, [(sx, sy)]))
+        full = torch.linalg.eigvalsh(dense_hessian(net, rec.params, rec.batches))
+        assert sink.series("curv/lambda_max")[t] == pytest.approx(float(evals[-1]), rel=1e-3)
+        assert sink.series("curv/lambda_min")[t] == pytest.approx(float(evals[0]), rel=1e-3)
+        assert abs(float(evals[-1] - full[-1])) > 1e-3 * float(full[-1])  # another function
+        trace, stderr = sink.series("curv/trace")[t], sink.series("curv/trace_stderr")[t]
+        assert abs(trace - float(evals.sum())) <= 3 * stderr
+    assert len({tuple(p) for p in picks}) > 1  # a new draw per firing
+
+
+def test_subsample_no_smaller_than_the_batch_is_the_whole_batch():
+    x, y = make_data(n=8)
+    whole = CurvatureProbe(hvp_examples=8).hvp_batch(x, y)
+    assert whole[0] is x and whole[1] is y
+    assert CurvatureProbe().hvp_batch(x, y)[0] is x
+
+
 class AdamStateSnapshot(Callback):
     """Copies (exp_avg_sq, step) of every trainable parameter before each optimizer step."""
 
@@ -247,6 +286,7 @@ def test_non_finite_steps_are_skipped_not_fatal():
         ({"esd": "yes"}, "probes.curvature.esd"),
         ({"esd_iters": 0}, "probes.curvature.esd_iters"),
         ({"seed": 1.5}, "probes.curvature.seed"),
+        ({"hvp_examples": 0}, "probes.curvature.hvp_examples"),
         ({"hutchinson_samples": 10}, "probes.curvature.hutchinson_samples was removed"),
     ],
 )

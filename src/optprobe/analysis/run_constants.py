@@ -21,6 +21,7 @@ from optprobe.estimators.identities import effective_smoothness, weak_convexity
 
 LAMBDA_MAX_KEY = "curv/lambda_max"
 PRECOND_LAMBDA_MAX_KEY = "curv/precond_lambda_max"
+HVP_EXAMPLES_KEY = "curv/hvp_examples"
 
 
 def scheme_suffix(prefix: str) -> str:
@@ -52,15 +53,24 @@ def undefined_smooth_eff(df: pd.DataFrame, prefix: str) -> int | None:
     return int(np.count_nonzero(checked & np.isnan(eff)))
 
 
-def path_smoothness(df: pd.DataFrame, prefix: str, suffix: str = "") -> float | None:
-    """The ``path`` L: the max over the whole run of ``<prefix>/smooth_lip`` and
-    ``curv/lambda_max`` (every global L is at least this); None without either. With
-    ``suffix="_P"`` the same in the optimizer's norm: ``smooth_lip_P`` and
-    ``curv/precond_lambda_max`` (λ_max(P⁻¹H) is the ‖·‖_P-Lipschitz constant of the quadratic
-    model's gradient; logged only for diagonal preconditioners)."""
+def path_sources(df: pd.DataFrame, prefix: str, suffix: str = "") -> list[str]:
+    """The keys the ``path`` L takes its max over: ``<prefix>/smooth_lip`` and
+    ``curv/lambda_max`` (``suffix="_P"``: ``smooth_lip_P`` and ``curv/precond_lambda_max``),
+    those with a finite value. The curvature key is left out when its HVPs ran on a subset of
+    the batch (``curv/hvp_examples`` logged): the Hessian of another function."""
     curvature = PRECOND_LAMBDA_MAX_KEY if suffix else LAMBDA_MAX_KEY
-    found = [finite_values(df, k) for k in (f"{prefix}/smooth_lip{suffix}", curvature)]
-    found = [v for v in found if v is not None]
+    keys = [f"{prefix}/smooth_lip{suffix}"]
+    if finite_values(df, HVP_EXAMPLES_KEY) is None:
+        keys.append(curvature)
+    return [k for k in keys if finite_values(df, k) is not None]
+
+
+def path_smoothness(df: pd.DataFrame, prefix: str, suffix: str = "") -> float | None:
+    """The ``path`` L: the max over the whole run of the keys of :func:`path_sources`
+    (every global L is at least this); None without any. In the optimizer's norm
+    (``suffix="_P"``) λ_max(P⁻¹H) is the ‖·‖_P-Lipschitz constant of the quadratic model's
+    gradient (logged only for diagonal preconditioners)."""
+    found = [finite_values(df, k) for k in path_sources(df, prefix, suffix)]
     return float(max(v.max() for v in found)) if found else None
 
 

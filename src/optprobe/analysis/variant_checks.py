@@ -24,7 +24,7 @@ import pandas as pd
 
 from optprobe.analysis.columns import finite, present, rows
 from optprobe.analysis.fits import interleaved_split
-from optprobe.analysis.run_constants import local_smoothness, path_smoothness
+from optprobe.analysis.run_constants import local_smoothness, path_smoothness, path_sources
 from optprobe.analysis.run_intervals import run_interval
 from optprobe.analysis.stats import quantile_regression_line
 from optprobe.assumptions import GEOMETRY_SUFFIX, SCHEMES, Variant, all_variants
@@ -105,7 +105,7 @@ def with_derived_bounds(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]
         if path is not None:
             out[f"{prefix}/descent_bound_path"] = descent_bound(lin, norm, path)
             notes[f"{prefix}/path"] = (
-                f"L = {path:.4g}, the run's max of {prefix}/smooth_lip and curv/lambda_max"
+                f"L = {path:.4g}, the run's max of {' and '.join(path_sources(df, prefix))}"
             )
         out, notes = _with_path_bound_P(out, notes, prefix)
         local = local_smoothness(df, prefix)
@@ -127,9 +127,10 @@ def _with_path_bound_P(
         return df, notes
     lin, norm = df[f"{prefix}/lin_old"].to_numpy(float), df[norm_key].to_numpy(float)
     df[f"{prefix}/descent_bound_path{GEOMETRY_SUFFIX}"] = descent_bound(lin, norm, path)
+    sources = " and ".join(path_sources(df, prefix, GEOMETRY_SUFFIX))
     notes[f"{prefix}/path/optimizer"] = (
-        f"L_P = {path:.4g}, the run's max of {prefix}/smooth_lip_P (dual-norm ratio in the "
-        "optimizer's norm) and curv/precond_lambda_max"
+        f"L_P = {path:.4g}, the run's max of {sources} (smooth_lip_P: the dual-norm ratio in "
+        "the optimizer's norm)"
     )
     return df, notes
 
