@@ -13,8 +13,9 @@ Variants. An assumption is judged once per *variant*: one value on each of its a
 metrics.md §1, §1a):
 
 - ``L`` (descent bound): ``path`` (hindsight: the run's max of max(smooth_lip, λ_max), λ_max
-  left out when its HVPs ran on a subset of the batch; the headline), ``past`` (online: max of smooth_lip over earlier probed steps), ``local``
-  (directional: ``curv_dir`` where logged; never ``smooth_eff``, whose bound is D_t itself).
+  left out when its HVPs ran on a subset of the batch; the headline), ``past`` (online: max
+  of smooth_lip over earlier probed steps), ``local`` (directional: ``curv_dir`` where
+  logged; never ``smooth_eff``, whose bound is D_t itself).
 - ``score`` (convexity along the step): ``valid`` (the identity holds; the headline) or
   ``valid_informative`` (it holds *and* certifies a decrease, ⟨g⁺_t, Δ_t⟩ < 0).
 - ``geometry`` (descent bound, (L0,L1)-smoothness; docs/metrics.md §7): ``euclidean`` (‖·‖₂,

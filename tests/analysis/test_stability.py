@@ -58,6 +58,15 @@ def test_undefined_threshold_is_left_out_with_the_reason():
     assert "curv/sharpness_ratio not logged" in no_curvature[EXCLUDED]
 
 
+def test_subsampled_curvature_is_left_out_with_the_reason():
+    """η·λ_max on a random subset of the batch is not the ratio of the step's batch."""
+    columns = dict(curv__sharpness_ratio=[0.5, 3.0], curv__stability_threshold=[2.0, 2.0])
+    assert stability_columns(frame(2, **columns))[FIRINGS] == 2
+    cols = stability_columns(frame(2, **columns, curv__hvp_examples=[8.0, 8.0]))
+    assert math.isnan(cols[MEDIAN]) and cols[FIRINGS] == 0
+    assert "subset of the batch" in cols[EXCLUDED] and "hvp_examples" in cols[EXCLUDED]
+
+
 def test_runs_table_carries_the_ratio_and_leaves_lion_out(tmp_path):
     """Through job folders and build_tables: runs.csv columns per run."""
     base = {"curv/sharpness_ratio": np.r_[4.0, [NAN] * 39]}

@@ -16,7 +16,8 @@ Per run (columns of runs.csv): the median of r_t over the firings (``stability:m
 quartiles (``stability:q25``, ``stability:q75``), the fraction of firings with r_t > 1
 (``stability:above_1``) and the number of firings used (``stability:firings``). A run without a
 defined threshold (Lion, Muon, Schedule-Free, ...), or without the keys, gets NaN there and the
-reason in ``stability:excluded``.
+reason in ``stability:excluded``; so does a run whose curvature HVPs ran on a subset of the
+batch (``curv/hvp_examples``): its λ_max is another function's.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from optprobe.analysis.columns import finite, rows
+from optprobe.analysis.columns import finite, finite_values, rows
+from optprobe.analysis.run_constants import HVP_EXAMPLES_KEY
 
 RATIO_KEY = "curv/sharpness_ratio"
 THRESHOLD_KEY = "curv/stability_threshold"
@@ -59,6 +61,11 @@ def stability_ratios(
         return f"{RATIO_KEY} not logged (no curvature probe, or no optimizer step probed)"
     if THRESHOLD_KEY not in history.columns:
         return f"{THRESHOLD_KEY} not logged"
+    if finite_values(history, HVP_EXAMPLES_KEY) is not None:
+        return (
+            f"curvature on a subset of the batch ({HVP_EXAMPLES_KEY}, probes.curvature."
+            "hvp_examples): the stability ratio is defined by the step's whole batch"
+        )
     fired = pd.to_numeric(history[RATIO_KEY], errors="coerce").notna()
     threshold = pd.to_numeric(history[THRESHOLD_KEY], errors="coerce")[fired]
     if not np.isfinite(threshold.to_numpy(float)).any():
