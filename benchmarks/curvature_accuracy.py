@@ -12,6 +12,9 @@ same Hessian (double-backward HVPs):
 - the default cold start: ``extreme_eigenvalues`` with the default cap and tolerance 1e-3;
 - the warm start: the same, started from the previous firing's warm (or first, cold) Ritz
   vectors of lambda_max and lambda_min, as the curvature probe does;
+- both with each stopping rule (``ERROR_BOUNDS``, from the same start vectors): the default
+  Ritz residual bound ``r`` and the gap-refined ``min(r, r^2 / gap)`` (the reference uses
+  ``r``);
 - the trace: today's 10 Hutchinson samples, and ``hutchpp_trace`` to 10 % relative standard
   error deflated by the cold and by the warm Lanczos basis.
 
@@ -59,14 +62,21 @@ def _errors(est, ref) -> tuple[float, float]:
 def fire(matvec, dim: int, previous, args, seed: int) -> tuple[dict[str, Any], Any]:
     """One firing: reference, cold, warm and the trace estimates on one Hessian."""
     from optprobe.estimators.hutchinson import hutchinson_trace, hutchpp_trace
-    from optprobe.estimators.lanczos import extreme_eigenvalues
+    from optprobe.estimators.lanczos import ERROR_BOUNDS, extreme_eigenvalues
 
     gen = torch.Generator().manual_seed(seed)
-    ref = extreme_eigenvalues(matvec, dim, args.ref_cap, args.ref_tol, generator=gen)
-    cold = extreme_eigenvalues(matvec, dim, generator=gen)
-    warm = None
-    if previous is not None:
-        warm = extreme_eigenvalues(matvec, dim, generator=gen, warm_start=previous)
+    ref = extreme_eigenvalues(
+        matvec, dim, args.ref_cap, args.ref_tol, generator=gen, bound="residual"
+    )
+    runs = {}
+    start = gen.get_state()
+    for bound in ERROR_BOUNDS:  # paired: each stopping rule from the same start vectors
+        gen.set_state(start)
+        runs[label_of("cold", bound)] = extreme_eigenvalues(matvec, dim, generator=gen, bound=bound)
+        if previous is not None:
+            runs[label_of("warm", bound)] = extreme_eigenvalues(
+                matvec, dim, generator=gen, warm_start=previous, bound=bound
+            )
     tr_ref = hutchpp_trace(
         matvec, dim, 0.01, 200, basis=ref.basis, basis_trace=ref.basis_trace, generator=gen
     )
@@ -80,9 +90,7 @@ def fire(matvec, dim: int, previous, args, seed: int) -> tuple[dict[str, Any], A
             "trace_stderr": tr_ref.stderr,
         },
     }
-    for label, est in (("cold", cold), ("warm", warm)):
-        if est is None:
-            continue
+    for label, est in runs.items():
         err_max, err_min = _errors(est, ref)
         tr = hutchpp_trace(
             matvec,
@@ -109,7 +117,19 @@ def fire(matvec, dim: int, previous, args, seed: int) -> tuple[dict[str, Any], A
         "err_rel": abs(h_trace - tr_ref.trace) / abs(tr_ref.trace),
     }
     print(json.dumps(row), flush=True)
-    return row, (warm or cold).ritz_vectors
+    default = runs.get(label_of("warm", ERROR_BOUNDS[0]), runs[label_of("cold", ERROR_BOUNDS[0])])
+    return row, default.ritz_vectors
+
+
+def label_of(start: str, bound: str) -> str:
+    """Row label of a Lanczos run: its start (cold, warm) and stopping rule."""
+    return f"{start} {bound}"
+
+
+def labels() -> list[str]:
+    from optprobe.estimators.lanczos import ERROR_BOUNDS
+
+    return [label_of(start, b) for b in ERROR_BOUNDS for start in ("cold", "warm")]
 
 
 def run_model(name: str, args) -> dict[str, Any]:
@@ -148,7 +168,7 @@ def summarize(model: dict[str, Any]) -> dict[str, Any]:
     """Per model: converged fraction, HVPs and worst error, cold vs warm; trace costs."""
     out: dict[str, Any] = {}
     rows = model["firings"]
-    for label in ("cold", "warm"):
+    for label in labels():
         got = [r[label] for r in rows if label in r]
         if not got:
             continue
@@ -193,7 +213,7 @@ def markdown(results: dict[str, Any]) -> str:
     lines.append("")
     header = [
         "model",
-        "start",
+        "start, error bound",
         "firings",
         "converged",
         "HVPs/firing",
@@ -207,7 +227,7 @@ def markdown(results: dict[str, Any]) -> str:
     rows = []
     for name, res in results["models"].items():
         s = res["summary"]
-        for label in ("cold", "warm"):
+        for label in labels():
             if label in s:
                 c = s[label]
                 rows.append(

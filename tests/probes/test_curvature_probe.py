@@ -280,6 +280,7 @@ def test_non_finite_steps_are_skipped_not_fatal():
         ({"hvp": "bogus"}, "probes.curvature.hvp"),
         ({"lanczos_iters": 0}, "probes.curvature.lanczos_iters"),
         ({"tol": 0.0}, "probes.curvature.tol"),
+        ({"error_bound": "kato"}, "probes.curvature.error_bound"),
         ({"trace_max_matvecs": 1}, "probes.curvature.trace_max_matvecs"),
         ({"trace_rel_se": 0.0}, "probes.curvature.trace_rel_se"),
         ({"warm_start": "no"}, "probes.curvature.warm_start"),

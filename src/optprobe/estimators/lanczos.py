@@ -43,6 +43,10 @@ DEFAULT_MAX_ITERS = 80
 #: share of the vector's norm (Kahan and Parlett's "twice is enough" criterion, 1/sqrt(2)).
 REORTH_RATIO = 2**-0.5
 
+#: Error bounds that can stop :func:`extreme_eigenvalues`, the default first (see
+#: :func:`gap_refined_bound`).
+ERROR_BOUNDS = ("residual", "gap")
+
 #: Weight of the random component of a warm start vector (relative to the previous Ritz
 #: vectors, each of unit norm): it makes the start touch every eigenvector with probability one.
 WARM_NOISE = 1e-2
@@ -56,9 +60,12 @@ class EigenEstimate:
     ``|theta_max|``; ``rel_residual_min`` is the bound of the bottom Ritz value over the
     spectrum's scale ``max(|theta_max|, |theta_min|)``, so that a zero eigenvalue (a singular
     Hessian) converges. The true eigenvalue nearest to ``theta`` lies within the bound of it.
-    ``converged`` says both are at most the requested ``tol``, or that Lanczos hit an invariant
-    subspace or exhausted the space (both exact up to rounding); False means the cap
-    ``max_iters`` was hit first. Lanczos only sees the part of the spectrum its start vector
+    ``rel_error_max`` and ``rel_error_min`` are the error bounds the stopping rule used, on the
+    same scales: the residual bounds themselves (``bound="residual"``) or their gap-refined
+    ``min(r, r^2 / gap)`` (``bound="gap"``, :func:`gap_refined_bound`).
+    ``converged`` says both error bounds are at most the requested ``tol``, or that Lanczos hit
+    an invariant subspace or exhausted the space (both exact up to rounding); False means the
+    cap ``max_iters`` was hit first. Lanczos only sees the part of the spectrum its start vector
     touches, so ``converged`` means "these are eigenvalues", which is "the extreme eigenvalues"
     with probability one for a start vector with a random component.
 
@@ -75,6 +82,8 @@ class EigenEstimate:
     converged: bool
     rel_residual_max: float
     rel_residual_min: float
+    rel_error_max: float
+    rel_error_min: float
     ritz_vectors: Tensor | None = None
     basis: Tensor | None = None
     basis_trace: float = math.nan
@@ -284,21 +293,44 @@ def warm_start_vector(
     return start + WARM_NOISE * noise / torch.linalg.vector_norm(noise)
 
 
-def _ritz_bounds(lanczos: _Lanczos, block_start: int) -> tuple[float, float, float, float]:
-    """``(theta_max, theta_min, bound_max, bound_min)`` of the block of ``T`` from
-    ``block_start`` on: its extreme Ritz values and their residual bounds ``|beta_k s_k|``."""
+def _ritz_bounds(
+    lanczos: _Lanczos, block_start: int, bound: str
+) -> tuple[float, float, float, float, float, float]:
+    """``(theta_max, theta_min, res_max, res_min, err_max, err_min)`` of the block of ``T`` from
+    ``block_start`` on: its extreme Ritz values, their residual bounds ``r = |beta_k s_k|`` and
+    their error bounds (``r`` itself for ``bound="residual"``; ``min(r, r^2 / gap)`` for
+    ``bound="gap"``, see :func:`gap_refined_bound`)."""
     t = lanczos.tridiagonal()[block_start:, block_start:]
     evals, evecs = torch.linalg.eigh(t)
-    return (
-        float(evals[-1]),
-        float(evals[0]),
-        abs(lanczos.residual * float(evecs[-1, -1])),
-        abs(lanczos.residual * float(evecs[-1, 0])),
-    )
+    res = (lanczos.residual * evecs[-1]).abs()
+    theta = [float(x) for x in evals]
+    r = [float(x) for x in res]
+    err_max, err_min = r[-1], r[0]
+    if bound == "gap" and len(theta) > 1:
+        err_max = gap_refined_bound(r[-1], theta[-1] - theta[-2] - r[-2])
+        err_min = gap_refined_bound(r[0], theta[1] - theta[0] - r[1])
+    return theta[-1], theta[0], r[-1], r[0], err_max, err_min
+
+
+def gap_refined_bound(residual: float, gap: float) -> float:
+    """Error bound of an extreme Ritz value with residual bound ``residual`` whose nearest other
+    eigenvalue is at least ``gap`` away: ``min(residual, residual^2 / gap)`` (Kato-Temple;
+    Parlett, The Symmetric Eigenvalue Problem, 11.7), or ``residual`` when ``gap <= 0``.
+
+    The gap is estimated from the next Ritz value, moved towards the extreme by its own
+    residual bound; an eigenvalue Lanczos has not yet seen between the two would make the gap
+    smaller than estimated, the same proviso as "the extreme" for any Krylov method.
+    """
+    if gap <= 0.0:
+        return residual
+    return min(residual, residual * residual / gap)
 
 
 def _estimate(
-    lanczos: _Lanczos, converged: bool, rel: tuple[float, float], to_max: int | None
+    lanczos: _Lanczos,
+    converged: bool,
+    rel: tuple[float, float, float, float],
+    to_max: int | None,
 ) -> EigenEstimate:
     """The extremes of the whole ``T`` (block diagonal after a restart, so they are the
     extremes over all blocks), their Ritz vectors, the basis and ``tr(T)``."""
@@ -313,6 +345,8 @@ def _estimate(
         converged=converged,
         rel_residual_max=rel[0],
         rel_residual_min=rel[1],
+        rel_error_max=rel[2],
+        rel_error_min=rel[3],
         ritz_vectors=ritz,
         basis=basis,
         basis_trace=float(sum(lanczos.alphas)),
@@ -328,15 +362,21 @@ def extreme_eigenvalues(
     generator: torch.Generator | None = None,
     device: Device = None,
     warm_start: Tensor | None = None,
+    bound: str = "residual",
 ) -> EigenEstimate:
     """Largest and smallest (signed) eigenvalues of the symmetric operator ``matvec`` by Lanczos.
 
     Starts from a Gaussian vector, or, with ``warm_start`` (m, dim: earlier Ritz vectors, e.g.
     the previous firing's ``ritz_vectors``), from :func:`warm_start_vector`. Adds one Lanczos
     vector (one matvec) at a time and, after each, computes the Ritz values ``theta`` of the
-    tridiagonal ``T_k`` and their a-posteriori residual bounds ``|beta_k s_k|`` (``s_k``: last
-    component of the Ritz vector; an eigenvalue lies within it). Stops as soon as the bound of
-    the largest Ritz value is ``<= tol * |theta_max|`` and that of the smallest is ``<= tol *
+    tridiagonal ``T_k`` and their a-posteriori residual bounds ``r = |beta_k s_k|`` (``s_k``:
+    last component of the Ritz vector; an eigenvalue lies within ``r``). The error bound of an
+    extreme Ritz value is ``r`` (``bound="residual"``, the default) or ``min(r, r^2 / gap)``
+    with the gap to the next Ritz value (``bound="gap"``: a Ritz value's error shrinks with
+    the square of its residual once it is separated from the rest of the spectrum, so it
+    stops sooner, but the gap is estimated from Ritz values and is too large when an unseen
+    eigenvalue lies close to the extreme; :func:`gap_refined_bound`). Stops as soon as the error bound of the largest
+    Ritz value is ``<= tol * |theta_max|`` and that of the smallest is ``<= tol *
     max(|theta_max|, |theta_min|)`` (the spectrum's scale: a zero eigenvalue converges), or
     after ``max_iters`` matvecs (``converged`` False). On a first breakdown (an invariant
     subspace: its Ritz values are exact eigenvalues, but the start vector may have missed the
@@ -349,6 +389,7 @@ def extreme_eigenvalues(
     check_int("dim", dim, 1, hint=DIM_HINT)
     check_int("max_iters", max_iters, 1, example=DEFAULT_MAX_ITERS, hint="the most matvecs")
     check_number("tol", tol, low=0, low_open=True, example="1e-3", hint="relative tolerance")
+    check_choice("bound", bound, ERROR_BOUNDS, hint="the Ritz value error bound that stops Lanczos")
     if warm_start is not None and (warm_start.ndim != 2 or warm_start.shape[1] != dim):
         raise ValueError(
             f"warm_start has shape {tuple(warm_start.shape)}; it must be (m, dim={dim}): "
@@ -364,19 +405,20 @@ def extreme_eigenvalues(
     block_start = 0  # a restart after a breakdown begins a new, decoupled block
     restarts_left = 1
     converged = False
-    rel = (math.inf, math.inf)
+    rel = (math.inf,) * 4
     to_max = None
     while lanczos.k < capacity:
         broke_down = lanczos.step()
-        theta_max, theta_min, bound_max, bound_min = _ritz_bounds(lanczos, block_start)
+        theta_max, theta_min, *bounds = _ritz_bounds(lanczos, block_start, bound)
         scale = max(abs(theta_max), abs(theta_min), tiny)
         # floor |theta_max| so an exactly-zero top eigenvalue gives a finite relative bound
-        rel = (bound_max / max(abs(theta_max), 1e-12 * scale), bound_min / scale)
+        top = max(abs(theta_max), 1e-12 * scale)
+        rel = (bounds[0] / top, bounds[1] / scale, bounds[2] / top, bounds[3] / scale)
         # Convergence is judged on the current block alone: it is a Lanczos run from a random
         # vector in the complement of the earlier block, so it sees the rest of the spectrum.
         # A breakdown is exact (an invariant subspace): its Ritz values are eigenvalues.
-        converged = lanczos.exhausted or broke_down or max(rel) <= tol
-        if to_max is None and (rel[0] <= tol or converged):
+        converged = lanczos.exhausted or broke_down or max(rel[2:]) <= tol
+        if to_max is None and (rel[2] <= tol or converged):
             to_max = lanczos.k
         if broke_down and restarts_left and not lanczos.exhausted and lanczos.k < capacity:
             # The start vector may have missed the extreme eigenvectors (it lies in an invariant

@@ -28,7 +28,12 @@ from optprobe.estimators.functional import (
     trainable_params,
 )
 from optprobe.estimators.hutchinson import hutchpp_trace
-from optprobe.estimators.lanczos import DEFAULT_MAX_ITERS, EigenEstimate, extreme_eigenvalues
+from optprobe.estimators.lanczos import (
+    DEFAULT_MAX_ITERS,
+    ERROR_BOUNDS,
+    EigenEstimate,
+    extreme_eigenvalues,
+)
 from optprobe.estimators.preconditioning import preconditioned_matvec
 from optprobe.estimators.spectral_density import spectral_density
 from optprobe.log import warn
@@ -58,9 +63,13 @@ class CurvatureProbe(ProbeCallback):
 
     - ``curv/lambda_max``, ``curv/lambda_min``: largest and smallest (signed) eigenvalue of H
       by Lanczos with full reorthogonalization (``extreme_eigenvalues``), run until both Ritz
-      residual bounds ``|beta_k s_k|`` are ``<= tol`` relative (lambda_max: to
-      ``|lambda_max|``; lambda_min: to the spectrum's scale ``max(|lambda_max|,
-      |lambda_min|)``, so a zero eigenvalue converges) or ``lanczos_iters`` HVPs were spent.
+      values' error bounds are ``<= tol`` relative (lambda_max: to ``|lambda_max|``;
+      lambda_min: to the spectrum's scale ``max(|lambda_max|, |lambda_min|)``, so a zero
+      eigenvalue converges) or ``lanczos_iters`` HVPs were spent. The error bound is set by
+      ``error_bound``: ``residual`` (default) the Ritz residual bound ``r = |beta_k s_k|``;
+      ``gap``: ``min(r, r^2 / gap)`` with the gap to the next Ritz value, fewer HVPs but
+      over-optimistic when eigenvalues cluster at the extreme (measured in
+      benchmarks/curvature_accuracy.py and tests/estimators/test_lanczos_bounds.py).
       With ``warm_start`` every firing after the first starts from the previous firing's
       Ritz vectors of lambda_max and lambda_min (plus a small random component).
     - ``curv/lanczos_matvecs``: HVPs Lanczos used (<= ``lanczos_iters``).
@@ -112,7 +121,8 @@ class CurvatureProbe(ProbeCallback):
 
     Args (Hydra ``probes.curvature.*``; the cadence and batch arguments are the base's):
         lanczos_iters: cap on the HVPs of each Lanczos run (>= 1).
-        tol: relative tolerance on the Ritz residual bounds (> 0).
+        tol: relative tolerance on the Ritz values' error bounds (> 0).
+        error_bound: ``gap`` or ``residual``, the error bound that stops Lanczos (above).
         trace_rel_se: target relative standard error of the trace (> 0).
         trace_max_matvecs: cap on the HVPs of the trace (>= 2, for a standard error).
         warm_start: start each firing's Lanczos from the previous firing's Ritz vectors (kept
@@ -136,6 +146,7 @@ class CurvatureProbe(ProbeCallback):
         every_n_steps: int = 50,
         lanczos_iters: int = DEFAULT_MAX_ITERS,
         tol: float = 1e-3,
+        error_bound: str = "residual",
         trace_rel_se: float = 0.1,
         trace_max_matvecs: int = 20,
         warm_start: bool = True,
@@ -160,6 +171,7 @@ class CurvatureProbe(ProbeCallback):
         key = self.config_key
         self.lanczos_iters = check_int(f"{key}.lanczos_iters", lanczos_iters, 1)
         self.tol = check_number(f"{key}.tol", tol, low=0, low_open=True, example="1e-3")
+        self.error_bound = check_choice(f"{key}.error_bound", error_bound, ERROR_BOUNDS)
         self.trace_rel_se = check_number(
             f"{key}.trace_rel_se", trace_rel_se, low=0, low_open=True, example="0.1"
         )
@@ -219,7 +231,15 @@ class CurvatureProbe(ProbeCallback):
         matvec = self.matvec(net, loss_fn, inputs, targets)
         rng = {"generator": self.generator, "device": device}
         warm = self._warm(self.ritz, dim)
-        eig = extreme_eigenvalues(matvec, dim, self.lanczos_iters, self.tol, warm_start=warm, **rng)
+        eig = extreme_eigenvalues(
+            matvec,
+            dim,
+            self.lanczos_iters,
+            self.tol,
+            warm_start=warm,
+            bound=self.error_bound,
+            **rng,
+        )
         trace = hutchpp_trace(
             matvec,
             dim,
@@ -295,6 +315,7 @@ class CurvatureProbe(ProbeCallback):
             generator=self.generator,
             device=device,
             warm_start=self._warm(self.precond_ritz, dim),
+            bound=self.error_bound,
         )
         self.precond_ritz = pre.ritz_vectors
         return {
