@@ -45,3 +45,29 @@ def test_logistic_regression_with_tiny_steps_reports_no_rounding_noise_constant(
     _, measured = run(1e-2, torch.float32)
     assert measured.undefined == {"step/smooth_eff": 0}
     assert measured.constants["L_eff_max"] == pytest.approx(exact.constants["L_eff_max"], rel=0.05)
+
+
+def test_quadrature_measures_smooth_eff_where_the_loss_difference_cannot():
+    """The same float32 run at lr 1e-4: smooth_eff is undefined on every step, but Simpson's
+    rule from gradients (no loss difference) gives smooth_eff_quad on every step, equal to the
+    float64 run's smooth_eff (which is defined there)."""
+    digits = load_digits()
+    x = torch.tensor(digits.data[:512] / 16.0, dtype=torch.float32).reshape(-1, 1, 8, 8)
+    y = torch.tensor(digits.target[:512])
+
+    def run(dtype: torch.dtype):
+        torch.manual_seed(0)
+        net = LogisticRegression((1, 8, 8), 10).to(dtype)
+        opt = lambda p: torch.optim.SGD(p, lr=1e-4)  # noqa: E731
+        probe = StepProbe(quadrature=True)
+        _, _, _, sink = fit(net, x.to(dtype), y, [probe], steps=20, batch_size=64, optimizer=opt)
+        return sink
+
+    exact, tiny = run(torch.float64), run(torch.float32)
+    assert not tiny.series("step/smooth_eff")  # undefined within the losses' rounding
+    quad = tiny.series("step/smooth_eff_quad")
+    reference = exact.series("step/smooth_eff")
+    assert len(quad) == len(reference) == 20
+    for step, value in reference.items():
+        assert value > 0  # convex: positive curvature along every step
+        assert quad[step] == pytest.approx(value, rel=0.02)

@@ -11,7 +11,7 @@ import torch
 from harness import fit
 from torch.nn import functional as F
 
-from optprobe.estimators.identities import descent_bound, step_quantities
+from optprobe.estimators.identities import descent_bound, simpson_quantities, step_quantities
 from optprobe.models.simple import MLP, LogisticRegression
 from optprobe.probes.step import StepProbe
 
@@ -161,6 +161,48 @@ def test_quadratic_closed_form():
     assert vals["inst_gap"] <= 0 <= vals["inst_gap_old"]
 
 
+def test_simpson_is_exact_for_a_quartic():
+    """Simpson's rule integrates the cubic φ'(s) of a quartic f along the step exactly."""
+    g = torch.Generator().manual_seed(2)
+    a = torch.randn(5, 5, generator=g, dtype=torch.float64)
+    a = a @ a.T
+    b, c = (torch.randn(5, generator=g, dtype=torch.float64) for _ in range(2))
+    f = lambda v: 0.5 * v @ a @ v + (b @ v) ** 3 + (c @ v) ** 4  # noqa: E731
+    grad = torch.func.grad(f)
+    x_t = torch.randn(5, generator=g, dtype=torch.float64)
+    delta = 0.3 * torch.randn(5, generator=g, dtype=torch.float64)
+    vals = simpson_quantities(grad(x_t), grad(x_t + 0.5 * delta), grad(x_t + delta), delta)
+    d = (f(x_t + delta) - f(x_t)).item()
+    assert vals["loss_change_quad"] == pytest.approx(d, rel=1e-12)
+    expected_eff = 2 * (d - (grad(x_t) @ delta).item()) / (delta @ delta).item()
+    assert vals["smooth_eff_quad"] == pytest.approx(expected_eff, rel=1e-10)
+
+
+@pytest.mark.parametrize("scheme", ["same_batch", "fresh_batch"])
+def test_quadrature_keys_match_independent_recomputation_float64(scheme):
+    torch.manual_seed(0)
+    net = MLP((1, 4, 4), 3, hidden=(8,), activation="tanh").double()
+    x, y = data()
+    probe = StepProbe(scheme=scheme, quadrature=True)
+    opt = lambda p: torch.optim.SGD(p, lr=0.3, momentum=0.9)  # noqa: E731
+    _, _, rec, sink = fit(copy.deepcopy(net), x, y, [probe], steps=5, optimizer=opt)
+    quad = sink.series(f"{probe.prefix}/loss_change_quad")
+    eff = sink.series(f"{probe.prefix}/smooth_eff_quad")
+    direct = sink.series(f"{probe.prefix}/loss_change")
+    assert sorted(quad) == sorted(eff) == sorted(direct) and len(quad) >= 4
+    for t, step in enumerate(sorted(quad)):
+        s = rec.steps[t]
+        batches = s.batches if scheme == "same_batch" else rec.steps[t + 1].batches
+        mid = {k: 0.5 * (s.params[k] + s.next_params[k]) for k in s.params}
+        grads = [batch_loss_grad(net, p, batches)[1] for p in (s.params, mid, s.next_params)]
+        delta = flat(s.next_params) - flat(s.params)
+        expected = simpson_quantities(*grads, delta)
+        assert quad[step] == pytest.approx(expected["loss_change_quad"], rel=1e-10, abs=1e-13)
+        assert eff[step] == pytest.approx(expected["smooth_eff_quad"], rel=1e-10)
+        # and Simpson's D is the loss difference up to its O(‖Δ‖⁵) error
+        assert quad[step] == pytest.approx(direct[step], rel=1e-2, abs=1e-6)
+
+
 def test_tiny_updates_are_skipped_and_counted():
     x, y = data()
     probe = StepProbe(min_update_norm=1e9)
@@ -187,6 +229,8 @@ def test_dropout_is_refused_at_setup():
         ({"scheme": "same_batch", "name": "step_fresh"}, "probes.step_fresh.scheme"),
         ({"min_update_norm": -1}, "probes.step.min_update_norm"),
         ({"batch": "fixed"}, "probes.step.batch"),
+        ({"quadrature": True, "old_point_keys": False}, "probes.step.quadrature needs"),
+        ({"quadrature": "yes"}, "probes.step.quadrature"),
     ],
 )
 def test_bad_arguments_name_the_config_key(kwargs, match):
@@ -240,7 +284,8 @@ def test_both_schemes_run_side_by_side_without_changing_the_trajectory():
     x, y = data()
     net = MLP((1, 4, 4), 3, hidden=(8,)).double()
     opt = lambda p: torch.optim.SGD(p, lr=0.2, momentum=0.9)  # noqa: E731
-    same, fresh = StepProbe(), StepProbe(scheme="fresh_batch", name="step_fresh")
+    same = StepProbe(quadrature=True)  # its midpoint pass must not touch training either
+    fresh = StepProbe(scheme="fresh_batch", name="step_fresh")
     _, probed, _, sink = fit(copy.deepcopy(net), x, y, [same, fresh], steps=5, optimizer=opt)
     _, plain, _, _ = fit(copy.deepcopy(net), x, y, [], steps=5, optimizer=opt)
     for a, b in zip(probed.net.parameters(), plain.net.parameters()):

@@ -102,6 +102,31 @@ def step_quantities(
     return out
 
 
+def simpson_quantities(
+    grad_old: Tensor, grad_mid: Tensor, grad_new: Tensor, delta: Tensor
+) -> dict[str, float]:
+    """D_t and smooth_eff by Simpson's rule along the step, from gradients alone (no loss
+    difference, so no rounding floor): with φ(s) = f_t(x_t + sΔ_t), D_t = ∫₀¹ φ'(s) ds and
+    φ'(s) = <g(x_t + sΔ_t), Δ_t>, so
+
+        loss_change_quad = <(g_t + 4 g_mid + g⁺_t) / 6, Δ_t>      (nats; exact for quartic f,
+                                                                     error O(‖Δ‖⁵) otherwise)
+        smooth_eff_quad  = 2 (loss_change_quad - <g_t, Δ_t>) / ‖Δ_t‖²
+                         = (4 <g_mid - g_t, Δ_t> + <g⁺_t - g_t, Δ_t>) / (3 ‖Δ_t‖²)
+
+    with g_mid the gradient at x_t + Δ_t / 2 (flat float64 vectors, one batch). The gradient
+    differences are taken before the inner products, so a small remainder is not the difference
+    of two large numbers. NaN for Δ_t = 0.
+    """
+    sq = float(delta @ delta)
+    lin_old = float(grad_old @ delta)
+    rise = 4.0 * float((grad_mid - grad_old) @ delta) + float((grad_new - grad_old) @ delta)
+    return {
+        "loss_change_quad": lin_old + rise / 6.0,
+        "smooth_eff_quad": rise / (3.0 * sq) if sq > 0 else math.nan,
+    }
+
+
 def descent_bound(lin_old: Any, update_norm: Any, smoothness: Any) -> Any:
     """What an L-smooth analysis predicts for the loss change: <g,Δ> + L/2 ‖Δ‖² (nats);
     floats or numpy arrays."""

@@ -40,7 +40,12 @@ from optprobe.estimators.functional import (
     unflatten_like,
 )
 from optprobe.estimators.geometry import geometry_quantities
-from optprobe.estimators.identities import descent_bound, float_tolerance, step_quantities
+from optprobe.estimators.identities import (
+    descent_bound,
+    float_tolerance,
+    simpson_quantities,
+    step_quantities,
+)
 from optprobe.estimators.layer_groups import ParamGroups, group_step_quantities
 from optprobe.optim.registry import optimizer_geometry
 from optprobe.probes.aggregates import RunningAggregates
@@ -91,7 +96,7 @@ class StepProbe(ProbeCallback):
     ``smooth_lip``, ``smooth_eff`` (not logged where undefined: |D_t − <g_t,Δ_t>| within
     ``float_tol``; ``smooth_eff_undefined`` counts those steps), ``update_cos_old``,
     ``update_cos_new``, ``update_cos_prev``, ``grad_norm``, ``update_norm``, ``curv_dir``
-    (optional), ``float_tol``, ``L_past`` and ``descent_bound_past`` (from the second probed
+    (optional), ``loss_change_quad`` and ``smooth_eff_quad`` (optional), ``float_tol``, ``L_past`` and ``descent_bound_past`` (from the second probed
     step on: L_past is the max of smooth_lip over the earlier probed steps); in the
     optimizer's own norm, where the registry gives one (module docstring): ``update_norm_P``,
     ``smooth_lip_P``, ``grad_norm_P``, ``L_past_P``, ``descent_bound_past_P``. Aggregates:
@@ -116,6 +121,10 @@ class StepProbe(ProbeCallback):
             inst_gap_old, smooth_*, descent_bound_past, update_cos_old, grad_norm).
         curv_dir: also log Δᵀ H_t Δ / ‖Δ‖² (one forward, one backward with graph, one HVP); the
             ``local`` L of the descent-bound verdicts uses it when logged.
+        quadrature: also log D_t and smooth_eff by Simpson's rule from the gradients at x_t,
+            x_t + Δ_t/2 and x_{t+1} on the same batch (``simpson_quantities``; one forward +
+            backward at the midpoint; needs ``old_point_keys``): ``smooth_eff_quad`` is
+            defined where the loss difference is within rounding and ``smooth_eff`` is not.
         per_layer: also log, per parameter group named from the model (embedding, attention,
             mlp, norm, head, conv, ...), ``lin_new``, ``update_norm``, ``update_cos_new`` and,
             with the old-point keys, ``lin_old``, ``grad_norm``, ``update_cos_old``,
@@ -139,6 +148,7 @@ class StepProbe(ProbeCallback):
         scheme: str = "same_batch",
         old_point_keys: bool = True,
         curv_dir: bool = False,
+        quadrature: bool = False,
         per_layer: bool = False,
         min_update_norm: float = 1e-12,
         min_lr: float = 0.0,
@@ -162,6 +172,12 @@ class StepProbe(ProbeCallback):
         for beta in ema_betas:
             check_number(f"{key}.ema_betas", beta, low=0, high=1, low_open=True, high_open=True)
         self.curv_dir = bool(curv_dir)
+        self.quadrature = check_bool(f"{key}.quadrature", quadrature)
+        if self.quadrature and not self.old_point_keys:
+            raise ValueError(
+                f"{key}.quadrature needs the gradient at x_t: set {key}.old_point_keys=true "
+                f"or {key}.quadrature=false"
+            )
         self.per_layer = check_bool(f"{key}.per_layer", per_layer)
         self._groups: ParamGroups | None = None  # built from the network at the first probe
         self.min_update_norm = check_number(f"{key}.min_update_norm", min_update_norm, low=0)
@@ -273,6 +289,14 @@ class StepProbe(ProbeCallback):
         hv = self.global_mean(torch.stack(matvecs).mean(0))
         return float(info["delta"] @ hv) / float(info["delta"] @ info["delta"])
 
+    def _simpson(self, pl_module, info: dict, grad_old, grad_new) -> dict[str, float]:
+        """``loss_change_quad`` and ``smooth_eff_quad``: the gradient at the midpoint x_t + Δ/2
+        (from the float64 x_t, on the batch of the step's other gradients) and Simpson's rule."""
+        params = self.params(pl_module)
+        x_mid = unflatten_like(info["x_old"] + 0.5 * info["delta"], params)
+        _, grad_mid = self.window_loss_and_grad(pl_module, x_mid)
+        return simpson_quantities(grad_old, grad_mid, grad_new, info["delta"])
+
     def _finish(self, trainer, pl_module, info: dict, loss_old, loss_new, grad_new, grad_old):
         """The step's keys from both points' losses and gradients (same batch, same precision),
         the online descent bound and the aggregates; logs them."""
@@ -286,6 +310,8 @@ class StepProbe(ProbeCallback):
             values.update(geometry_quantities(info["geometry"], info["delta"], grad_new, grad_old))
         if self.curv_dir:
             values["curv_dir"] = self._curvature_along_update(pl_module, info)
+        if self.quadrature:
+            values.update(self._simpson(pl_module, info, grad_old, grad_new))
         may_be_nan = ("update_cos_prev", "smooth_eff")
         if not self.finite_or_skip(trainer, pl_module, values, info["step"], may_be_nan):
             return
