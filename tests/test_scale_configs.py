@@ -77,3 +77,17 @@ def test_gpt_400k_scales_the_study_setting_and_changes_nothing_else(make_cfg):
             node_small, node_large = node_small[part], node_large[part]
         assert node_small == node_large, key
     assert {"step", "step_fresh", "curvature"} <= {k for k, v in large.probes.items() if v}
+
+
+def test_gpt_400k_xstar_is_the_scale_run_with_the_reference_probe_alone(make_cfg):
+    """`make scale-xstar` measures convexity towards x* on the same runs as `make scale`: every
+    setting but the probes is the scale grid's, and only the reference probe fires (every step)."""
+    grid = make_cfg(["experiment=gpt_shakespeare_400k", "optimizer=sgdm"])
+    xstar = make_cfg(["experiment=gpt_shakespeare_400k_xstar", "optimizer=sgdm"])
+    for key in ("model", "data", "optimizer", "scheduler", "trainer"):
+        if key == "trainer":  # each composed config gets its own output folder
+            xstar.trainer.default_root_dir = grid.trainer.default_root_dir
+        assert xstar[key] == grid[key], key
+    assert {k for k, v in xstar.probes.items() if v} == {"reference"}
+    probe = instantiate(xstar.probes.reference)
+    assert probe.is_probe_step(0) and probe.is_probe_step(1) and probe.is_probe_step(199)
