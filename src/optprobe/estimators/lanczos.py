@@ -67,7 +67,9 @@ class EigenEstimate:
     an invariant subspace or exhausted the space (both exact up to rounding); False means the
     cap ``max_iters`` was hit first. Lanczos only sees the part of the spectrum its start vector
     touches, so ``converged`` means "these are eigenvalues", which is "the extreme eigenvalues"
-    with probability one for a start vector with a random component.
+    with probability one for a start vector with a random component, up to the width of a
+    cluster of eigenvalues at the extreme that Lanczos has not separated yet (measured in
+    tests/estimators/test_lanczos_bounds.py).
 
     ``ritz_vectors`` (2, dim), float32 on the operator's device: the unit Ritz vectors of
     ``lambda_max`` and ``lambda_min``, the warm start of the next run. ``basis`` (k, dim): the
