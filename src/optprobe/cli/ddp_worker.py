@@ -7,11 +7,19 @@ import sys
 
 from omegaconf import OmegaConf
 
+from optprobe.dist import end_process_group
 from optprobe.run.job import train
 
 
 def main(config_path: str) -> None:
-    train(OmegaConf.load(config_path))
+    """Train, then take down this rank's process group before the interpreter exits: left to
+    interpreter teardown, the collective backend's threads were destroyed while still joinable
+    and the rank aborted ("terminate called without an active exception", exit code -6) after
+    a successful run, in one of several CI runs."""
+    try:
+        train(OmegaConf.load(config_path))
+    finally:
+        end_process_group()
 
 
 if __name__ == "__main__":
