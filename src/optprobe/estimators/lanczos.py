@@ -377,9 +377,10 @@ def extreme_eigenvalues(
     with the gap to the next Ritz value (``bound="gap"``: a Ritz value's error shrinks with
     the square of its residual once it is separated from the rest of the spectrum, so it
     stops sooner, but the gap is estimated from Ritz values and is too large when an unseen
-    eigenvalue lies close to the extreme; :func:`gap_refined_bound`). Stops as soon as the error bound of the largest
-    Ritz value is ``<= tol * |theta_max|`` and that of the smallest is ``<= tol *
-    max(|theta_max|, |theta_min|)`` (the spectrum's scale: a zero eigenvalue converges), or
+    eigenvalue lies close to the extreme; :func:`gap_refined_bound`). Stops as soon as the
+    error bound of the largest Ritz value is ``<= tol * |theta_max|`` and that of the smallest
+    is ``<= tol * max(|theta_max|, |theta_min|)`` (the spectrum's scale: a zero eigenvalue
+    converges), or
     after ``max_iters`` matvecs (``converged`` False). On a first breakdown (an invariant
     subspace: its Ritz values are exact eigenvalues, but the start vector may have missed the
     extremes) it restarts once from a random vector orthogonal to the basis, judges convergence

@@ -122,7 +122,8 @@ class CurvatureProbe(ProbeCallback):
     Args (Hydra ``probes.curvature.*``; the cadence and batch arguments are the base's):
         lanczos_iters: cap on the HVPs of each Lanczos run (>= 1).
         tol: relative tolerance on the Ritz values' error bounds (> 0).
-        error_bound: ``gap`` or ``residual``, the error bound that stops Lanczos (above).
+        error_bound: ``residual`` (default) or ``gap``, the error bound that stops Lanczos
+            (above).
         trace_rel_se: target relative standard error of the trace (> 0).
         trace_max_matvecs: cap on the HVPs of the trace (>= 2, for a standard error).
         warm_start: start each firing's Lanczos from the previous firing's Ritz vectors (kept

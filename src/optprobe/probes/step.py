@@ -96,8 +96,8 @@ class StepProbe(ProbeCallback):
     ``smooth_lip``, ``smooth_eff`` (not logged where undefined: |D_t − <g_t,Δ_t>| within
     ``float_tol``; ``smooth_eff_undefined`` counts those steps), ``update_cos_old``,
     ``update_cos_new``, ``update_cos_prev``, ``grad_norm``, ``update_norm``, ``curv_dir``
-    (optional), ``loss_change_quad`` and ``smooth_eff_quad`` (optional), ``float_tol``, ``L_past`` and ``descent_bound_past`` (from the second probed
-    step on: L_past is the max of smooth_lip over the earlier probed steps); in the
+    (optional), ``loss_change_quad`` and ``smooth_eff_quad`` (optional), ``float_tol``,
+    ``L_past`` and ``descent_bound_past`` (from the second probed step on: L_past is the max of smooth_lip over the earlier probed steps); in the
     optimizer's own norm, where the registry gives one (module docstring): ``update_norm_P``,
     ``smooth_lip_P``, ``grad_norm_P``, ``L_past_P``, ``descent_bound_past_P``. Aggregates:
     ``<key>_ema<β>`` for loss_change, lin_new, inst_gap, inst_gap_old, smooth_lip;
