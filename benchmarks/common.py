@@ -431,6 +431,19 @@ def loss_fn(outputs: Tensor, targets: Tensor) -> Tensor:
     return cross_entropy(outputs, targets)
 
 
+def batch_loss(net: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
+    """``loss_fn`` of ``net`` on an ``(inputs, targets)`` batch: the probes' batch loss."""
+    inputs, targets = batch
+    return loss_fn(net(inputs), targets)
+
+
+def probed(net: nn.Module) -> Any:
+    """``net`` with the benchmarks' loss, as the probes' ``measure`` takes it."""
+    from optprobe.probes.target import ProbedModel
+
+    return ProbedModel(net=net, loss=batch_loss)
+
+
 def peer_versions() -> dict[str, str]:
     """Installed versions of the peer tools (``not installed`` when absent)."""
     import importlib.util

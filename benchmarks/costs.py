@@ -212,7 +212,7 @@ def measure_costs(setup, args, device) -> dict[str, Any]:
     x, y = setup.batch(device)
     params = {k: p.detach() for k, p in trainable_params(net).items()}
     dim = sum(p.numel() for p in params.values())
-    fn = functional_loss(net, x, y, common.loss_fn)
+    fn = functional_loss(net, (x, y), common.batch_loss)
     graph_s = common.time_call(lambda: hvp_double_backward(fn, params), device, 3)
     matvec = hvp_double_backward(fn, params)
     v = torch.randn(dim, dtype=torch.float64, device=device)
@@ -249,12 +249,12 @@ def measure_costs(setup, args, device) -> dict[str, Any]:
     ok, reason = per_example_grads_supported(net)
     probe.method_used = "per_example" if ok else "microbatch"
     noise_s = common.time_call(
-        lambda: probe.measure(net, common.loss_fn, x, y), device, max(3, repeats // 2)
+        lambda: probe.measure(common.probed(net), (x, y)), device, max(3, repeats // 2)
     )
     out["per_example"] = {"noise_probe_steps": noise_s / step_s, "method": probe.method_used}
     if ok:
         pe_s = common.time_call(
-            lambda: per_example_grads(net, params, x, y, common.loss_fn),
+            lambda: per_example_grads(net, params, (x, y), common.batch_loss),
             device,
             max(3, repeats // 2),
         )

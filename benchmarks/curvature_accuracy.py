@@ -146,10 +146,10 @@ def run_model(name: str, args) -> dict[str, Any]:
 
     def firing(step: int, net, x, y) -> dict[str, Any]:
         nonlocal previous
-        px, py = fixed if args.batch == "fixed" else (x, y)
+        batch = fixed if args.batch == "fixed" else (x, y)
         params = {k: p.detach() for k, p in trainable_params(net).items()}
         dim = sum(p.numel() for p in params.values())
-        matvec = hvp_double_backward(functional_loss(net, px, py, common.loss_fn), params)
+        matvec = hvp_double_backward(functional_loss(net, batch, common.batch_loss), params)
         row, previous = fire(matvec, dim, previous, args, seed=step)
         return row
 

@@ -123,7 +123,7 @@ def graph_and_hvp(net, x, y, memory: common.PeakMemory) -> tuple[dict, dict]:
     dim = sum(p.numel() for p in params.values())
 
     def graph():
-        return hvp_double_backward(functional_loss(net, x, y, common.loss_fn), params)
+        return hvp_double_backward(functional_loss(net, (x, y), common.batch_loss), params)
 
     matvec, graph_stats = block(memory, graph)
     v = torch.randn(dim, dtype=torch.float64, device=x.device)
@@ -192,7 +192,7 @@ def run_model(name: str, args, device: torch.device) -> dict[str, Any]:
     curvature.extreme_eigenvalues = spy
     try:
         (values, _), measured["firing"] = block(
-            memory, lambda: probe.measure(net, common.loss_fn, x, y, opt)
+            memory, lambda: probe.measure(common.probed(net), (x, y), opt)
         )
     finally:
         curvature.extreme_eigenvalues = spy.fn

@@ -51,7 +51,7 @@ def curvature(net, x, y, generator: torch.Generator) -> tuple[dict[str, float], 
 
     params = {k: p.detach() for k, p in trainable_params(net).items()}
     dim = sum(p.numel() for p in params.values())
-    matvec = hvp_double_backward(functional_loss(net, x, y, common.loss_fn), params)
+    matvec = hvp_double_backward(functional_loss(net, (x, y), common.batch_loss), params)
     eig = extreme_eigenvalues(matvec, dim, generator=generator)
     tr = hutchpp_trace(
         matvec, dim, 0.1, 20, basis=eig.basis, basis_trace=eig.basis_trace, generator=generator

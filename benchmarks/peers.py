@@ -278,8 +278,8 @@ def run_backpack(setup, device, costs, repeats: int) -> dict[str, Any]:
     mean = rows.mean(0)
     trace_cov = float(((rows - mean) ** 2).sum()) / (n - 1)
     probe = NoiseProbe(method="per_example")
-    ours_s = common.time_call(lambda: probe.measure(plain, common.loss_fn, x, y), device, repeats)
-    ours = probe.measure(plain, common.loss_fn, x, y)
+    ours_s = common.time_call(lambda: probe.measure(common.probed(plain), (x, y)), device, repeats)
+    ours = probe.measure(common.probed(plain), (x, y))
     step_ms = costs.get("train_step_ms") if costs else None
     out = {
         "method": "BackPACK BatchGrad (per-example gradients in one backward)",

@@ -13,7 +13,7 @@ from harness import fit
 from torch import nn
 
 from optprobe.callbacks.budget import CadenceController, OverheadBudget
-from optprobe.estimators.functional import functional_loss
+from optprobe.estimators.functional import functional_loss, supervised
 from optprobe.probes.noise import NoiseProbe
 from optprobe.probes.step import StepProbe
 
@@ -226,8 +226,7 @@ def test_step_probe_values_stay_exact_across_cadence_changes():
     _, module, recorder, sink = fit(net, inputs, targets, [step, budget], steps=40, batch_size=8)
     true_changes = []
     for rec, nxt in zip(recorder.steps, recorder.steps[1:]):
-        x, y = nxt.batches[0]
-        loss = functional_loss(module.net, x, y, module.loss_fn)
+        loss = functional_loss(module.net, nxt.batches[0], supervised(module.loss_fn))
         true_changes.append(float(loss(nxt.params)) - float(loss(rec.params)))
     # next-batch scheme: update t is finished, and logged, at step t + 1 (on that step's batch)
     logged = sink.series("step_fresh/loss_change")

@@ -3,6 +3,8 @@ Hessians, fed to the curvature estimators."""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -56,7 +58,9 @@ def mlp_problem():
     net = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 3)).to(DTYPE)
     inputs = torch.randn(32, 8, dtype=DTYPE)
     targets = torch.randint(0, 3, (32,))
-    loss_of_params = F.functional_loss(net, inputs, targets, nn.functional.cross_entropy)
+    loss_of_params = F.functional_loss(
+        net, (inputs, targets), F.supervised(nn.functional.cross_entropy)
+    )
     params = F.detached_copy(F.trainable_params(net))
     flat = F.flatten(params.values())
     dense = torch.func.hessian(lambda f: loss_of_params(F.unflatten_like(f, params)))(flat)
@@ -109,3 +113,31 @@ def test_forward_mode_blocker_names_the_layer_and_puts_modes_back():
     no_stats = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4, track_running_stats=False))
     assert F.forward_mode_blocker(no_stats) is None
     assert F.forward_mode_blocker(nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4))) is None
+
+
+def test_functional_loss_evaluates_the_batch_loss_at_given_params_and_keeps_buffers():
+    torch.manual_seed(2)
+    net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2)).to(DTYPE).train()
+    x = torch.randn(8, 3, dtype=DTYPE)
+    y = torch.randint(0, 2, (8,))
+    saved = {k: b.clone() for k, b in net.named_buffers()}
+    params = F.detached_copy(F.trainable_params(net))
+    shifted = {k: v + 0.1 for k, v in params.items()}
+    moved = copy.deepcopy(net)  # the same network at the shifted parameters
+    with torch.no_grad():
+        for p in moved.parameters():
+            p.add_(0.1)
+
+    def dict_loss(net, batch):
+        return nn.functional.cross_entropy(net(batch["x"]), batch["y"])
+
+    supervised = F.supervised(nn.functional.cross_entropy)
+    with torch.no_grad():
+        expected = nn.functional.cross_entropy(copy.deepcopy(net)(x), y)
+        expected_moved = nn.functional.cross_entropy(moved(x), y)
+        for batch, loss in [((x, y), supervised), ({"x": x, "y": y}, dict_loss)]:
+            fn = F.functional_loss(net, batch, loss)
+            assert float(fn(params)) == pytest.approx(float(expected), rel=1e-12)
+            assert float(fn(shifted)) == pytest.approx(float(expected_moved), rel=1e-12)
+    for k, b in net.named_buffers():  # train-mode BatchNorm updated clones only
+        assert torch.equal(b, saved[k]), k

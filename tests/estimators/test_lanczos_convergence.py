@@ -17,7 +17,9 @@ TOL = 1e-3
 
 def dense_problem(net: nn.Module, inputs, targets):
     """(HVP by double backward, dense Hessian) of the mean cross-entropy of ``net``."""
-    loss_of_params = F.functional_loss(net, inputs, targets, nn.functional.cross_entropy)
+    loss_of_params = F.functional_loss(
+        net, (inputs, targets), F.supervised(nn.functional.cross_entropy)
+    )
     params = F.detached_copy(F.trainable_params(net))
     flat = F.flatten(params.values())
     dense = torch.func.hessian(lambda f: loss_of_params(F.unflatten_like(f, params)))(flat)

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from optprobe.estimators.functional import functional_loss, trainable_params
+from optprobe.batches import as_batch, num_examples
+from optprobe.estimators.functional import functional_loss, supervised, trainable_params
 from optprobe.estimators.noise_stats import NoiseStats, noise_stats
 from optprobe.estimators.per_example import (
     microbatch_grads,
@@ -68,7 +69,7 @@ def test_mlp_per_example_grads_and_stats_match_autograd_loop():
     net = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3)).double()
     x = torch.randn(12, 5, dtype=torch.float64)
     y = torch.randint(0, 3, (12,))
-    got = per_example_grads(net, trainable_params(net), x, y, F.cross_entropy)
+    got = per_example_grads(net, trainable_params(net), (x, y), supervised(F.cross_entropy))
     ref = loop_grads(net, x, y, F.cross_entropy)
     assert got.shape == (12, 5 * 7 + 7 + 7 * 3 + 3) and got.dtype == torch.float64
     torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-12)
@@ -76,7 +77,9 @@ def test_mlp_per_example_grads_and_stats_match_autograd_loop():
     assert (ref - ref.mean(0)).abs().max() > 1e-3
     torch.testing.assert_close(got.mean(0), batch_grad(net, x, y, F.cross_entropy))
     # chunked vmap gives the same rows
-    chunked = per_example_grads(net, trainable_params(net), x, y, F.cross_entropy, chunk_size=5)
+    chunked = per_example_grads(
+        net, trainable_params(net), (x, y), supervised(F.cross_entropy), chunk_size=5
+    )
     torch.testing.assert_close(chunked, got, rtol=0, atol=1e-14)
 
     assert_stats_match(noise_stats(got), ref.numpy(), batch=12)
@@ -93,7 +96,7 @@ def test_logistic_regression_per_example_grads_match_closed_form():
 
     x = torch.randn(n, d, dtype=torch.float64)
     y = torch.randint(0, 2, (n,)).double()
-    got = per_example_grads(net, trainable_params(net), x, y, bce)
+    got = per_example_grads(net, trainable_params(net), (x, y), supervised(bce))
     # closed form: grad of BCE(sigmoid(w.x + b), y) is (sigmoid(w.x + b) - y) * [x, 1]
     w, b = net.weight.detach().numpy()[0], net.bias.detach().numpy()[0]
     xn, yn = x.numpy(), y.numpy()
@@ -133,7 +136,7 @@ def test_causal_lm_per_sequence_grads_match_loop():
     net = TinyCausalLM(vocab, 8).double()
     tokens = torch.randint(0, vocab, (batch, seq + 1))
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
-    got = per_example_grads(net, trainable_params(net), inputs, targets, lm_loss)
+    got = per_example_grads(net, trainable_params(net), (inputs, targets), supervised(lm_loss))
     ref = loop_grads(net, inputs, targets, lm_loss)
     assert got.shape[0] == batch
     torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-12)
@@ -148,7 +151,7 @@ def test_project_gpt_with_tied_head_matches_loop():
     net = GPT(vocab_size=11, block_size=8, n_layer=1, n_head=2, d_model=8).double()
     tokens = torch.randint(0, 11, (4, 8))
     params = trainable_params(net)  # the tied head weight appears once, as tok_emb.weight
-    got = per_example_grads(net, params, tokens, tokens.roll(-1, dims=1), lm_loss)
+    got = per_example_grads(net, params, (tokens, tokens.roll(-1, dims=1)), supervised(lm_loss))
     ref = loop_grads(net, tokens, tokens.roll(-1, dims=1), lm_loss)
     torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-12)
 
@@ -158,10 +161,10 @@ def test_dropout_in_train_mode_runs_with_independent_masks():
     net = nn.Sequential(nn.Linear(5, 16), nn.Dropout(0.5), nn.Linear(16, 2)).double().train()
     x = torch.randn(8, 5, dtype=torch.float64)
     y = torch.randint(0, 2, (8,))
-    got = per_example_grads(net, trainable_params(net), x, y, F.cross_entropy)
+    got = per_example_grads(net, trainable_params(net), (x, y), supervised(F.cross_entropy))
     assert torch.isfinite(got).all()
     net.eval()
-    no_drop = per_example_grads(net, trainable_params(net), x, y, F.cross_entropy)
+    no_drop = per_example_grads(net, trainable_params(net), (x, y), supervised(F.cross_entropy))
     torch.testing.assert_close(no_drop, loop_grads(net, x, y, F.cross_entropy))
     assert not torch.allclose(got, no_drop)
 
@@ -205,11 +208,11 @@ def test_batchnorm_train_mode_uses_microbatches_and_leaves_buffers_untouched():
     ok, reason = per_example_grads_supported(net)
     assert not ok and "BatchNorm2d" in reason
     with pytest.raises(ValueError, match="BatchNorm2d"):
-        per_example_grads(net, params, x, y, F.cross_entropy)
+        per_example_grads(net, params, (x, y), supervised(F.cross_entropy))
     assert_same_buffers(net, saved)
 
-    factory = functools.partial(functional_loss, net, loss_fn=F.cross_entropy)
-    rows = microbatch_grads(factory, params, x, y, num_microbatches=4)
+    factory = functools.partial(functional_loss, net, loss=supervised(F.cross_entropy))
+    rows = microbatch_grads(factory, params, (x, y), num_microbatches=4)
     assert rows.shape == (4, sum(p.numel() for p in params.values()))
     assert rows.dtype == torch.float64
     assert_same_buffers(net, saved)
@@ -229,9 +232,9 @@ def test_batchnorm_train_mode_uses_microbatches_and_leaves_buffers_untouched():
     assert (st.batch_size, st.num_samples) == (12, 4)
 
     with pytest.raises(ValueError, match="divisible"):
-        microbatch_grads(factory, params, x, y, num_microbatches=5)
+        microbatch_grads(factory, params, (x, y), num_microbatches=5)
     with pytest.raises(ValueError, match="num_microbatches must be an integer >= 2"):
-        microbatch_grads(factory, params, x, y, num_microbatches=1)
+        microbatch_grads(factory, params, (x, y), num_microbatches=1)
     assert_same_buffers(net, saved)
 
 
@@ -245,7 +248,7 @@ def test_batchnorm_eval_mode_supported_and_buffers_untouched():
     assert ok and reason == ""
     x = torch.randn(6, 3, 5, 5, dtype=torch.float64)
     y = torch.randint(0, 3, (6,))
-    got = per_example_grads(net, trainable_params(net), x, y, F.cross_entropy)
+    got = per_example_grads(net, trainable_params(net), (x, y), supervised(F.cross_entropy))
     torch.testing.assert_close(got, loop_grads(net, x, y, F.cross_entropy))
     assert_same_buffers(net, saved)
 
@@ -269,7 +272,37 @@ def test_zero_gradient_network_gives_nan_ratios():
     x = torch.zeros(6, 3, dtype=torch.float64)
     st = noise_stats(
         per_example_grads(
-            net, trainable_params(net), x, torch.zeros(6, dtype=torch.long), F.cross_entropy
+            net,
+            trainable_params(net),
+            (x, torch.zeros(6, dtype=torch.long)),
+            supervised(F.cross_entropy),
         )
     )
     assert math.isnan(st.gns) and math.isnan(st.snr)
+
+
+def test_dict_batch_per_example_grads_match_loop():
+    torch.manual_seed(7)
+    net = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3)).double()
+    x = torch.randn(10, 5, dtype=torch.float64)
+    y = torch.randint(0, 3, (10,))
+
+    def dict_loss(net, batch):
+        return F.cross_entropy(net(batch["inputs"]), batch["labels"])
+
+    got = per_example_grads(net, trainable_params(net), {"inputs": x, "labels": y}, dict_loss)
+    torch.testing.assert_close(got, loop_grads(net, x, y, F.cross_entropy), rtol=1e-10, atol=1e-12)
+
+
+def test_batch_whose_tensors_disagree_on_dim_0_is_refused():
+    net = nn.Linear(3, 2).double()
+    x = torch.randn(6, 3, dtype=torch.float64)
+    y = torch.zeros(5, dtype=torch.long)
+    for check in (as_batch, num_examples):
+        with pytest.raises(ValueError, match="disagree on the number of examples"):
+            check((x, y))
+    with pytest.raises(ValueError, match="disagree on the number of examples"):
+        per_example_grads(net, trainable_params(net), (x, y), supervised(F.cross_entropy))
+    factory = functools.partial(functional_loss, net, loss=supervised(F.cross_entropy))
+    with pytest.raises(ValueError, match="disagree on the number of examples"):
+        microbatch_grads(factory, trainable_params(net), (x, y), num_microbatches=2)

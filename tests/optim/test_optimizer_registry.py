@@ -18,10 +18,12 @@ import schedulefree
 import torch
 from harness import fit, make_data, make_mlp
 
+from optprobe.estimators.functional import supervised
 from optprobe.models.lit_module import cross_entropy
 from optprobe.optim.muon import MuonWithAdamW
 from optprobe.optim.registry import facts_for, optimizer_geometry
 from optprobe.probes.curvature import CurvatureProbe
+from optprobe.probes.target import ProbedModel
 
 LAM, EPS_BIG = 3.0, 1e14
 # (factory lr -> optimizer, the preconditioner's constant value P)
@@ -171,7 +173,9 @@ def test_curvature_probe_logs_nan_threshold_and_the_reason_for_lion():
     assert "lion" in probe.final_summary()["threshold_undefined"]
     # a defined threshold is never flagged
     values, _ = CurvatureProbe(lanczos_iters=5, trace_max_matvecs=2).measure(
-        net, cross_entropy, x, y, torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.5)
+        ProbedModel(net, supervised(cross_entropy)),
+        (x, y),
+        torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.5),
     )
     assert values["curv/stability_threshold"] == pytest.approx(3.0)
 

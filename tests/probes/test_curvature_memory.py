@@ -9,8 +9,10 @@ import weakref
 import torch
 from harness import make_data, make_mlp
 
+from optprobe.estimators.functional import supervised
 from optprobe.models.lit_module import cross_entropy
 from optprobe.probes import curvature
+from optprobe.probes.target import ProbedModel
 
 
 def test_firing_releases_the_basis_and_the_gradient_graph(monkeypatch):
@@ -37,8 +39,9 @@ def test_firing_releases_the_basis_and_the_gradient_graph(monkeypatch):
     dim = sum(p.numel() for p in net.parameters())
     opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
     probe = curvature.CurvatureProbe(lanczos_iters=30, trace_max_matvecs=4)
+    model = ProbedModel(net, supervised(cross_entropy))
     for _ in range(2):  # a cold and a warm firing
-        values, _ = probe.measure(net, cross_entropy, x, y, opt)
+        values, _ = probe.measure(model, (x, y), opt)
         assert values["curv/lanczos_matvecs"] > 1
         gc.collect()
         assert refs and all(ref() is None for ref in refs)

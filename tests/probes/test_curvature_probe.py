@@ -19,8 +19,10 @@ from pytorch_lightning.callbacks import Callback
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from optprobe.estimators.functional import supervised
 from optprobe.models.lit_module import cross_entropy
 from optprobe.probes.curvature import CurvatureProbe
+from optprobe.probes.target import ProbedModel
 
 LANCZOS = {"lanczos_iters": 400, "tol": 1e-8}
 
@@ -100,16 +102,16 @@ def test_subsampled_hvps_measure_the_hessian_of_the_drawn_examples(monkeypatch):
     drawn = []
     draw = probe.hvp_batch
 
-    def recording(inputs, targets):
-        sub = draw(inputs, targets)
-        drawn.append((inputs, targets, sub))
+    def recording(batch):
+        sub = draw(batch)
+        drawn.append((batch, sub))
         return sub
 
     monkeypatch.setattr(probe, "hvp_batch", recording)
     _, _, recorder, sink = fit(net, x, y, callbacks=[probe], steps=3, batch_size=16)
     assert sink.series("curv/hvp_examples") == {0: 5.0, 1: 5.0, 2: 5.0}
     picks = []
-    for t, (rec, (inputs, targets, (sx, sy))) in enumerate(zip(recorder.steps, drawn)):
+    for t, (rec, ((inputs, targets), (sx, sy))) in enumerate(zip(recorder.steps, drawn)):
         rows = [int(torch.nonzero((inputs == row).flatten(1).all(1))[0]) for row in sx]
         assert len(set(rows)) == 5 and torch.equal(targets[rows], sy)  # 5 distinct examples
         picks.append(rows)
@@ -125,9 +127,10 @@ def test_subsampled_hvps_measure_the_hessian_of_the_drawn_examples(monkeypatch):
 
 def test_subsample_no_smaller_than_the_batch_is_the_whole_batch():
     x, y = make_data(n=8)
-    whole = CurvatureProbe(hvp_examples=8).hvp_batch(x, y)
-    assert whole[0] is x and whole[1] is y
-    assert CurvatureProbe().hvp_batch(x, y)[0] is x
+    batch = (x, y)
+    whole = CurvatureProbe(hvp_examples=8).hvp_batch(batch)
+    assert whole is batch and whole[0] is x and whole[1] is y
+    assert CurvatureProbe().hvp_batch(batch) is batch
 
 
 class AdamStateSnapshot(Callback):
@@ -197,7 +200,7 @@ def test_sgd_stability_thresholds(kwargs, threshold):
     net = make_mlp()
     opt = torch.optim.SGD(net.parameters(), lr=0.05, **kwargs)
     probe = CurvatureProbe(lanczos_iters=30, trace_max_matvecs=2)
-    values, esd = probe.measure(net, cross_entropy, x, y, opt)
+    values, esd = probe.measure(ProbedModel(net, supervised(cross_entropy)), (x, y), opt)
     assert esd is None
     assert values["curv/stability_threshold"] == pytest.approx(threshold)
     assert values["curv/sharpness_ratio"] == pytest.approx(0.05 * values["curv/lambda_max"])
@@ -209,7 +212,7 @@ def test_forward_over_reverse_matches_double_backward():
     values = {}
     for hvp in ("double_backward", "forward_over_reverse"):
         probe = CurvatureProbe(hvp=hvp, trace_max_matvecs=3, seed=1, **LANCZOS)
-        values[hvp], _ = probe.measure(net, cross_entropy, x, y)
+        values[hvp], _ = probe.measure(ProbedModel(net, supervised(cross_entropy)), (x, y))
     for key in ("curv/lambda_max", "curv/lambda_min", "curv/trace"):
         a, b = values["double_backward"][key], values["forward_over_reverse"][key]
         assert a == pytest.approx(b, rel=1e-8)
@@ -253,10 +256,10 @@ def test_generator_state_round_trip():
     # the warm start (the last firing's Ritz vectors) is checkpointed with the generator
     assert probe.ritz is not None and torch.equal(resumed.ritz, probe.ritz)
     fresh = CurvatureProbe(**kwargs)  # same seed, generator not advanced
-    batch = (x[:16], y[:16])
-    expected, _ = probe.measure(module.net, module.loss_fn, *batch)
-    got, _ = resumed.measure(module.net, module.loss_fn, *batch)
-    unrelated, _ = fresh.measure(module.net, module.loss_fn, *batch)
+    batch, model = (x[:16], y[:16]), ProbedModel(module.net, module.probe_loss)
+    expected, _ = probe.measure(model, batch)
+    got, _ = resumed.measure(model, batch)
+    unrelated, _ = fresh.measure(model, batch)
     assert got == expected
     assert unrelated["curv/trace"] != expected["curv/trace"]
 

@@ -23,7 +23,12 @@ from job_harness import (
     start_train,
 )
 
-from optprobe.estimators.functional import functional_loss, loss_and_grad, trainable_params
+from optprobe.estimators.functional import (
+    functional_loss,
+    loss_and_grad,
+    supervised,
+    trainable_params,
+)
 from optprobe.estimators.noise_stats import two_batch_from_shards
 from optprobe.estimators.per_example import per_example_grads
 from optprobe.run.build import build
@@ -114,25 +119,26 @@ def shard_gradients_at_init(ddp: Path) -> torch.Tensor:
     order = list(loader.sampler)[: 2 * SHARD]  # the global batch of step 0
     net = module.net.double()
     params = trainable_params(net)
+    loss = supervised(module.loss_fn)
     rows = []
     for rank in (0, 1):
         inputs, targets = loader.dataset[order[rank::2]]  # DistributedSampler: every 2nd index
-        fn = functional_loss(net, inputs.double(), targets, module.loss_fn)
+        fn = functional_loss(net, (inputs.double(), targets), loss)
         rows.append(loss_and_grad(fn, params)[1])
-    return torch.stack(rows), (net, params, loader.dataset[order], module.loss_fn)
+    return torch.stack(rows), (net, params, loader.dataset[order], loss)
 
 
 def test_two_batch_noise_uses_the_per_rank_gradients(ddp_and_single):
     ddp, _, _ = ddp_and_single
     rows = metric_rows(ddp)
-    shards, (net, params, (inputs, targets), loss_fn) = shard_gradients_at_init(ddp)
+    shards, (net, params, (inputs, targets), loss) = shard_gradients_at_init(ddp)
     grad_sq, trace_cov, gns = two_batch_from_shards(shards, SHARD)
     logged = rows[0]
     assert logged["noise/trace_cov_two_batch"] == pytest.approx(trace_cov, rel=1e-6)
     assert logged["noise/grad_sq_norm_two_batch"] == pytest.approx(grad_sq, rel=1e-6)
     assert logged["noise/gns_two_batch"] == pytest.approx(gns, rel=1e-6)
     # and the per-example estimate on the same global batch, brute force
-    per_ex = per_example_grads(net, params, inputs.double(), targets, loss_fn)
+    per_ex = per_example_grads(net, params, (inputs.double(), targets), loss)
     brute = float(((per_ex - per_ex.mean(0)) ** 2).sum()) / (per_ex.shape[0] - 1)
     assert logged["noise/trace_cov"] == pytest.approx(brute, rel=1e-6)
 

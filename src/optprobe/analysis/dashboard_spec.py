@@ -21,6 +21,7 @@ from wandb_workspaces.workspaces import internal
 from optprobe.analysis.dashboard import RunKeys, setting_of
 from optprobe.analysis.runs import flatten
 from optprobe.analysis.wandb_offline import offline_run_dirs, read_wandb_run
+from optprobe.extras import require
 
 TABLE_SUFFIX = "._type"  # a logged table reads back as its fields: "verdicts._type", ...
 
@@ -54,7 +55,7 @@ def offline_runs(root: str | Path, group: str | None = None) -> list[RunKeys]:
 def api_runs(entity: str, project: str, group: str | None) -> list[RunKeys]:
     """The runs of a W&B project (one group when given) through the public API: summary keys
     (every history key has its last value there) and config keys."""
-    import wandb
+    wandb = require("wandb", "reading runs through the W&B API")
 
     filters = {"group": group} if group else {}
     return [

@@ -13,6 +13,7 @@ import yaml
 
 from optprobe.analysis.metrics_file import read_history
 from optprobe.analysis.wandb_offline import offline_run_dirs, read_wandb_run
+from optprobe.extras import require
 from optprobe.run.folder import REFERENCE_RUNS_DIR, REPORT_DIR, JobFolder
 
 W_AND_B_STEP = "trainer/global_step"
@@ -181,7 +182,7 @@ def load_wandb_offline_runs(root: str | Path) -> list[RunRecord]:
 
 def load_wandb_api_runs(entity: str, project: str, group: str | None = None) -> list[RunRecord]:
     """Runs of a W&B project (optionally one group = one sweep) through the public API."""
-    import wandb
+    wandb = require("wandb", "reading runs through the W&B API")
 
     filters = {"group": group} if group else {}
     records = []

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from optprobe.extras import check_installed
+
 
 @dataclass
 class WandbRunRecords:
@@ -34,7 +36,9 @@ def offline_run_dirs(root: str | Path) -> list[Path]:
 
 
 def read_wandb_run(run_dir: str | Path, timeout_s: float = 120) -> WandbRunRecords:
-    """Parse the transaction log of one run folder (``run-<id>.wandb`` inside it)."""
+    """Parse the transaction log of one run folder (``run-<id>.wandb`` inside it) with the
+    ``wandb`` command of the [wandb] extra."""
+    check_installed("wandb", "reading W&B run folders")
     cmd = [*_wandb_cli(), "leet", "inspect", "--json", str(run_dir)]
     env = {**os.environ, "WANDB_SILENT": "true"}
     out = subprocess.run(

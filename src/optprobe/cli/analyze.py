@@ -21,6 +21,7 @@ from optprobe.analysis.findings import findings_markdown
 from optprobe.analysis.report import FINDINGS_JSON, write_report
 from optprobe.analysis.runs import load_local_runs, load_wandb_api_runs, load_wandb_offline_runs
 from optprobe.analysis.sweep import SweepTables, build_tables, findings, markdown_summary
+from optprobe.extras import MissingExtraError
 from optprobe.log import say
 from optprobe.run.sweep_table import format_table
 
@@ -110,7 +111,10 @@ def print_summary(tables: SweepTables) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    records = collect(args)
+    try:
+        records = collect(args)
+    except MissingExtraError as err:  # --source wandb / wandb-offline without the [wandb] extra
+        raise SystemExit(f"optprobe-analyze: {err}") from err
     if not records:
         raise SystemExit(
             f"optprobe-analyze: no runs found under {args.sweep} (source {args.source})"

@@ -15,6 +15,7 @@ import os
 import sys
 from pathlib import Path
 
+from optprobe.extras import MissingExtraError, require
 from optprobe.log import say, warn
 
 DEFAULT_OUT = "dashboard.json"
@@ -83,13 +84,13 @@ def apply(path: str) -> int:
 def read_api_runs(entity: str, project: str, group: str | None):
     """The runs through the W&B API; a clear exit when the server refuses (no such project,
     no access)."""
-    import wandb.errors
+    errors = require("wandb.errors", "optprobe-dashboard")
 
     from optprobe.analysis.dashboard_spec import api_runs
 
     try:
         return api_runs(entity, project, group)
-    except (ValueError, wandb.errors.CommError, wandb.errors.AuthenticationError) as err:
+    except (ValueError, errors.CommError, errors.AuthenticationError) as err:
         raise SystemExit(
             f"optprobe-dashboard: cannot read the runs of {entity}/{project} from W&B: {err} "
             "(check --entity and --project; --runs <folder> reads offline runs instead)"
@@ -133,6 +134,11 @@ def build(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    try:  # the workspace model and the W&B client: the [wandb] extra
+        require("wandb_workspaces", "optprobe-dashboard")
+        require("wandb", "optprobe-dashboard")
+    except MissingExtraError as err:
+        raise SystemExit(f"optprobe-dashboard: {err}") from err
     return apply(args.apply) if args.apply else build(args)
 
 

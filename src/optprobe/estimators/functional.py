@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from optprobe.batches import Batch
 from optprobe.isolation import preserved_modes
 
 ParamDict = dict[str, Tensor]
@@ -49,22 +50,48 @@ def unflatten_like(vec: Tensor, like: ParamDict) -> ParamDict:
     return out
 
 
-def functional_loss(
-    net: nn.Module,
-    inputs: Tensor,
-    targets: Tensor,
-    loss_fn: Callable[[Tensor, Tensor], Tensor],
-) -> LossOfParams:
-    """Return ``params -> loss_fn(net(inputs; params), targets)`` with the live buffers untouched.
+BatchLoss = Callable[[nn.Module, Batch], Tensor]
+"""``loss(net, batch)``: the training loss (a scalar, mean over the batch's examples) of the
+network on a batch, computed by calling ``net`` (see :mod:`optprobe.batches`)."""
 
-    Buffers are cloned on every call, so a forward in train mode (BatchNorm) updates the clones
-    only. The network's train/eval mode is whatever it is when the closure is called.
+
+def supervised(loss_fn: Callable[[Tensor, Tensor], Tensor]) -> BatchLoss:
+    """The batch loss of ``(inputs, targets)`` batches: ``loss_fn(net(inputs), targets)``."""
+
+    def batch_loss(net: nn.Module, batch: Batch) -> Tensor:
+        inputs, targets = batch
+        return loss_fn(net(inputs), targets)
+
+    return batch_loss
+
+
+class _LossOfBatch(nn.Module):
+    """``net`` with ``loss`` as its forward, so that ``functional_call`` swaps the parameters
+    of ``net`` wherever ``loss`` calls it (parameter names get the prefix ``net.``)."""
+
+    def __init__(self, net: nn.Module, loss: BatchLoss) -> None:
+        super().__init__()
+        self.net = net
+        self.batch_loss = loss
+
+    def forward(self, batch: Batch) -> Tensor:
+        return self.batch_loss(self.net, batch)
+
+
+def functional_loss(net: nn.Module, batch: Batch, loss: BatchLoss) -> LossOfParams:
+    """Return ``params -> loss(net; params, batch)`` with the live buffers untouched.
+
+    ``params`` are named as in ``net.named_parameters()``. Buffers are cloned on every call, so
+    a forward in train mode (BatchNorm) updates the clones only. The network's train/eval mode
+    is whatever it is when the closure is called.
     """
-    buffers = {name: b for name, b in net.named_buffers()}
+    wrapped = _LossOfBatch(net, loss)
+    buffers = {f"net.{name}": b for name, b in net.named_buffers()}
 
     def loss_of_params(params: ParamDict) -> Tensor:
-        state = {**{k: b.clone() for k, b in buffers.items()}, **params}
-        return loss_fn(functional_call(net, state, (inputs,)), targets)
+        state = {k: b.clone() for k, b in buffers.items()}
+        state.update({f"net.{k}": v for k, v in params.items()})
+        return functional_call(wrapped, state, (batch,))
 
     return loss_of_params
 

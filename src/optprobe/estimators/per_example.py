@@ -11,14 +11,20 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad, vmap
+from torch.func import grad, vmap
 
-from optprobe.estimators.functional import LossOfParams, ParamDict, loss_and_grad
+from optprobe.batches import Batch, as_single_example, num_examples, select, vmap_dims
+from optprobe.estimators.functional import (
+    BatchLoss,
+    LossOfParams,
+    ParamDict,
+    functional_loss,
+    loss_and_grad,
+)
 from optprobe.isolation import preserved_modes
 from optprobe.validate import check_int
 
-LossFn = Callable[[Tensor, Tensor], Tensor]
-LossFactory = Callable[[Tensor, Tensor], LossOfParams]
+LossFactory = Callable[[Batch], LossOfParams]
 
 
 def per_example_grads_supported(net: nn.Module) -> tuple[bool, str]:
@@ -58,68 +64,60 @@ def per_example_supported_in_training(net: nn.Module) -> tuple[bool, str]:
 def per_example_grads(
     net: nn.Module,
     params: ParamDict,
-    inputs: Tensor,
-    targets: Tensor,
-    loss_fn: LossFn,
+    batch: Batch,
+    loss: BatchLoss,
     chunk_size: int | None = None,
     randomness: str = "different",
 ) -> Tensor:
-    """Per-example gradients ``g_i = grad loss_fn(net(x_i), y_i)``, shape (B, P), float64.
+    """Per-example gradients ``g_i = grad loss(net, example_i)``, shape (B, P), float64.
 
-    Row ``i`` is the gradient of the loss on batch row ``i`` alone (``inputs[i:i+1]``), flattened
-    in the order of ``params``; with a mean-reduced loss the batch gradient is the row mean
-    (for language models only when every sequence has the same number of counted tokens).
-    Parameters not in ``params`` stay fixed at the module's values; buffers are cloned so the
-    live network is never modified. ``chunk_size`` bounds how many examples vmap processes at
-    once (memory); ``randomness`` is vmap's: "different" draws independent dropout masks per
-    example, as an ordinary batched forward does.
+    Row ``i`` is the gradient of the loss on example ``i`` of the batch alone (a batch of one,
+    :mod:`optprobe.batches`), flattened in the order of ``params``; with a mean-reduced loss
+    the batch gradient is the row mean (for language models only when every sequence has the
+    same number of counted tokens). Parameters not in ``params`` stay fixed at the module's
+    values; buffers are cloned so the live network is never modified. ``chunk_size`` bounds
+    how many examples vmap processes at once (memory); ``randomness`` is vmap's: "different"
+    draws independent dropout masks per example, as an ordinary batched forward does.
     """
     ok, reason = per_example_grads_supported(net)
     if not ok:
         raise ValueError(f"per_example_grads cannot run: {reason}")
-    if inputs.shape[0] != targets.shape[0]:
-        raise ValueError(f"inputs have {inputs.shape[0]} rows but targets {targets.shape[0]}")
+    size = num_examples(batch)
     base = {name: p.detach() for name, p in params.items()}
-    buffers = {name: b.detach().clone() for name, b in net.named_buffers()}
+    dims = vmap_dims(batch)
 
-    def loss_one(p: ParamDict, x: Tensor, y: Tensor) -> Tensor:
-        state = {**{k: b.clone() for k, b in buffers.items()}, **p}
-        return loss_fn(functional_call(net, state, (x.unsqueeze(0),)), y.unsqueeze(0))
+    def loss_one(p: ParamDict, example: Batch) -> Tensor:
+        return functional_loss(net, as_single_example(example, dims), loss)(p)
 
     per_ex = vmap(
-        grad(loss_one), in_dims=(None, 0, 0), chunk_size=chunk_size, randomness=randomness
-    )(base, inputs, targets)
-    batch = inputs.shape[0]
-    return torch.cat([per_ex[k].reshape(batch, -1).to(torch.float64) for k in base], dim=1)
+        grad(loss_one), in_dims=(None, dims), chunk_size=chunk_size, randomness=randomness
+    )(base, batch)
+    return torch.cat([per_ex[k].reshape(size, -1).to(torch.float64) for k in base], dim=1)
 
 
 def microbatch_grads(
     loss_factory: LossFactory,
     params: ParamDict,
-    inputs: Tensor,
-    targets: Tensor,
+    batch: Batch,
     num_microbatches: int,
 ) -> Tensor:
     """Gradients of the mean loss on ``k`` equal contiguous micro-batches, shape (k, P), float64.
 
     Fallback for networks where per-example gradients are undefined (batch norm in train mode):
     each row averages ``B / k`` examples and is computed with the micro-batch's own batch-norm
-    statistics. ``loss_factory(inputs, targets)`` must return a ``params -> loss`` closure that
-    leaves the live network unchanged, e.g.
-    ``functools.partial(functional_loss, net, loss_fn=loss_fn)``.
+    statistics. ``loss_factory(batch)`` must return a ``params -> loss`` closure that leaves
+    the live network unchanged, e.g. ``functools.partial(functional_loss, net, loss=loss)``.
     Pass the rows to ``noise_stats(rows, examples_per_sample=B // k)``.
     """
-    batch = inputs.shape[0]
+    total = num_examples(batch)
     check_int("num_microbatches", num_microbatches, 2, example=4, hint="a covariance needs 2")
-    if targets.shape[0] != batch:
-        raise ValueError(f"inputs have {batch} rows but targets {targets.shape[0]}")
-    if batch % num_microbatches:
+    if total % num_microbatches:
         raise ValueError(
-            f"batch size {batch} is not divisible by num_microbatches={num_microbatches}"
+            f"batch size {total} is not divisible by num_microbatches={num_microbatches}"
         )
-    size = batch // num_microbatches
+    size = total // num_microbatches
     rows = []
-    for start in range(0, batch, size):
-        closure = loss_factory(inputs[start : start + size], targets[start : start + size])
+    for start in range(0, total, size):
+        closure = loss_factory(select(batch, slice(start, start + size)))
         rows.append(loss_and_grad(closure, params)[1])
     return torch.stack(rows)

@@ -28,7 +28,8 @@ class TrainingModule(pl.LightningModule):
     ``optimizer`` and ``scheduler`` are factories (Hydra ``_partial_: true``), so swapping the
     optimizer on the command line needs no change to the model config. The scheduler factory
     receives the optimizer and the total number of optimizer steps and is stepped every step.
-    Probes read ``net`` and ``loss_fn`` to evaluate the same loss at other parameters.
+    Probes read ``net`` and ``probe_loss`` (the default :class:`~optprobe.probes.target.ProbeTarget`)
+    to evaluate the same loss at other parameters.
 
     An optimizer class with ``splits_by_module = True`` (``optprobe.optim.muon``) is built from
     ``net`` itself, any other from its parameters. Schedule-Free optimizers are put in train
@@ -57,6 +58,12 @@ class TrainingModule(pl.LightningModule):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
+
+    def probe_loss(self, net: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
+        """The loss ``training_step`` backpropagates, of ``net`` on an ``(inputs, targets)``
+        batch (mean cross-entropy, nats): what the probes evaluate at other parameters."""
+        inputs, targets = batch
+        return self.loss_fn(net(inputs), targets)
 
     def _shared_step(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         inputs, targets = batch

@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from optprobe.extras import require
+
 
 def soap(
     params: Iterable[Any],
@@ -26,7 +28,8 @@ def soap(
     heavyball's process-wide ``utils.compile_mode`` to None: its fused kernels then run
     eagerly, which on a CPU avoids minutes of compilation per shape; ``compile=True`` leaves
     heavyball's mode."""
-    import heavyball  # imported here: heavyball takes seconds to import
+    # imported here: heavyball takes seconds to import, and only the [optimizers] extra has it
+    heavyball = require("heavyball", "optimizer=soap")
 
     if not compile:
         heavyball.utils.compile_mode = None

@@ -27,6 +27,7 @@ from pytorch_lightning.callbacks import Callback
 from torch import Tensor, nn
 from typing_extensions import override
 
+from optprobe.batches import Batch, as_batch, concat, detached_copy, head, num_examples, to_device
 from optprobe.dist import from_rank_zero, rank_mean, world_size
 from optprobe.estimators.functional import (
     ParamDict,
@@ -36,9 +37,9 @@ from optprobe.estimators.functional import (
     trainable_params,
 )
 from optprobe.isolation import isolated
+from optprobe.probes.loss_check import check_training_loss
+from optprobe.probes.target import ProbedModel, ProbeTarget
 from optprobe.validate import check_choice, check_int, check_optional_int
-
-Batch = tuple[Tensor, Tensor]
 
 
 def is_log_spaced_step(step: int, per_decade: int) -> bool:
@@ -73,6 +74,8 @@ class ProbeCallback(Callback):
         batch: ``current`` (the training batch of the step) or ``fixed`` (one batch drawn once
             from the training data at the start and kept, saved in checkpoints).
         fixed_batch_size: examples in the fixed batch (null: the training batch size).
+        target: which network of the training module is probed and its loss on a batch
+            (default: optprobe's ``TrainingModule``, its ``net`` and ``probe_loss``).
     """
 
     family = "probe"  # the key prefix of its metrics (``<family>/<key>``)
@@ -92,8 +95,12 @@ class ProbeCallback(Callback):
         batch: str = "current",
         fixed_batch_size: int | None = None,
         name: str | None = None,
+        target: ProbeTarget | None = None,
     ) -> None:
         super().__init__()
+        self.target = target or ProbeTarget()
+        self.model: ProbedModel | None = None  # resolved from the training module in setup
+        self.loss_check: dict[str, Any] | None = None  # the first step's check (first probe)
         # The config entry name is the probe's identity: its checkpoint state key, and its key
         # prefix when it is not the family's default entry (two instances of one probe class).
         self.name = name or self.default_name
@@ -138,29 +145,26 @@ class ProbeCallback(Callback):
         return k % self.every_n_steps == 0
 
     def draw_fixed_batch(self, trainer: pl.Trainer) -> Batch:
-        """One batch from a fresh training loader (data modules seed their own generators)."""
-        loader = trainer.datamodule.train_dataloader()
-        inputs, targets = next(iter(loader))
-        n = self.fixed_batch_size or inputs.shape[0]
-        if n > inputs.shape[0]:
-            parts_x, parts_y = [inputs], [targets]
-            for x, y in loader:
-                parts_x.append(x)
-                parts_y.append(y)
-                if sum(p.shape[0] for p in parts_x) >= n:
-                    break
-            inputs, targets = torch.cat(parts_x), torch.cat(parts_y)
-        return inputs[:n].clone(), targets[:n].clone()
+        """One batch from a fresh training loader (data modules seed their own generators; the
+        caller restores the global RNG streams): ``fixed_batch_size`` examples, joined from
+        as many loader batches as that takes."""
+        if trainer.datamodule is not None:
+            loader = trainer.datamodule.train_dataloader()
+        else:
+            loader = trainer.train_dataloader
+        parts: list[Batch] = []
+        for batch in loader:
+            parts.append(as_batch(batch))
+            n = self.fixed_batch_size or num_examples(parts[0])
+            if sum(num_examples(b) for b in parts) >= n:
+                break
+        return detached_copy(head(concat(parts), n))
 
     def probe_batch(self, pl_module: pl.LightningModule) -> Batch:
         """The batch a probe evaluates on, on the module's device: the fixed batch, or the
         current step's batch (all micro-batches of the step under gradient accumulation)."""
-        if self.batch_mode == "fixed":
-            inputs, targets = self.fixed_batch
-        else:
-            inputs = torch.cat([b[0] for b in self.window])
-            targets = torch.cat([b[1] for b in self.window])
-        return inputs.to(pl_module.device), targets.to(pl_module.device)
+        batch = self.fixed_batch if self.batch_mode == "fixed" else concat(self.window)
+        return to_device(batch, pl_module.device)
 
     # ----------------------------------------------------------------- hooks for subclasses
     def before_step(
@@ -179,7 +183,7 @@ class ProbeCallback(Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self._window_closed:
             self.window, self.window_losses, self._window_closed = [], [], False
-        self.window.append(batch)
+        self.window.append(as_batch(batch))
 
     @override
     def on_before_backward(self, trainer, pl_module, loss: Tensor) -> None:
@@ -195,12 +199,10 @@ class ProbeCallback(Callback):
     def window_mean_loss(self, pl_module: pl.LightningModule, params: ParamDict) -> float:
         """f_t at ``params`` on the step's batch (nats; mean over its micro-batches and the DDP
         ranks), one forward per micro-batch through the functional view of the network."""
+        model = self.model
         with torch.no_grad():
             local = torch.stack(
-                [
-                    functional_loss(pl_module.net, x, y, pl_module.loss_fn)(params).double()
-                    for x, y in self.window
-                ]
+                [functional_loss(model.net, b, model.loss)(params).double() for b in self.window]
             ).mean()
         return float(self.global_mean(local))
 
@@ -210,9 +212,10 @@ class ProbeCallback(Callback):
         """Mean loss (nats) and flat gradient of f_t at ``params`` over the step's
         micro-batches (and the DDP ranks): one forward+backward per micro-batch."""
         losses, grads = [], []
-        for inputs, targets in self.window:
-            fn = functional_loss(pl_module.net, inputs, targets, pl_module.loss_fn)
-            loss, grad = loss_and_grad(fn, params)
+        for batch in self.window:
+            loss, grad = loss_and_grad(
+                functional_loss(self.model.net, batch, self.model.loss), params
+            )
             losses.append(loss.reshape(1))
             grads.append(grad)
         # one micro-batch on one rank (the common case): no copy of the gradient
@@ -255,6 +258,8 @@ class ProbeCallback(Callback):
     def final_summary(self) -> dict[str, Any]:
         """What the job's summary.json records for this probe (override to add verdicts)."""
         summary = {"probed": self.num_probed, "skipped": self.num_skipped}
+        if self.loss_check is not None:
+            summary["loss_check"] = self.loss_check
         if self.num_skipped:
             summary["last_skip_reason"] = self.last_skip_reason
         return summary
@@ -265,8 +270,10 @@ class ProbeCallback(Callback):
             return
         self._step = trainer.global_step
         self._active = self.wants_step(self._step)
+        if self.loss_check is None and self.checks_loss(trainer):
+            self.loss_check = check_training_loss(self, trainer, pl_module)
         if self._active:
-            with self.timed(pl_module.net):
+            with self.timed(self.model.net):
                 self.before_step(trainer, pl_module, optimizer, self._step)
 
     @override
@@ -276,19 +283,15 @@ class ProbeCallback(Callback):
         step, active = self._step, self._active
         self._step, self._window_closed = None, True
         if active:
-            with self.timed(pl_module.net):
+            with self.timed(self.model.net):
                 self.after_step(trainer, pl_module, step)
 
     # ----------------------------------------------------------------- lifecycle
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        for name in ("net", "loss_fn"):
-            if not hasattr(pl_module, name):
-                raise TypeError(
-                    f"{self.config_key} needs a LightningModule with `{name}` "
-                    "(optprobe.models.lit_module.TrainingModule)"
-                )
-        if self.refuses_dropout and has_active_dropout(pl_module.net):
+        self.model = self.target.resolve(pl_module, self.config_key)
+        self.loss_check = None  # checked again on the first step of every fit
+        if self.refuses_dropout and has_active_dropout(self.model.net):
             raise ValueError(
                 f"{self.config_key}: the model has active dropout, so extra passes would see "
                 "another mask than the training step did; set the model's dropout to 0 (e.g. "
@@ -320,7 +323,14 @@ class ProbeCallback(Callback):
             self.probe_seconds += time.perf_counter() - start
 
     def params(self, pl_module: pl.LightningModule) -> ParamDict:
-        return trainable_params(pl_module.net)
+        """The live trainable parameters of the probed network."""
+        return trainable_params(self.model.net)
+
+    def checks_loss(self, trainer: pl.Trainer) -> bool:
+        """Whether this probe runs the first step's training-loss check: the first probe of
+        the trainer does, once per fit."""
+        probes = [c for c in trainer.callbacks if isinstance(c, ProbeCallback)]
+        return bool(probes) and probes[0] is self
 
     # ----------------------------------------------------------------- logging
     def overhead_keys(self, trainer: pl.Trainer) -> dict[str, float]:

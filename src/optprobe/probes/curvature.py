@@ -15,9 +15,10 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from typing_extensions import override
 
+from optprobe.batches import Batch, num_examples, select
 from optprobe.estimators.functional import (
     MatVec,
     ParamDict,
@@ -39,6 +40,7 @@ from optprobe.estimators.spectral_density import spectral_density
 from optprobe.log import warn
 from optprobe.optim.registry import facts_for, torch_optimizer
 from optprobe.probes.base import ProbeCallback
+from optprobe.probes.target import ProbedModel
 from optprobe.validate import (
     check_bool,
     check_choice,
@@ -54,8 +56,8 @@ class CurvatureProbe(ProbeCallback):
     """Curvature of the training loss at x_t: extreme Hessian eigenvalues, trace, sharpness.
 
     On every probed step, at the parameters x_t before the update and on the probe batch
-    (``batch``: the step's batch, or a fixed one), the loss ``f(x) = loss_fn(net(inputs; x),
-    targets)`` is evaluated functionally with the network in its training mode (BatchNorm uses
+    (``batch``: the step's batch, or a fixed one), the training loss ``f(x) = loss(net; x, batch)``
+    (:mod:`optprobe.probes.target`) is evaluated functionally with the network in its training mode (BatchNorm uses
     batch statistics, as in training; dropout off; live buffers untouched) and the Hessian
     ``H = d^2 f / dx^2`` over all trainable parameters is probed through Hessian-vector
     products (HVPs). Eigenvalues and the trace are in loss units per squared parameter unit
@@ -195,7 +197,7 @@ class CurvatureProbe(ProbeCallback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
         if self.hvp_mode == "forward_over_reverse":
-            reason = forward_mode_blocker(pl_module.net)
+            reason = forward_mode_blocker(self.model.net)
             if reason is not None:
                 raise ValueError(
                     f"{self.config_key}.hvp=forward_over_reverse cannot run on this network: {reason}. "
@@ -203,11 +205,12 @@ class CurvatureProbe(ProbeCallback):
                 )
 
     # ----------------------------------------------------------------- measurement
-    def matvec(self, net: nn.Module, loss_fn: Any, inputs: Tensor, targets: Tensor) -> MatVec:
-        """``v -> H v`` of the loss at the live parameters of ``net`` (flat float64 vectors),
-        on the global batch under DDP (every rank draws the same vectors from its generator)."""
-        loss_of_params = functional_loss(net, inputs, targets, loss_fn)
-        params = {k: p.detach() for k, p in trainable_params(net).items()}
+    def matvec(self, model: ProbedModel, batch: Batch) -> MatVec:
+        """``v -> H v`` of ``model``'s loss on ``batch`` at the live parameters of its network
+        (flat float64 vectors), on the global batch under DDP (every rank draws the same
+        vectors from its generator)."""
+        loss_of_params = functional_loss(model.net, batch, model.loss)
+        params = {k: p.detach() for k, p in trainable_params(model.net).items()}
         if self.hvp_mode == "forward_over_reverse":
             local = hvp_forward_over_reverse(loss_of_params, params)
         else:
@@ -216,20 +219,18 @@ class CurvatureProbe(ProbeCallback):
 
     def measure(
         self,
-        net: nn.Module,
-        loss_fn: Any,
-        inputs: Tensor,
-        targets: Tensor,
+        model: ProbedModel,
+        batch: Batch,
         optimizer: Any = None,
     ) -> tuple[dict[str, float], tuple[np.ndarray, np.ndarray] | None]:
         """The logged values (without ``curv/esd_saved``) and the ESD ``(grid, density)``.
 
         Draws from the probe's generator; raises FloatingPointError on non-finite values.
         """
-        params = trainable_params(net)
+        params = trainable_params(model.net)
         dim = sum(p.numel() for p in params.values())
         device = next(iter(params.values())).device
-        matvec = self.matvec(net, loss_fn, inputs, targets)
+        matvec = self.matvec(model, batch)
         rng = {"generator": self.generator, "device": device}
         warm = self._warm(self.ritz, dim)
         eig = extreme_eigenvalues(
@@ -270,16 +271,14 @@ class CurvatureProbe(ProbeCallback):
             esd = spectral_density(matvec, dim, self.esd_probes, self.esd_iters, **rng)
         return values, esd
 
-    def hvp_batch(self, inputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    def hvp_batch(self, batch: Batch) -> Batch:
         """The examples the HVPs use: the whole probe batch, or ``hvp_examples`` of them drawn
         without replacement from the probe's generator (checkpointed, so a resume draws the
         same subsets; under DDP every rank draws the same positions in its own batch)."""
-        n = inputs.shape[0]
+        n = num_examples(batch)
         if self.hvp_examples is None or self.hvp_examples >= n:
-            return inputs, targets
-        pick = torch.randperm(n, generator=self.generator)[: self.hvp_examples]
-        pick = pick.to(inputs.device)
-        return inputs[pick], targets[pick]
+            return batch
+        return select(batch, torch.randperm(n, generator=self.generator)[: self.hvp_examples])
 
     def _warm(self, ritz: Tensor | None, dim: int) -> Tensor | None:
         """The warm start for a Lanczos run in ``dim`` dimensions: the kept Ritz vectors, or
@@ -330,9 +329,9 @@ class CurvatureProbe(ProbeCallback):
     def before_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any, step: int
     ) -> None:
-        inputs, targets = self.hvp_batch(*self.probe_batch(pl_module))
+        batch = self.hvp_batch(self.probe_batch(pl_module))
         try:
-            values, esd = self.measure(pl_module.net, pl_module.loss_fn, inputs, targets, optimizer)
+            values, esd = self.measure(self.model, batch, optimizer)
         except FloatingPointError as err:  # a non-finite value inside the estimators
             self.log_values(trainer, pl_module, self.skip(f"step {step}: {err}"))
             return
@@ -347,7 +346,7 @@ class CurvatureProbe(ProbeCallback):
         if not self.finite_or_skip(trainer, pl_module, values, step, may_be_nan=undefined):
             return
         if self.hvp_examples is not None:
-            values["curv/hvp_examples"] = float(inputs.shape[0])
+            values["curv/hvp_examples"] = float(num_examples(batch))
         self.num_probed += 1
         self.last_lambda_max = values["curv/lambda_max"]
         self.max_lambda_max = max(self.max_lambda_max, self.last_lambda_max)
@@ -392,7 +391,8 @@ class CurvatureProbe(ProbeCallback):
             **super().final_summary(),
             "hvp": self.hvp_mode,
             "last_lambda_max": self.last_lambda_max,
-            "max_lambda_max": self.max_lambda_max,
+            # None before the first firing (-inf would be written as JSON's invalid -Infinity)
+            "max_lambda_max": None if self.num_probed == 0 else self.max_lambda_max,
             **(
                 {"threshold_undefined": self.threshold_undefined}
                 if self.threshold_undefined

@@ -14,11 +14,12 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel
 from typing_extensions import override
 
+from optprobe.batches import Batch, head, num_examples, select
 from optprobe.dist import rank_mean, rank_sum, world_size
 from optprobe.estimators.functional import functional_loss, trainable_params
 from optprobe.estimators.noise_stats import NoiseStats, stats_from_moments, two_batch_estimates
@@ -30,6 +31,7 @@ from optprobe.estimators.per_example import (
 )
 from optprobe.log import say, warn
 from optprobe.probes.base import ProbeCallback
+from optprobe.probes.target import ProbedModel
 from optprobe.validate import check_choice, check_int, check_optional_int
 
 NOISE_METHODS = ("auto", "per_example", "microbatch")
@@ -166,7 +168,7 @@ class NoiseProbe(ProbeCallback):
         super().setup(trainer, pl_module, stage)
         if self.method == "microbatch":
             return
-        ok, reason = per_example_supported_in_training(pl_module.net)
+        ok, reason = per_example_supported_in_training(self.model.net)
         if self.method == "per_example" and not ok:
             raise ValueError(
                 f"{self.config_key}.method=per_example cannot run on this network: {reason}. "
@@ -178,16 +180,17 @@ class NoiseProbe(ProbeCallback):
             why = "" if ok else f" ({reason})"
             say(f"{self.config_key}: method=auto uses {self.method_used}{why}")
 
-    def measure(self, net: nn.Module, loss_fn: Any, inputs: Tensor, targets: Tensor) -> NoiseStats:
-        """Noise statistics of the loss at the live parameters of ``net`` on this batch.
+    def measure(self, model: ProbedModel, batch: Batch) -> NoiseStats:
+        """Noise statistics of ``model``'s loss at the live parameters of its network on
+        ``batch``.
 
         Raises ProbeNotApplicable when the batch has fewer than two examples, or when ``per_example``
         was requested explicitly but the network does not allow it in its current mode
         (``auto`` falls back to micro-batches then).
         """
-        batch = inputs.shape[0]
-        if batch < 2:
-            raise ProbeNotApplicable(f"the probe batch has {batch} example(s); need at least 2")
+        net, size = model.net, num_examples(batch)
+        if size < 2:
+            raise ProbeNotApplicable(f"the probe batch has {size} example(s); need at least 2")
         params = {k: p.detach() for k, p in trainable_params(net).items()}
         method = self.method_used
         if method == "per_example":
@@ -197,24 +200,18 @@ class NoiseProbe(ProbeCallback):
             method = "per_example" if ok else "microbatch"
         merged, per_sample = _Merged(), 1
         if method == "microbatch":
-            k = min(self.num_microbatches, batch)
-            per_sample = batch // k
-            factory = functools.partial(functional_loss, net, loss_fn=loss_fn)
+            k = min(self.num_microbatches, size)
+            per_sample = size // k
+            factory = functools.partial(functional_loss, net, loss=model.loss)
             rows = microbatch_grads(
-                factory,
-                params,
-                inputs[: k * per_sample],
-                targets[: k * per_sample],
-                num_microbatches=k,
+                factory, params, head(batch, k * per_sample), num_microbatches=k
             )
             merged.add(rows)
         else:
-            chunk = self.chunk_size or batch
-            for start in range(0, batch, chunk):
-                end = start + chunk
-                merged.add(
-                    per_example_grads(net, params, inputs[start:end], targets[start:end], loss_fn)
-                )
+            chunk = self.chunk_size or size
+            for start in range(0, size, chunk):
+                part = select(batch, slice(start, start + chunk))
+                merged.add(per_example_grads(net, params, part, model.loss))
         if self.batch_mode == "current":  # a fixed batch is the same on every rank
             merged.reduce_over_ranks()
         return merged.stats(per_sample)
@@ -244,13 +241,13 @@ class NoiseProbe(ProbeCallback):
         if not self.capture_rank_gradient:
             return {}
         ranks = world_size()
-        shard = sum(inputs.shape[0] for inputs, _ in self.window)
+        shard = sum(num_examples(batch) for batch in self.window)
         device = pl_module.device
         small_sq = float(rank_mean(torch.as_tensor(self.rank_sq_norm, device=device)))
         big_sq = float(
             sum(
                 p.grad.double().pow(2).sum()
-                for p in trainable_params(pl_module.net).values()
+                for p in self.params(pl_module).values()
                 if p.grad is not None
             )
         )
@@ -265,10 +262,10 @@ class NoiseProbe(ProbeCallback):
     def before_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any, step: int
     ) -> None:
-        inputs, targets = self.probe_batch(pl_module)
+        batch = self.probe_batch(pl_module)
         two_batch = self.two_batch_values(pl_module)
         try:
-            st = self.measure(pl_module.net, pl_module.loss_fn, inputs, targets)
+            st = self.measure(self.model, batch)
         except (ProbeNotApplicable, FloatingPointError) as err:
             self.log_values(trainer, pl_module, self.skip(f"step {step}: {err}"))
             return

@@ -162,7 +162,7 @@ class ReferenceProbe(ProbeCallback):
         loss_ref = self.window_mean_loss(pl_module, self.ref_params)
         loss_x, grad = self.training_loss_and_grad(trainer, pl_module, params)
         x = flatten(p.detach() for p in params.values())
-        dtype = next(pl_module.net.parameters()).dtype
+        dtype = next(self.model.net.parameters()).dtype
         tol = float_tolerance(dtype, max(abs(loss_x), abs(loss_ref)))
         values = reference_quantities(loss_x, loss_ref, grad, x, self.x_ref, tol=tol)
         if not self.finite_or_skip(trainer, pl_module, values, step, ("pl", "weak_cvx")):

@@ -283,8 +283,8 @@ class StepProbe(ProbeCallback):
     def _curvature_along_update(self, pl_module, info: dict) -> float:
         x_old = unflatten_like(info["x_old"], self.params(pl_module))  # exact: float64 holds x_t
         matvecs = []
-        for inputs, targets in self.window:
-            fn = functional_loss(pl_module.net, inputs, targets, pl_module.loss_fn)
+        for batch in self.window:
+            fn = functional_loss(self.model.net, batch, self.model.loss)
             matvecs.append(hvp_double_backward(fn, x_old)(info["delta"]))
         hv = self.global_mean(torch.stack(matvecs).mean(0))
         return float(info["delta"] @ hv) / float(info["delta"] @ info["delta"])
@@ -300,7 +300,7 @@ class StepProbe(ProbeCallback):
     def _finish(self, trainer, pl_module, info: dict, loss_old, loss_new, grad_new, grad_old):
         """The step's keys from both points' losses and gradients (same batch, same precision),
         the online descent bound and the aggregates; logs them."""
-        dtype = next(pl_module.net.parameters()).dtype
+        dtype = next(self.model.net.parameters()).dtype
         tol = float_tolerance(dtype, max(abs(loss_old), abs(loss_new)))
         values = step_quantities(
             loss_old, loss_new, grad_new, info["delta"], grad_old, info["delta_prev"], tol=tol
@@ -335,7 +335,7 @@ class StepProbe(ProbeCallback):
         """``layer/<group>/<key>`` (``layer_fresh/...`` for the fresh-batch scheme): the step's
         quantities per parameter group, sliced from the step's vectors (NaN ones unlogged)."""
         if self._groups is None:
-            self._groups = ParamGroups.of(pl_module.net, self.params(pl_module))
+            self._groups = ParamGroups.of(self.model.net, self.params(pl_module))
         prefix = LAYER_PREFIXES[self.family]
         per_group = group_step_quantities(self._groups, delta, grad_new, grad_old)
         return {

@@ -12,6 +12,7 @@ import hydra
 from lightning_fabric.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig
 
+from optprobe.extras import MissingExtraError, missing_target_message
 from optprobe.run.checkpoint_files import check_checkpoint
 from optprobe.run.folder import JobFolder
 from optprobe.run.hydra_context import hydra_choices
@@ -40,9 +41,15 @@ def check_step_budget(cfg: DictConfig) -> None:
 
 def unknown_options(group: str, entry: DictConfig | None) -> str | None:
     """The error for keys of ``entry`` (a ``_target_`` config) that its target does not
-    take, or None. Targets that take ``**kwargs`` accept anything."""
+    take, or None. Targets that take ``**kwargs`` accept anything. A target in a package of an
+    extra that is not installed (``optimizer=lion``...) is a :class:`MissingExtraError`
+    naming the extra."""
     if not entry or "_target_" not in entry:
         return None
+    choice = hydra_choices().get(group)
+    missing = missing_target_message(entry._target_, f"{group}={choice}" if choice else None)
+    if missing:
+        raise MissingExtraError(missing)
     target = hydra.utils.get_method(entry._target_)  # a class or a function
     try:
         parameters = inspect.signature(target).parameters.values()
@@ -54,7 +61,6 @@ def unknown_options(group: str, entry: DictConfig | None) -> str | None:
     unknown = [k for k in entry if k not in HYDRA_KEYS and k not in valid]
     if not unknown:
         return None
-    choice = hydra_choices().get(group)
     source = f"{entry._target_}" + (f" ({group}={choice})" if choice else "")
     guesses = [g for k in unknown for g in difflib.get_close_matches(k, valid, n=1)]
     hint = f" Did you mean {', '.join(f'{group}.{g}' for g in guesses)}?" if guesses else ""

@@ -11,6 +11,7 @@ from urllib.parse import urlparse
 
 from pytorch_lightning.loggers import WandbLogger
 
+from optprobe.extras import check_installed
 from optprobe.log import warn
 from optprobe.run.hydra_context import hydra_identity
 
@@ -100,7 +101,9 @@ def wandb_logger(
 
     The run id comes from the job folder (or ``WANDB_RUN_ID``), so a job that resumes in its
     folder (a SLURM requeue, ``ckpt_path=``) continues its W&B run instead of starting another.
+    Without wandb installed: a :class:`~optprobe.extras.MissingExtraError` naming the extra.
     """
+    check_installed("wandb", "logger=wandb")
     sweep_group, overrides = hydra_identity()
     logger = WandbLogger(
         save_dir=save_dir,
