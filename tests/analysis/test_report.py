@@ -124,12 +124,13 @@ def test_captions_say_what_the_intervals_are(full_report):
     assert "95% t interval over runs" in header and "pooled steps (held/checked)" in header
     comparison_section = html.split('id="optimizer_comparison"')[1].split("</section>")[0]
     assert "Wilson" not in comparison_section and "Wilson" not in html.split('id="answer"')[0]
-    # per run: the Wilson interval at the AR(1) effective sample size, said in full
+    # per run: the Wilson interval at the long-memory effective sample size, said in full
     held = escape(FIGURES["held_fractions.png"][1])
     verdict_note = table[table.index("<h2>Table: per-run verdicts</h2>") :].split("</p>")[0]
     for words in (held, verdict_note):
         assert "95% Wilson interval at the run&#x27;s effective sample size" in words
-        assert escape("n(1 − ρ)/(1 + ρ)") in words and "lag-1 autocorrelation" in words
+        assert escape("(n − W)/τ + 1") in words
+        assert "integrated autocorrelation time" in words
         assert RUN_METHOD in words
     # figures without intervals say so, and what their numbers are
     assert "No intervals." in FIGURES["trajectories.png"][1]

@@ -45,7 +45,7 @@ def test_inst_gap_73_of_100():
     assert v.variant == {"score": "valid", "scheme": "same_batch"}
     assert (v.held, v.checked) == (73, 100)
     assert v.fraction == pytest.approx(0.73)
-    assert v.interval_method == "wilson_ess_ar1"
+    assert v.interval_method == "wilson_ess_geyer"
     assert (v.ci_low, v.ci_high) == pytest.approx(run_interval(gap <= 0)[:2], abs=1e-12)
     assert hand_wilson(73, 100)[0] - 0.02 <= v.ci_low  # shuffled: about the Wilson interval
     # the same steps in runs (held first, then failed): strongly autocorrelated, far wider
@@ -320,7 +320,7 @@ def test_to_dict_from_dict_round_trip():
     verdict = sample_verdict()
     nan = float("nan")
     verdict.assumptions.append(
-        AssumptionVerdict("ref_gap", "ref_gap", "x", 0, 0, nan, nan, nan, "wilson_ess_ar1")
+        AssumptionVerdict("ref_gap", "ref_gap", "x", 0, 0, nan, nan, nan, "wilson_ess_geyer")
     )
     verdict.constants["gamma"] = float("nan")
     data = verdict.to_dict()
@@ -351,7 +351,7 @@ def test_verdict_table_lists_everything():
         assert f"\n{assumption.label}" in table
     for name in verdict.constants:
         assert name in table
-    assert "step=3" in table and "wilson_ess_ar1" in table
+    assert "step=3" in table and "wilson_ess_geyer" in table
     assert "no assumption" in verdict_table(RunVerdict())
 
 

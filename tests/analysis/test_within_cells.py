@@ -12,7 +12,12 @@ from scipy import stats
 
 from optprobe.analysis import within_cells
 from optprobe.analysis.correlations import CONSTANTS, correlation_note, correlations
-from optprobe.analysis.early import EARLY_PREFIX, early_prediction, prediction_sentences
+from optprobe.analysis.early import (
+    EARLY_PREFIX,
+    X_STAR_NOTE,
+    early_prediction,
+    prediction_sentences,
+)
 from optprobe.analysis.within_cells import smallest_within_pvalue, within_cells_test
 
 
@@ -161,7 +166,7 @@ def test_without_hyperparameter_columns_the_within_test_is_not_run():
     assert sentence.endswith(
         "Within hyperparameter cells: not tested (the runs table has no lr, "
         "weight_decay or scheduler column, or no cell of runs sharing them "
-        "holds two runs with both values)."
+        "holds two runs with both values)." + X_STAR_NOTE
     )
 
 

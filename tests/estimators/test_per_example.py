@@ -54,8 +54,8 @@ def assert_stats_match(stats: NoiseStats, rows: np.ndarray, batch: int) -> None:
     trace, sq, gns, snr = numpy_stats(rows, batch)
     assert stats.trace_cov == pytest.approx(trace, rel=1e-6)
     assert stats.grad_sq_norm == pytest.approx(sq, rel=1e-6)
-    assert stats.gns == pytest.approx(gns, rel=1e-6)
-    assert stats.snr == pytest.approx(snr, rel=1e-6)
+    assert stats.gns_minibatch == pytest.approx(gns, rel=1e-6)
+    assert stats.snr_minibatch == pytest.approx(snr, rel=1e-6)
     assert stats.batch_size == batch
     assert stats.num_samples == rows.shape[0]
 
@@ -228,7 +228,7 @@ def test_batchnorm_train_mode_uses_microbatches_and_leaves_buffers_untouched():
     st = noise_stats(rows, examples_per_sample=3)
     assert st.trace_cov == pytest.approx(3 * trace1, rel=1e-6)
     assert st.grad_sq_norm == pytest.approx(sq, rel=1e-6)
-    assert st.snr == pytest.approx(sq / (3 * trace1 / 12), rel=1e-6)
+    assert st.snr_minibatch == pytest.approx(sq / (3 * trace1 / 12), rel=1e-6)
     assert (st.batch_size, st.num_samples) == (12, 4)
 
     with pytest.raises(ValueError, match="divisible"):
@@ -278,7 +278,7 @@ def test_zero_gradient_network_gives_nan_ratios():
             supervised(F.cross_entropy),
         )
     )
-    assert math.isnan(st.gns) and math.isnan(st.snr)
+    assert math.isnan(st.gns_minibatch) and math.isnan(st.snr_minibatch)
 
 
 def test_dict_batch_per_example_grads_match_loop():

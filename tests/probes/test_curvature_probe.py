@@ -73,6 +73,10 @@ def test_eigenvalues_trace_esd_and_sharpness_match_dense_hessian(tmp_path, monke
         assert lam_max[t] == pytest.approx(float(evals[-1]), rel=1e-3)
         assert lam_min[t] == pytest.approx(float(evals[0]), rel=1e-3)
         assert sink.series("curv/lanczos_converged")[t] == 1.0
+        error = sink.series("curv/lambda_min_error")[t]
+        assert abs(lam_min[t] - float(evals[0])) <= error  # the bound holds
+        known = lam_min[t] < 0 or lam_min[t] > error
+        assert sink.series("curv/lambda_min_sign_known")[t] == float(known)
         assert 1 <= sink.series("curv/lanczos_matvecs")[t] <= hess.shape[0]
         assert 0 < stderr[t] < math.inf
         assert abs(trace[t] - float(torch.trace(hess))) <= 3 * stderr[t]
@@ -134,18 +138,18 @@ def test_subsample_no_smaller_than_the_batch_is_the_whole_batch():
 
 
 class AdamStateSnapshot(Callback):
-    """Copies (exp_avg_sq, step) of every trainable parameter before each optimizer step."""
+    """Copies (exp_avg_sq, step) of every trainable parameter right after each optimizer step:
+    the second moment v_t (with g_t) the step divided by."""
 
     def __init__(self) -> None:
-        self.steps: list[list[tuple[Tensor, float] | None]] = []
+        self.steps: list[list[tuple[Tensor, float]]] = []
 
-    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         opt = trainer.optimizers[0]
         snap = []
         for p in pl_module.net.parameters():
-            state = opt.state.get(p, {})
-            has = "exp_avg_sq" in state
-            snap.append((state["exp_avg_sq"].clone(), float(state["step"])) if has else None)
+            state = opt.state[p]
+            snap.append((state["exp_avg_sq"].clone(), float(state["step"])))
         self.steps.append(snap)
 
 
@@ -164,10 +168,9 @@ def test_adam_preconditioned_sharpness_matches_dense():
         optimizer=lambda params: torch.optim.Adam(params, lr=lr, betas=betas, eps=eps),
     )
     precond = sink.series("curv/precond_lambda_max")
-    # before the first step Adam has no state: no preconditioned sharpness, no ratio
-    assert sorted(precond) == [1, 2]
-    assert "curv/sharpness_ratio" not in sink.rows[0] and "curv/lambda_max" in sink.rows[0]
-    for t in (1, 2):
+    # the step's own preconditioner P_t (read after the step): step 0 has one too
+    assert sorted(precond) == [0, 1, 2]
+    for t in (0, 1, 2):
         rec, snap = recorder.steps[t], snapshot.steps[t]
         hess = dense_hessian(net, rec.params, rec.batches)
         diag = torch.cat(

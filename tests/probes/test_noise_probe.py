@@ -25,8 +25,11 @@ KEYS = (
     "noise/grad_sq_norm_unbiased",
     "noise/gns",
     "noise/snr",
+    "noise/gns_minibatch",
+    "noise/snr_minibatch",
     "noise/batch_size",
 )
+UNDEFINED_WHEN_NOISE_DOMINATES = ("noise/gns", "noise/snr")  # NaN where |G|^2_u <= 0
 
 
 class TinyCNN(nn.Module):
@@ -58,19 +61,34 @@ def brute_force_grads(net: nn.Module, params: dict[str, Tensor], groups) -> Tens
 
 
 def reference(rows: Tensor, per_row: int) -> dict[str, float]:
+    """The logged keys by hand; B_simple from the two-batch-size estimate of |G|^2 with
+    B_small = per_row, B_big = n * per_row (McCandlish et al. 2018, A.1)."""
     n = rows.shape[0]
     mean = rows.mean(0)
     trace_cov = per_row * sum(float((r - mean) @ (r - mean)) for r in rows) / (n - 1)
     sq = float(mean @ mean)
     batch = n * per_row
+    small_sq = float((rows**2).sum(1).mean())
+    sq_u = (batch * sq - per_row * small_sq) / (batch - per_row)
     return {
         "noise/trace_cov": trace_cov,
         "noise/grad_sq_norm": sq,
-        "noise/grad_sq_norm_unbiased": sq - trace_cov / batch,
-        "noise/gns": trace_cov / sq,
-        "noise/snr": sq / (trace_cov / batch),
+        "noise/grad_sq_norm_unbiased": sq_u,
+        "noise/gns": trace_cov / sq_u if sq_u > 0 else math.nan,
+        "noise/snr": sq_u / (trace_cov / batch) if sq_u > 0 else math.nan,
+        "noise/gns_minibatch": trace_cov / sq,
+        "noise/snr_minibatch": sq / (trace_cov / batch),
         "noise/batch_size": float(batch),
     }
+
+
+def assert_logged(sink, t: int, expected: dict[str, float]) -> None:
+    for key in KEYS:
+        got = sink.series(key)[t]
+        if math.isnan(expected[key]):
+            assert math.isnan(got), key
+        else:
+            assert got == pytest.approx(expected[key], rel=1e-6), key
 
 
 @pytest.mark.parametrize("chunk_size", [None, 5])
@@ -81,6 +99,8 @@ def test_per_example_values_match_brute_force(chunk_size):
     _, _, recorder, sink = fit(net, x, y, callbacks=[probe], steps=3)
     assert probe.method_used == "per_example"
     assert sorted(sink.series("noise/trace_cov")) == [0, 1, 2]
+    assert probe.num_skipped == 0
+    defined = 0
     for t, rec in enumerate(recorder.steps):
         bx, by = rec.batches[0]
         rows = brute_force_grads(
@@ -90,8 +110,10 @@ def test_per_example_values_match_brute_force(chunk_size):
         g_t = torch.cat([g.reshape(-1) for g in rec.grads.values()])
         torch.testing.assert_close(rows.mean(0), g_t, rtol=1e-10, atol=1e-12)
         expected = reference(rows, per_row=1)
-        for key in KEYS:
-            assert sink.series(key)[t] == pytest.approx(expected[key], rel=1e-6), key
+        assert_logged(sink, t, expected)
+        defined += expected["noise/grad_sq_norm_unbiased"] > 0
+    # random labels: noise dominates on some steps (NaN B_simple), not on all
+    assert 0 < defined < 3
 
 
 def test_microbatch_values_match_brute_force():
@@ -105,8 +127,7 @@ def test_microbatch_values_match_brute_force():
         bx, by = rec.batches[0]
         groups = [(bx[i : i + 4], by[i : i + 4]) for i in range(0, 16, 4)]
         expected = reference(brute_force_grads(net, rec.params, groups), per_row=4)
-        for key in KEYS:
-            assert sink.series(key)[t] == pytest.approx(expected[key], rel=1e-6), key
+        assert_logged(sink, t, expected)
 
 
 def test_batchnorm_auto_uses_microbatches():
@@ -121,7 +142,14 @@ def test_batchnorm_auto_uses_microbatches():
     for key in KEYS:
         series = sink.series(key)
         assert sorted(series) == [0, 1], key
+        if key in UNDEFINED_WHEN_NOISE_DOMINATES:
+            continue
         assert all(math.isfinite(v) for v in series.values()), key
+    unbiased = sink.series("noise/grad_sq_norm_unbiased")
+    for key in UNDEFINED_WHEN_NOISE_DOMINATES:
+        for t, v in sink.series(key).items():
+            assert math.isnan(v) == (unbiased[t] <= 0) and not math.isinf(v), (key, t)
+    assert probe.num_skipped == 0
     # 16 examples in 3 micro-batches of 5: the last row is dropped
     assert set(sink.series("noise/batch_size").values()) == {15.0}
     assert sink.series("noise/trace_cov")[0] > 0
@@ -136,6 +164,34 @@ def test_per_example_on_batchnorm_fails_at_setup():
     with pytest.raises(ValueError, match="BatchNorm2d 'bn'.*method=microbatch"):
         fit(TinyCNN().double(), x, y, callbacks=[started, probe], steps=2)
     assert not started.started and probe.num_probed == 0
+
+
+def test_undefined_noise_scale_is_nan_not_a_skipped_step():
+    """Noise dominates: the unbiased |G|^2 is < 0, so B_simple and the SNR are undefined (NaN);
+    the step is still probed and every other key is logged."""
+    x, y = make_data(8)
+    x, y = torch.cat([x, -x]), torch.cat([y, y])  # pairs (x, y), (-x, y): gradients ~ cancel
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16, 3, bias=False)).double()
+    with torch.no_grad():
+        net[1].weight.mul_(0.01)  # near zero: softmax ~ uniform at x and -x
+    probe = NoiseProbe(every_n_steps=1)
+    _, _, recorder, sink = fit(net, x, y, callbacks=[probe], steps=3, batch_size=16)
+    assert probe.method_used == "per_example"
+    assert probe.num_probed == 3 and probe.num_skipped == 0
+    assert sink.series("noise/skipped") == {}
+    for t, rec in enumerate(recorder.steps):
+        bx, by = rec.batches[0]
+        rows = brute_force_grads(
+            net, rec.params, [(bx[i : i + 1], by[i : i + 1]) for i in range(16)]
+        )
+        expected = reference(rows, per_row=1)
+        assert expected["noise/grad_sq_norm_unbiased"] < 0
+        assert_logged(sink, t, expected)
+        assert math.isnan(sink.series("noise/gns")[t]) and math.isnan(sink.series("noise/snr")[t])
+        # the minibatch ratio is defined and biased: above B, which B_simple never is in
+        # expectation
+        assert sink.series("noise/gns_minibatch")[t] > 16
 
 
 def test_non_finite_noise_is_skipped_not_fatal():

@@ -73,10 +73,13 @@ def test_probes_full_leaves_the_trajectory_bit_identical(make_cfg, family):
     assert sorted(rows) == list(range(4))
     families = {k.split("/")[0] for row in rows.values() for k in row}
     assert {"step", "curv", "noise", "ref", "layer", "layer_fresh"} <= families, families
+    noise_ratios = ("noise/gns", "noise/snr")  # undefined (NaN) where |G|^2_unbiased <= 0
     for step, row in rows.items():
         for key, value in row.items():
             prefix = key.split("/")[0]
-            if prefix in {"step", "curv", "noise", "ref", "layer"} and not key.startswith(
+            if key in noise_ratios and row["noise/grad_sq_norm_unbiased"] <= 0:
+                assert math.isnan(value), (step, key, value)
+            elif prefix in {"step", "curv", "noise", "ref", "layer"} and not key.startswith(
                 ("step/update_cos_prev", "ref/pl", "ref/weak_cvx")
             ):
                 assert math.isfinite(value), (step, key, value)

@@ -44,7 +44,7 @@ def test_online_offline_and_in_memory_verdicts_agree(job):
         mine = saved[verdict.id]
         assert (mine["held"], mine["checked"]) == (verdict.held, verdict.checked)
         assert mine["fraction"] == pytest.approx(verdict.fraction, abs=0)
-        assert mine["interval_method"] == "wilson_ess_ar1"
+        assert mine["interval_method"] == "wilson_ess_geyer"
     summary = job.read_summary()
     online = {}
     for probe in summary["probes"].values():

@@ -11,7 +11,10 @@ the constant still predicts among runs that share every hyperparameter but the s
 explain.
 
 "The first ``fraction`` of a run" is the rows with step ≤ ``fraction`` × the last logged step
-(the planned length for a completed run; excluded runs enter no correlation).
+(the planned length for a completed run; excluded runs enter no correlation). The constants
+measured against x* (γ, ρ, PL: :data:`~optprobe.analysis.run_constants.X_STAR_CONSTANTS`)
+are left out: x* is the run's own end point, not known early, so they would predict the end
+from the end.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from optprobe.analysis.correlations import (
     smallest_possible_p,
 )
 from optprobe.analysis.report_text import pretty_optimizer
-from optprobe.analysis.run_constants import run_constants
+from optprobe.analysis.run_constants import X_STAR_CONSTANTS, run_constants
 from optprobe.analysis.within_cells import smallest_within_pvalue
 
 __all__ = [
@@ -49,6 +52,12 @@ TARGET = "final_train_loss"
 """The one pre-declared performance measure the early constants are tested against."""
 
 
+X_STAR_NOTE = (
+    " (γ, ρ and PL are not tested: they are measured against x*, the run's own end point, "
+    "which is not known early.)"
+)
+
+
 def early_rows(history: pd.DataFrame, fraction: float = EARLY_FRACTION) -> pd.DataFrame:
     """The rows of a run's metrics table (``step`` column) with step ≤ ``fraction`` × its last
     logged step, in step order."""
@@ -64,8 +73,10 @@ def early_rows(history: pd.DataFrame, fraction: float = EARLY_FRACTION) -> pd.Da
 def early_constants(
     history: pd.DataFrame, quantile: float, fraction: float = EARLY_FRACTION
 ) -> dict[str, float]:
-    """The run constants (``run_constants``) of the first ``fraction`` of the run."""
-    return run_constants(early_rows(history, fraction), quantile)
+    """The run constants (``run_constants``) of the first ``fraction`` of the run, without
+    those measured against x* (:data:`X_STAR_CONSTANTS`: not measurable early)."""
+    constants = run_constants(early_rows(history, fraction), quantile)
+    return {k: v for k, v in constants.items() if k not in X_STAR_CONSTANTS}
 
 
 def early_prediction(runs: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
@@ -170,5 +181,5 @@ def prediction_sentences(
         answered = group[has & group[TARGET].notna()] if TARGET in group else group.iloc[0:0]
         sizes = pd.Series(cell_keys(answered), dtype=object).value_counts().tolist()
         pooled = _sentence(name, mine, tests, n_runs)
-        out.append(f"{pooled} {_within_sentence(mine, sizes, within_tests)}")
+        out.append(f"{pooled} {_within_sentence(mine, sizes, within_tests)}{X_STAR_NOTE}")
     return out

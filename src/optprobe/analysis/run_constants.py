@@ -126,6 +126,12 @@ def _excess_rows(df: pd.DataFrame, *keys: str) -> list[np.ndarray] | None:
     return [excess[keep], *(v[keep] for v in values)]
 
 
+X_STAR_CONSTANTS = ("gamma", "rho", "pl", "pl_raw")
+"""The constants measured against the reference point x* (``ref/*`` keys: the run's own end
+point, or a replay's): they describe the path relative to where it ended, so they cannot be
+measured early in a run (:func:`optprobe.analysis.early.early_constants` leaves them out)."""
+
+
 def _reference_constants(df: pd.DataFrame, q: float) -> dict[str, float]:
     c: dict[str, float] = {}
     ratio_rows = _excess_rows(df, "ref/lin")

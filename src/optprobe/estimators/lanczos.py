@@ -356,6 +356,23 @@ def _estimate(
     )
 
 
+def lambda_min_error(eig: EigenEstimate) -> float:
+    """The absolute Ritz residual bound of ``lambda_min`` (loss units per squared parameter
+    unit): some eigenvalue lies within it of the reported value."""
+    return eig.rel_residual_min * max(abs(eig.lambda_max), abs(eig.lambda_min))
+
+
+def lambda_min_sign_known(eig: EigenEstimate) -> bool:
+    """Whether the sign of the Hessian's smallest eigenvalue is settled by the estimate.
+
+    Ritz values lie inside the spectrum, so a negative ``lambda_min`` proves a negative
+    eigenvalue. A positive one proves a positive definite Hessian only when it exceeds its
+    error bound (:func:`lambda_min_error`); between 0 and the bound the true smallest
+    eigenvalue may be negative even when Lanczos reports convergence. (Like ``converged``,
+    this cannot see an eigenvalue the Krylov space has not reached yet.)"""
+    return eig.lambda_min < 0 or eig.lambda_min > lambda_min_error(eig)
+
+
 def extreme_eigenvalues(
     matvec: MatVec,
     dim: int,

@@ -4,7 +4,22 @@ Notation (McCandlish et al. 2018, "An Empirical Model of Large-Batch Training"):
 gradient of the loss on one example (one batch row; one sequence for a language model), ``G``
 the true gradient, ``Sigma`` the per-example gradient covariance, so a batch of ``B`` i.i.d.
 examples has gradient covariance ``Sigma / B``. All quantities are in float64 and in squared
-gradient units (loss^2 / parameter^2) except the dimensionless ratios; ``gns`` is in examples.
+gradient units (loss^2 / parameter^2) except the dimensionless ratios; noise scales are in
+examples.
+
+A measurement is a definition, so the ratios come in two named variants, side by side:
+
+- unbiased (``gns``, ``snr``; the probe's ``noise/gns``, ``noise/snr``): the
+  ratio of the unbiased estimates of tr Sigma and of |G|^2. The batch-mean gradient G_B has
+  E|G_B|^2 = |G|^2 + tr Sigma / B, so |G|^2 is estimated by |G_B|^2 - tr Sigma / B; with n rows
+  that each average m examples this is exactly McCandlish et al.'s two-batch-size estimate
+  (appendix A.1) with B_small = m and B_big = n m (see ``two_batch_estimates``). This is their
+  B_simple. The |G|^2 estimate can be <= 0 when noise dominates; the ratio is then undefined
+  (nan), not a failure.
+- minibatch (``gns_minibatch``, ``snr_minibatch``; the probe's ``noise/gns_minibatch``, ``noise/snr_minibatch``):
+  the ratio with the raw |G_B|^2. Biased: E tr Sigma / E|G_B|^2 = tr Sigma / (|G|^2 +
+  tr Sigma / B) < B, so the noise scale is biased low (far below B_simple once B_simple is
+  comparable to B or larger) and the SNR high (by 1).
 """
 
 from __future__ import annotations
@@ -20,37 +35,61 @@ from optprobe.validate import check_int, check_optional_int
 
 @dataclass
 class NoiseStats:
-    """Gradient-noise summary of one batch.
+    """Gradient-noise summary of one batch of ``num_samples`` rows, each a mean of ``m``
+    examples (``n m`` examples in all).
 
-    ``trace_cov``: tr Sigma of the per-example gradient covariance (squared gradient units).
-    ``grad_sq_norm``: |G|^2 of the mean gradient (biased up by trace_cov / batch_size).
-    ``gns``: simple noise scale B_simple = tr Sigma / |G|^2 (examples).
-    ``snr``: |G|^2 / (tr Sigma / batch_size), signal over noise of a batch gradient (ratio).
-    ``batch_size``: B used for ``snr``; ``num_samples``: rows the estimate used.
+    ``trace_cov``: tr Sigma, unbiased, of the per-example gradient covariance (squared gradient
+    units).
+    ``grad_sq_norm``: |G_B|^2 of the batch-mean gradient (squared gradient units; biased up by
+    tr Sigma / (n m)).
+    ``grad_sq_norm_unbiased``: |G_B|^2 - trace_cov / (n m), unbiased for the squared norm of
+    the true gradient (squared gradient units); can be <= 0 when noise dominates.
+    ``gns``: B_simple = trace_cov / grad_sq_norm_unbiased, the simple noise scale of
+    McCandlish et al. 2018 (examples); nan when grad_sq_norm_unbiased <= 0 (undefined).
+    ``snr``: grad_sq_norm_unbiased / (trace_cov / batch_size), signal over noise of a
+    batch gradient (dimensionless); nan when either is <= 0.
+    ``gns_minibatch``: the minibatch ratio trace_cov / grad_sq_norm (examples). Biased low: its
+    expectation is about tr Sigma / (|G|^2 + tr Sigma / (n m)) < n m. Nan when |G_B|^2 = 0.
+    ``snr_minibatch``: the minibatch ratio grad_sq_norm / (trace_cov / batch_size) (dimensionless).
+    Biased high (by 1 when batch_size = n m). Nan when trace_cov = 0.
+    ``batch_size``: B used for ``snr`` and ``snr_minibatch`` (examples); ``num_samples``: rows
+    ``n`` the estimate used.
     """
 
     trace_cov: float
     grad_sq_norm: float
-    gns: float
-    snr: float
+    gns_minibatch: float
+    snr_minibatch: float
     batch_size: int
     num_samples: int
+    grad_sq_norm_unbiased: float
+    gns: float
+    snr: float
 
 
 def _ratio(num: float, den: float) -> float:
     return num / den if den != 0 else math.nan
 
 
+def _positive_ratio(num: float, den: float) -> float:
+    """num / den of two estimates of positive quantities; nan (undefined) unless den > 0."""
+    return num / den if den > 0 else math.nan
+
+
 def noise_stats(
     sample_grads: Tensor, examples_per_sample: int = 1, batch_size: int | None = None
 ) -> NoiseStats:
     """Noise statistics from ``n`` i.i.d. gradient estimates (rows), each a mean of
-    ``examples_per_sample`` examples (1 for per-example gradients, B/k for micro-batches).
+    ``m = examples_per_sample`` examples (1 for per-example gradients, B/k for micro-batches).
 
-    trace_cov = examples_per_sample * sum_i |row_i - G|^2 / (n - 1) (unbiased, rescaled to one
-    example), G = mean of rows, gns = trace_cov / |G|^2, snr = |G|^2 / (trace_cov / B) with
-    B = ``batch_size`` (default n * examples_per_sample). A ratio whose denominator is exactly
-    zero is nan.
+    trace_cov = m * sum_i |row_i - G_B|^2 / (n - 1) (unbiased, rescaled to one example),
+    G_B = mean of rows, grad_sq_norm_unbiased = |G_B|^2 - trace_cov / (n m)
+    = (n |G_B|^2 - mean_i |row_i|^2) / (n - 1), gns = trace_cov /
+    grad_sq_norm_unbiased, snr = grad_sq_norm_unbiased / (trace_cov / B), and the
+    biased gns_minibatch = trace_cov / |G_B|^2, snr_minibatch = |G_B|^2 / (trace_cov / B), with
+    B = ``batch_size`` (default n m; it sets the batch whose SNR is reported, not the |G|^2
+    correction). The unbiased ratios are nan unless both estimates are positive; a minibatch
+    ratio is nan when its denominator is exactly zero.
     """
     if sample_grads.ndim != 2:
         raise ValueError(f"sample_grads must be (n, P), got shape {tuple(sample_grads.shape)}")
@@ -71,16 +110,24 @@ def stats_from_moments(
     mean: Tensor, sq_dev_sum: float, n: int, examples_per_sample: int, batch: int
 ) -> NoiseStats:
     """NoiseStats from the mean of ``n`` rows (gradient units) and their summed squared
-    deviations from it (squared gradient units); ``batch``: B of ``snr`` (examples)."""
+    deviations from it (squared gradient units); ``batch``: B of the SNRs (examples)."""
     trace_cov = examples_per_sample * sq_dev_sum / (n - 1)
     grad_sq_norm = float(mean @ mean)
+    grad_sq_unbiased = grad_sq_norm - trace_cov / (n * examples_per_sample)
     return NoiseStats(
         trace_cov=trace_cov,
         grad_sq_norm=grad_sq_norm,
-        gns=_ratio(trace_cov, grad_sq_norm),
-        snr=_ratio(grad_sq_norm, trace_cov / batch),
+        gns_minibatch=_ratio(trace_cov, grad_sq_norm),
+        snr_minibatch=_ratio(grad_sq_norm, trace_cov / batch),
         batch_size=batch,
         num_samples=n,
+        grad_sq_norm_unbiased=grad_sq_unbiased,
+        gns=_positive_ratio(trace_cov, grad_sq_unbiased),
+        snr=(
+            _positive_ratio(grad_sq_unbiased, trace_cov / batch)
+            if grad_sq_unbiased > 0
+            else math.nan
+        ),
     )
 
 
@@ -95,15 +142,18 @@ def two_batch_estimates(
 
     |G|^2 ~ (B_big |G_big|^2 - B_small |G_small|^2) / (B_big - B_small),
     tr Sigma ~ (|G_small|^2 - |G_big|^2) / (1/B_small - 1/B_big), gns = tr Sigma / |G|^2.
-    Each estimate is unbiased but noisy (|G|^2 can come out negative); average numerator and
-    denominator over steps before taking the ratio. gns is nan when the |G|^2 estimate is 0.
+    Each estimate is unbiased but noisy (|G|^2 can come out <= 0); average numerator and
+    denominator over steps before taking the ratio. gns is nan (undefined) when the |G|^2
+    estimate is <= 0, as ``NoiseStats.gns`` is: with B_small = m and B_big = n m,
+    and |G_small|^2 averaged over the n rows, these are exactly ``noise_stats``'s unbiased
+    trace_cov, grad_sq_norm_unbiased and gns.
     """
     check_int("small_batch", small_batch, 1, example=8, hint="examples")
     check_int("big_batch", big_batch, small_batch + 1, hint="more examples than small_batch")
     small_sq, big_sq = float(small_sq_norm), float(big_sq_norm)
     grad_sq = (big_batch * big_sq - small_batch * small_sq) / (big_batch - small_batch)
     trace_cov = (small_sq - big_sq) / (1.0 / small_batch - 1.0 / big_batch)
-    return grad_sq, trace_cov, _ratio(trace_cov, grad_sq)
+    return grad_sq, trace_cov, _positive_ratio(trace_cov, grad_sq)
 
 
 def two_batch_from_shards(shard_grads: Tensor, shard_batch: int) -> tuple[float, float, float]:

@@ -22,6 +22,7 @@ from optprobe.batches import Batch, num_examples, select
 from optprobe.estimators.functional import (
     MatVec,
     ParamDict,
+    detached_copy,
     forward_mode_blocker,
     functional_loss,
     hvp_double_backward,
@@ -34,6 +35,8 @@ from optprobe.estimators.lanczos import (
     ERROR_BOUNDS,
     EigenEstimate,
     extreme_eigenvalues,
+    lambda_min_error,
+    lambda_min_sign_known,
 )
 from optprobe.estimators.preconditioning import preconditioned_matvec
 from optprobe.estimators.spectral_density import spectral_density
@@ -74,6 +77,11 @@ class CurvatureProbe(ProbeCallback):
       benchmarks/curvature_accuracy.py and tests/estimators/test_lanczos_bounds.py).
       With ``warm_start`` every firing after the first starts from the previous firing's
       Ritz vectors of lambda_max and lambda_min (plus a small random component).
+    - ``curv/lambda_min_error``: the Ritz residual bound of ``lambda_min`` (same units): an
+      eigenvalue lies within it. ``curv/lambda_min_sign_known``: 1 when the sign of the
+      smallest eigenvalue is settled (``lambda_min < 0``, or ``> lambda_min_error``), 0 when
+      ``0 <= lambda_min <= lambda_min_error``: then the Hessian may have a negative eigenvalue
+      although Lanczos converged to the tolerance.
     - ``curv/lanczos_matvecs``: HVPs Lanczos used (<= ``lanczos_iters``).
     - ``curv/lanczos_converged``: 1 if both extremes met ``tol`` (or Lanczos exhausted the
       space), 0 when the cap ``lanczos_iters`` was hit first.
@@ -86,21 +94,21 @@ class CurvatureProbe(ProbeCallback):
     - ``curv/trace_matvecs``: HVPs the trace used; ``curv/trace_converged``: 1 when the
       standard error met ``trace_rel_se``, 0 when the cap was hit first.
     - ``curv/precond_lambda_max`` (optimizers with a diagonal preconditioner in
-      :mod:`optprobe.optim.registry`: Adam/AdamW, RMSprop, Adagrad, Schedule-Free AdamW, once
-      they have state): ``lambda_max(P^-1 H)`` with P the preconditioner of the last applied
-      step read from the optimizer state at x_t (Adam: ``sqrt(v_hat) + eps``), by Lanczos on
-      ``P^-1/2 H P^-1/2``; in loss units per squared preconditioned step.
-      ``curv/precond_lanczos_converged``: its 0/1 flag.
+      :mod:`optprobe.optim.registry`: Adam/AdamW, RMSprop, Adagrad, Schedule-Free AdamW):
+      ``lambda_max(P_t^-1 H_t)`` with H_t the Hessian at x_t
+      and P_t the preconditioner *this* step applied (Adam: ``sqrt(v_hat_t) + eps``, v_t
+      including g_t), read from the optimizer state right after the step, by Lanczos on
+      ``P^-1/2 H P^-1/2`` at a kept copy of x_t (one more forward+backward); in loss units per
+      squared preconditioned step. ``curv/precond_lanczos_converged``: its 0/1 flag.
     - ``curv/sharpness_ratio``: ``lr * lambda_max(P^-1 H)`` with a preconditioner, else
-      ``lr * lambda_max``, with ``lr`` the first parameter group's step size of the next step;
+      ``lr * lambda_max``, with ``lr`` the first parameter group's step size of this step;
       dimensionless. On a quadratic the iteration is stable while it stays below the threshold
       (Cohen et al. 2021; 2022 for adaptive methods).
     - ``curv/stability_threshold``: that threshold from the registry (2 for SGD, ``(2 + 2
       beta) / (1 - dampening)`` heavy ball, ``(2 + 2 beta) / (1 + 2 beta)`` Nesterov, ``(2 +
       2 beta1) / (1 - beta1)`` Adam-type, ``2 + 2 mu`` RMSprop, 2 Adagrad); NaN where none is
       defined (Lion, Muon, Adafactor, Schedule-Free, SOAP, unregistered optimizers), with the
-      reason warned once and kept in the summary (``threshold_undefined``). Before a
-      preconditioned optimizer's first step neither the ratio nor the threshold is logged.
+      reason warned once and kept in the summary (``threshold_undefined``).
     - ``curv/esd_saved`` (``esd=True``): 1 when the spectral density by stochastic Lanczos
       quadrature (``spectral_density``, ``esd_probes`` x ``esd_iters`` HVPs, from its own
       random start vectors: quadrature weights need an isotropic start vector, which a warm
@@ -183,6 +191,8 @@ class CurvatureProbe(ProbeCallback):
         # Ritz vectors (2, dim, float32) of the last firing: the next Lanczos run's warm start
         self.ritz: Tensor | None = None
         self.precond_ritz: Tensor | None = None
+        # (x_t, batch, lr, optimizer) of a firing whose preconditioned part runs after the step
+        self._pending: tuple[ParamDict, Batch, float, Any] | None = None
         self.esd = check_bool(f"{key}.esd", esd)
         self.esd_iters = check_int(f"{key}.esd_iters", esd_iters, 1)
         self.esd_probes = check_int(f"{key}.esd_probes", esd_probes, 1)
@@ -205,12 +215,14 @@ class CurvatureProbe(ProbeCallback):
                 )
 
     # ----------------------------------------------------------------- measurement
-    def matvec(self, model: ProbedModel, batch: Batch) -> MatVec:
-        """``v -> H v`` of ``model``'s loss on ``batch`` at the live parameters of its network
-        (flat float64 vectors), on the global batch under DDP (every rank draws the same
-        vectors from its generator)."""
+    def matvec(self, model: ProbedModel, batch: Batch, params: ParamDict | None = None) -> MatVec:
+        """``v -> H v`` of ``model``'s loss on ``batch`` at ``params`` (default: the live
+        parameters of its network), flat float64 vectors, on the global batch under DDP
+        (every rank draws the same vectors from its generator)."""
         loss_of_params = functional_loss(model.net, batch, model.loss)
-        params = {k: p.detach() for k, p in trainable_params(model.net).items()}
+        if params is None:
+            params = trainable_params(model.net)
+        params = {k: p.detach() for k, p in params.items()}
         if self.hvp_mode == "forward_over_reverse":
             local = hvp_forward_over_reverse(loss_of_params, params)
         else:
@@ -252,9 +264,12 @@ class CurvatureProbe(ProbeCallback):
             **rng,
         )
         eig.basis = None  # the trace was its last user: free it before the next HVPs
+        min_error = lambda_min_error(eig)
         values = {
             "curv/lambda_max": eig.lambda_max,
             "curv/lambda_min": eig.lambda_min,
+            "curv/lambda_min_error": min_error,
+            "curv/lambda_min_sign_known": float(lambda_min_sign_known(eig)),
             "curv/lanczos_matvecs": float(eig.num_matvecs),
             "curv/lanczos_converged": float(eig.converged),
             "curv/lanczos_warm": float(warm is not None),
@@ -265,7 +280,7 @@ class CurvatureProbe(ProbeCallback):
         }
         self.ritz = eig.ritz_vectors
         if optimizer is not None:
-            values.update(self._sharpness(torch_optimizer(optimizer), params, eig, matvec, dim))
+            values.update(self._sharpness(torch_optimizer(optimizer), eig))
         esd = None
         if self.esd:
             esd = spectral_density(matvec, dim, self.esd_probes, self.esd_iters, **rng)
@@ -288,27 +303,40 @@ class CurvatureProbe(ProbeCallback):
             return None
         return ritz
 
-    def _sharpness(
-        self,
-        optimizer: torch.optim.Optimizer,
-        params: ParamDict,
-        eig: EigenEstimate,
-        matvec: MatVec,
-        dim: int,
-    ) -> dict[str, float]:
+    def _sharpness(self, optimizer: torch.optim.Optimizer, eig: EigenEstimate) -> dict[str, float]:
+        """The stability threshold, and for optimizers without a preconditioner the sharpness
+        ratio ``lr * lambda_max`` (preconditioned ones get theirs after the step:
+        :meth:`measure_preconditioned`)."""
         facts = facts_for(optimizer)
         values = {"curv/stability_threshold": facts.threshold_of(optimizer)}
         if facts.threshold is None and self.threshold_undefined is None:
             self.threshold_undefined = f"{facts.name}: {facts.reason}"
             warn(f"{self.config_key}: curv/stability_threshold is NaN ({self.threshold_undefined})")
         if facts.preconditioner is None:
-            return {**values, "curv/sharpness_ratio": facts.lr(optimizer) * eig.lambda_max}
-        precond = facts.preconditioner(optimizer, params)
-        if precond is None:  # before the first step: no preconditioner yet
+            values["curv/sharpness_ratio"] = facts.lr(optimizer) * eig.lambda_max
+        return values
+
+    def measure_preconditioned(
+        self, model: ProbedModel, batch: Batch, optimizer: Any, params: ParamDict, lr: float
+    ) -> dict[str, float]:
+        """``lambda_max(P_t^-1 H_t)`` with H_t the Hessian at ``params`` = x_t on ``batch`` and
+        P_t the preconditioner the step x_t -> x_{t+1} applied, read from the optimizer state
+        *after* that step (Adam: ``sqrt(v_hat_t) + eps``, v_t including g_t), and the sharpness
+        ratio ``lr * lambda_max(P_t^-1 H_t)`` with ``lr`` the step's size. Empty for an
+        optimizer without a diagonal preconditioner. Raises FloatingPointError on non-finite
+        values."""
+        optimizer = torch_optimizer(optimizer)
+        facts = facts_for(optimizer)
+        if facts.preconditioner is None:
             return {}
-        device = next(iter(params.values())).device
+        live = trainable_params(model.net)  # the optimizer state is keyed by these tensors
+        precond = facts.preconditioner(optimizer, live)
+        if precond is None:
+            return {}
+        dim = sum(p.numel() for p in live.values())
+        device = next(iter(live.values())).device
         pre = extreme_eigenvalues(
-            preconditioned_matvec(matvec, precond.to(device)),
+            preconditioned_matvec(self.matvec(model, batch, params), precond.to(device)),
             dim,
             self.lanczos_iters,
             self.tol,
@@ -319,10 +347,9 @@ class CurvatureProbe(ProbeCallback):
         )
         self.precond_ritz = pre.ritz_vectors
         return {
-            **values,
             "curv/precond_lambda_max": pre.lambda_max,
             "curv/precond_lanczos_converged": float(pre.converged),
-            "curv/sharpness_ratio": facts.lr(optimizer) * pre.lambda_max,
+            "curv/sharpness_ratio": lr * pre.lambda_max,
         }
 
     @override
@@ -354,6 +381,23 @@ class CurvatureProbe(ProbeCallback):
             self.save_esd(trainer, step, *esd)
             values["curv/esd_saved"] = 1.0
         self.log_values(trainer, pl_module, values)
+        if facts_for(optimizer).preconditioner is not None:  # P_t exists after the step
+            lr = facts_for(optimizer).lr(torch_optimizer(optimizer))
+            self._pending = (detached_copy(self.params(pl_module)), batch, lr, optimizer)
+
+    @override
+    def after_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int) -> None:
+        if self._pending is None:
+            return
+        params, batch, lr, optimizer = self._pending
+        self._pending = None
+        try:
+            values = self.measure_preconditioned(self.model, batch, optimizer, params, lr)
+        except FloatingPointError as err:
+            self.log_values(trainer, pl_module, self.skip(f"step {step}: {err}"))
+            return
+        if values and self.finite_or_skip(trainer, pl_module, values, step):
+            self.log_values(trainer, pl_module, values)
 
     def save_esd(self, trainer: pl.Trainer, step: int, grid: np.ndarray, density: np.ndarray):
         """Write ``step_<t>.npz`` (grid, density) and ``step_<t>.png`` under

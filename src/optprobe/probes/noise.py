@@ -108,17 +108,23 @@ class NoiseProbe(ProbeCallback):
     - ``noise/trace_cov``: ``tr Sigma = m * sum_i |r_i - G|^2 / (n - 1)``, the unbiased trace
       of the per-example gradient covariance from ``n`` rows ``r_i`` that each average ``m``
       examples (squared gradient units).
-    - ``noise/grad_sq_norm``: ``|G|^2`` of the mean gradient ``G`` on the batch (squared
+    - ``noise/grad_sq_norm``: ``|G_B|^2`` of the mean gradient ``G_B`` on the batch (squared
       gradient units; biased up by ``tr Sigma / B``).
-    - ``noise/grad_sq_norm_unbiased``: ``|G|^2 - tr Sigma / B``, unbiased for the squared norm
-      of the true (population) gradient; can be negative.
-    - ``noise/gns``: simple gradient noise scale ``B_simple = tr Sigma / |G|^2`` (examples;
-      McCandlish et al. 2018).
-    - ``noise/snr``: ``|G|^2 / (tr Sigma / B)``, signal over noise of a batch gradient
-      (dimensionless).
+    - ``noise/grad_sq_norm_unbiased``: ``|G|^2_u = |G_B|^2 - tr Sigma / B``, unbiased for the
+      squared norm of the true (population) gradient (squared gradient units; McCandlish et
+      al.'s two-batch-size estimate with ``B_small = m``, ``B_big = B``); can be <= 0.
+    - ``noise/gns``: simple gradient noise scale ``B_simple = tr Sigma / |G|^2_u`` (examples;
+      McCandlish et al. 2018); NaN (undefined, not a skipped step) when ``|G|^2_u <= 0``.
+    - ``noise/snr``: ``|G|^2_u / (tr Sigma / B)``, signal over noise of a batch gradient
+      (dimensionless); NaN when ``|G|^2_u <= 0``.
+    - ``noise/gns_minibatch``: ``tr Sigma / |G_B|^2`` (examples), the ratio with the raw batch
+      norm. Biased low: in expectation about ``tr Sigma / (|G|^2 + tr Sigma / B) < B``.
+    - ``noise/snr_minibatch``: ``|G_B|^2 / (tr Sigma / B)`` (dimensionless), biased high:
+      exactly ``noise/snr + 1`` where that is defined.
     - ``noise/batch_size``: ``B``, the examples used (the probe batch, less dropped rows).
     - ``noise/skipped``: running count of skipped probe steps, logged instead of the values
-      when a value is non-finite or the batch has fewer than two examples.
+      when a value is non-finite (other than an undefined ratio, logged as NaN) or the
+      batch has fewer than two examples.
 
     Under DDP the rows of all ranks are merged (one all-reduce), so the keys above describe
     the global batch. The per-rank gradients of the training step itself, captured by a DDP
@@ -129,7 +135,8 @@ class NoiseProbe(ProbeCallback):
     - ``noise/trace_cov_two_batch``: ``(S - |G_big|^2) / (1/b - 1/(k b))`` with ``S`` the mean
       over ranks of ``|G_rank|^2`` (squared gradient units; unbiased, noisy with few ranks).
     - ``noise/grad_sq_norm_two_batch``: ``(k b |G_big|^2 - b S) / (k b - b)``, unbiased ``|G|^2``.
-    - ``noise/gns_two_batch``: their ratio (examples).
+    - ``noise/gns_two_batch``: their ratio (examples), B_simple as ``noise/gns`` is; NaN
+      when the ``|G|^2`` estimate is <= 0.
 
     Cost per probed step: one forward + backward per example (vectorized) or per micro-batch.
 
@@ -272,13 +279,24 @@ class NoiseProbe(ProbeCallback):
         values = {
             "noise/trace_cov": st.trace_cov,
             "noise/grad_sq_norm": st.grad_sq_norm,
-            "noise/grad_sq_norm_unbiased": st.grad_sq_norm - st.trace_cov / st.batch_size,
+            "noise/grad_sq_norm_unbiased": st.grad_sq_norm_unbiased,
             "noise/gns": st.gns,
             "noise/snr": st.snr,
+            "noise/gns_minibatch": st.gns_minibatch,
+            "noise/snr_minibatch": st.snr_minibatch,
             "noise/batch_size": float(st.batch_size),
             **two_batch,
         }
-        if not self.finite_or_skip(trainer, pl_module, values, step):
+        # ratios of finite estimates are NaN where undefined (an estimate <= 0 or exactly 0):
+        # logged as NaN; a non-finite trace_cov or |G|^2 still skips the step
+        undefined = (
+            "noise/gns",
+            "noise/snr",
+            "noise/gns_minibatch",
+            "noise/snr_minibatch",
+            "noise/gns_two_batch",
+        )
+        if not self.finite_or_skip(trainer, pl_module, values, step, may_be_nan=undefined):
             return
         self.num_probed += 1
         self.log_values(trainer, pl_module, values)
