@@ -176,6 +176,16 @@ class Variant:
         return all(value == AXES[axis][0] for axis, value in self.fields if axis != "scheme")
 
     @property
+    def decides(self) -> bool:
+        """Whether the variant decides its study finding: the headline, and beside it the
+        headline with the other score (``valid_informative``: an identity that holds only
+        where it certifies no decrease is no evidence of convexity, so Finding 2 is decided
+        on both scores)."""
+        return all(
+            value == AXES[axis][0] for axis, value in self.fields if axis not in ("scheme", "score")
+        )
+
+    @property
     def prefix(self) -> str:
         scheme = self.get("scheme")
         return SCHEMES[scheme] if scheme else self.assumption.family

@@ -160,3 +160,22 @@ def test_readme_text_is_generated_from_findings_json(tmp_path, capsys):
         comp.columns
     )
     assert "findings.md" in capsys.readouterr().out
+
+
+def test_finding_2_is_decided_on_the_informative_score_beside_the_valid_one():
+    """inst_gap holds where it certifies nothing (⟨g⁺, Δ⟩ ≥ 0) as well as where it certifies a
+    decrease: valid on 9 of 10 steps but informative on 2 of 10 is no support for convexity."""
+    fractions = [(9, 2), (9, 1), (8, 2)]
+    per_run = [
+        [("inst_gap:valid:same_batch", v, 10), ("inst_gap:valid_informative:same_batch", i, 10)]
+        for v, i in fractions
+    ]
+    runs, verdicts = tables({"sgdm": per_run})
+    data = findings_data(runs, comparison(runs, verdicts), verdicts)
+    finding = data["groups"][0]["findings"]["2"]
+    deciding = {e["assumption"]: e["label"] for e in finding["entries"] if e["deciding"]}
+    assert deciding == {
+        "inst_gap:valid:same_batch": "supported",
+        "inst_gap:valid_informative:same_batch": "not supported",
+    }
+    assert finding["label"] == "not supported"

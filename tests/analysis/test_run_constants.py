@@ -60,7 +60,7 @@ def test_constants_equal_numpy():
     assert c["pl_raw"] == pytest.approx(np.quantile(pl[pos & (pl > 0)], 0.1))
     assert c["sigma_sq"] == pytest.approx(np.quantile(cov, 0.9))
     assert c["lambda_max_max"] == pytest.approx(np.nanmax(lam))
-    for name in ("L0", "L1", "l0l1_r2", "sigma0_sq", "sigma1_sq"):  # inputs missing: omitted
+    for name in ("L0", "L1", "l0l1_r1", "sigma0_sq", "sigma1_sq"):  # inputs missing: omitted
         assert name not in c
 
 
@@ -115,6 +115,12 @@ def test_path_l_leaves_out_a_subsampled_lambda_max():
     assert verdict_from_metrics(whole).constants["L_path"] == pytest.approx(8.0)
     assert verdict_from_metrics(subset).constants["L_path"] == pytest.approx(lip.max())
     _, notes = with_derived_bounds(whole)
-    assert notes["step/path"].endswith("max of step/smooth_lip and curv/lambda_max")
+    assert "max of step/smooth_lip (20 steps) and curv/lambda_max (4 steps)" in notes["step/path"]
+    # the step and key that set L, and that the curvature cadence matters
+    assert "set at step 5 by curv/lambda_max" in notes["step/path"]
+    assert "a sparser cadence can only lower L" in notes["step/path"]
     _, notes = with_derived_bounds(subset)
-    assert notes["step/path"].endswith("max of step/smooth_lip")
+    top = int(np.argmax(lip))
+    assert notes["step/path"].endswith(
+        f"max of step/smooth_lip (20 steps); set at step {top} by step/smooth_lip"
+    )

@@ -192,22 +192,36 @@ def test_l0l1_out_of_sample_and_constants():
     a, b = quantile_regression_line(g, lip, 0.95)
     assert (steady.constants["L0"], steady.constants["L1"]) == pytest.approx((a, b))
     fitted = a + b * g
-    r2 = 1.0 - np.sum((lip - fitted) ** 2) / np.sum((lip - lip.mean()) ** 2)
-    assert steady.constants["l0l1_r2"] == pytest.approx(r2)
-    assert 0.5 < r2 < 1.0
+
+    def pinball(r):  # the check loss at q = 0.95, by hand
+        return np.sum(np.where(r >= 0, 0.95 * r, -0.05 * r))
+
+    r1 = 1.0 - pinball(lip - fitted) / pinball(lip - np.quantile(lip, 0.95))
+    assert steady.constants["l0l1_r1"] == pytest.approx(r1)
+    assert 0.5 < r1 < 1.0
     worse = np.where(odd_blocks(200), 3.0 * lip, lip)
     out = verdict_from_metrics(frame(200, step__grad_norm=g, step__smooth_lip=worse))
     assert out.get("l0l1_smooth").fraction < 0.1
 
 
-def test_l0l1_r2_is_one_for_an_exact_line_and_negative_for_a_bad_one():
+def test_l0l1_r1_is_one_for_an_exact_line_and_never_negative():
     g = np.linspace(0.0, 2.0, 40)
     exact = verdict_from_metrics(frame(40, step__grad_norm=g, step__smooth_lip=1.0 + 2.0 * g))
-    assert exact.constants["l0l1_r2"] == pytest.approx(1.0, abs=1e-9)
-    # A quantile-0.95 line over a cloud with a few huge values explains less than the mean.
+    assert exact.constants["l0l1_r1"] == pytest.approx(1.0, abs=1e-9)
+    # A cloud with a few huge values, where a squared-error R² of the quantile line is
+    # negative (-7.3 here): the pinball R¹ is 0, the line being no better than the constant.
     lip = np.r_[np.ones(36), [50.0, 60.0, 70.0, 80.0]]
     bad = verdict_from_metrics(frame(40, step__grad_norm=np.ones(40), step__smooth_lip=lip))
-    assert bad.constants["l0l1_r2"] < 0.0
+    a, b = quantile_regression_line(np.ones(40), lip, 0.95)
+    r2 = 1.0 - np.sum((lip - a - b) ** 2) / np.sum((lip - lip.mean()) ** 2)
+    assert r2 < 0.0  # what the old constant reported
+    assert bad.constants["l0l1_r1"] == pytest.approx(0.0, abs=1e-9)
+    rng = np.random.default_rng(0)  # and on random clouds: always in [0, 1]
+    for _ in range(20):
+        g = rng.uniform(0, 3, 60)
+        lip = rng.lognormal(0.0, 1.0, 60) * (1 + rng.uniform() * g)
+        r1 = verdict_from_metrics(frame(60, step__grad_norm=g, step__smooth_lip=lip))
+        assert -1e-9 <= r1.constants["l0l1_r1"] <= 1.0
 
 
 # --------------------------------------------------------------------------- constants

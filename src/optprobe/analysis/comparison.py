@@ -12,7 +12,11 @@ setting (model/data), optimizer and verdict key, over the *included* runs that c
 - ``label``: whether the entry *held on most probed steps* (mean run fraction above
   ``THRESHOLD`` = 50%): ``supported`` when the whole interval is above it, ``not supported``
   when it is below, ``inconclusive`` when it straddles it, ``insufficient runs`` with fewer
-  than ``min_runs`` (default ``MIN_RUNS`` = 3) runs.
+  than ``min_runs`` (default ``MIN_RUNS`` = 3) runs, and ``uninformative`` for an entry with
+  a null baseline (the fitted forms, which hold on about q of the steps by construction)
+  that fewer than half of its runs beat;
+- ``runs_informative``: the runs whose verdict beat its null (empty for entries without one,
+  the sign checks).
 """
 
 from __future__ import annotations
@@ -51,7 +55,8 @@ INTERVAL = "95% t interval over runs of the per-run fractions"
 
 SUPPORTED, NOT_SUPPORTED = "supported", "not supported"
 INCONCLUSIVE, INSUFFICIENT = "inconclusive", "insufficient runs"
-LABELS = (SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE, INSUFFICIENT)
+UNINFORMATIVE = "uninformative"
+LABELS = (SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE, INSUFFICIENT, UNINFORMATIVE)
 
 COLUMNS = (
     "setting",
@@ -69,6 +74,7 @@ COLUMNS = (
     "pooled_checked",
     "pooled_fraction",
     "threshold",
+    "runs_informative",
     "label",
 )
 """comparison.csv's columns, in order (``runs_excluded``: runs of the setting × optimizer
@@ -103,6 +109,10 @@ def _row(key: str, label: str | None, rows: pd.DataFrame, n_excluded: int, min_r
     held = int(pd.to_numeric(rows["held"], errors="coerce").fillna(0).sum())
     checked = int(pd.to_numeric(rows["checked"], errors="coerce").sum())
     ti = t_interval(_fractions(rows), CONFIDENCE, bounds=(0.0, 1.0))
+    label = interval_label(ti.low, ti.high, ti.n, min_runs)
+    informative = _informative_runs(rows)
+    if informative is not None and label != INSUFFICIENT and 2 * informative < ti.n:
+        label = UNINFORMATIVE
     return {
         KEY_COLUMN: key,
         "assumption_label": key_label(key, label),
@@ -117,8 +127,17 @@ def _row(key: str, label: str | None, rows: pd.DataFrame, n_excluded: int, min_r
         "pooled_checked": checked,
         "pooled_fraction": held / checked if checked else math.nan,
         "threshold": THRESHOLD,
-        "label": interval_label(ti.low, ti.high, ti.n, min_runs),
+        "runs_informative": informative,
+        "label": label,
     }
+
+
+def _informative_runs(rows: pd.DataFrame) -> int | None:
+    """How many runs beat their verdict's null (None when the entry has no null)."""
+    if "informative" not in rows:
+        return None
+    flags = rows["informative"].dropna()
+    return int(flags.astype(bool).sum()) if len(flags) else None
 
 
 def comparison(runs: pd.DataFrame, verdicts: pd.DataFrame, min_runs: int = MIN_RUNS):

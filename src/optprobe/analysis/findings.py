@@ -5,7 +5,7 @@ Which verdict entries bear on a finding comes from the registry (``Assumption.fi
 variant inherits its base assumption's). Each entry gets a label for the finding's claim from
 its run-level interval (:func:`optprobe.analysis.comparison.interval_label`). The finding's
 label for a setting × optimizer is the conjunction of its *deciding* entries (headline
-variants of the sign checks): ``not supported`` if any deciding entry is not supported,
+variants of the sign checks, and for inst_gap its informative score beside the valid one): ``not supported`` if any deciding entry is not supported,
 ``supported`` if all are, else ``insufficient runs`` if any lacks runs, else
 ``inconclusive``. A pair with fewer included runs than the minimum is ``insufficient runs``
 whatever its entries say; ``not measured`` when no run checked a deciding entry.
@@ -32,7 +32,7 @@ from optprobe.analysis.comparison import (
     interval_label,
     run_fractions,
 )
-from optprobe.analysis.verdict_keys import KEY_COLUMN, base_assumption, is_headline
+from optprobe.analysis.verdict_keys import KEY_COLUMN, base_assumption, decides
 
 __all__ = [
     "CONVEX_MODELS",
@@ -91,12 +91,14 @@ def _num(value: Any) -> float | None:
 
 
 def deciding(key: str) -> bool:
-    """Whether a verdict entry decides its finding's label: a headline variant of a sign
-    check that is independent evidence (fitted forms, non-headline variants and near-duplicates
-    such as inst_gap_old, registry ``duplicates``, are reported, not deciding)."""
+    """Whether a verdict entry decides its finding's label: a deciding variant
+    (``Variant.decides``: the headline, and for the convexity identities the headline's
+    informative score beside the valid one) of a sign check that is independent evidence
+    (fitted forms, other variants and near-duplicates such as inst_gap_old, registry
+    ``duplicates``, are reported, not deciding)."""
     base = base_assumption(key)
     independent = base is not None and base.duplicates is None
-    return independent and base.kind == "sign" and is_headline(key)
+    return independent and base.kind == "sign" and decides(key)
 
 
 def _entry(row: Mapping, finding: Finding, min_runs: int, fractions: list[float]) -> dict:

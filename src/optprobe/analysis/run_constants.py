@@ -11,11 +11,13 @@ too. Step-probe constants are computed per batch scheme: unsuffixed for the same
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 
 from optprobe.analysis.columns import finite, finite_values, present, rows, tolerance
-from optprobe.analysis.stats import quantile_regression_line
+from optprobe.analysis.stats import pinball_loss, quantile_regression_line
 from optprobe.assumptions import SCHEMES
 from optprobe.estimators.identities import effective_smoothness, weak_convexity
 
@@ -74,6 +76,29 @@ def path_smoothness(df: pd.DataFrame, prefix: str, suffix: str = "") -> float | 
     return float(max(v.max() for v in found)) if found else None
 
 
+def path_origin(df: pd.DataFrame, prefix: str, suffix: str = "") -> str:
+    """What sets the ``path`` L: each source key with the number of steps it was measured on,
+    and the step and key of the max. λ_max enters only on the curvature probe's steps, so a
+    sparser curvature cadence can only lower the path L (and make the bound hold more)."""
+    sources = path_sources(df, prefix, suffix)
+    counts = [f"{k} ({int(np.isfinite(df[k].to_numpy(float)).sum())} steps)" for k in sources]
+    best_key, best_step, best = "", math.nan, -math.inf
+    for key in sources:
+        values = df[key].to_numpy(float)
+        finite_at = np.flatnonzero(np.isfinite(values))
+        i = finite_at[np.argmax(values[finite_at])]
+        if values[i] > best:
+            best_key, best = key, float(values[i])
+            best_step = float(df["step"].iloc[i]) if "step" in df.columns else float(i)
+    where = f"; set at step {best_step:.0f} by {best_key}" if best_key else ""
+    cadence = (
+        ", λ_max only on the curvature probe's steps: a sparser cadence can only lower L"
+        if len(sources) > 1
+        else ""
+    )
+    return f"the run's max of {' and '.join(counts)}{where}{cadence}"
+
+
 def local_smoothness(df: pd.DataFrame, prefix: str) -> tuple[np.ndarray, str] | None:
     """The ``local`` L per row: ``<prefix>/curv_dir`` (Δᵀ H_t Δ / ‖Δ‖²) where logged, NaN
     (step not judged) elsewhere; None without any. ``smooth_eff`` is never used: it is the
@@ -109,9 +134,9 @@ def _step_constants(df: pd.DataFrame, prefix: str, q: float) -> dict[str, float]
         if g.size:
             l0, l1 = quantile_regression_line(g, s, q)
             c["L0"], c["L1"] = l0, l1
-            total = float(np.sum((s - s.mean()) ** 2))
-            if total > 0:
-                c["l0l1_r2"] = 1.0 - float(np.sum((s - (l0 + l1 * g)) ** 2)) / total
+            constant = pinball_loss(s - np.quantile(s, q), q)
+            if constant > 0:
+                c["l0l1_r1"] = 1.0 - pinball_loss(s - (l0 + l1 * g), q) / constant
     suffix = scheme_suffix(prefix)
     return {f"{k}{suffix}": v for k, v in c.items()}
 
@@ -177,8 +202,11 @@ def run_constants(df: pd.DataFrame, q: float) -> dict[str, float]:
 
     - ``L_lip_q50/q90/max``: quantiles and max of ``smooth_lip``; ``L_eff_*`` the same of the
       defined ``smooth_eff`` (rounding-noise steps left out); ``L_path``: the path L.
-    - ``L0``, ``L1``: the quantile-q line of ``smooth_lip`` on ``grad_norm``; ``l0l1_r2``:
-      1 − Σ(s − ŝ)² / Σ(s − s̄)² of that line. (All of these also with ``_fresh`` for the
+    - ``L0``, ``L1``: the quantile-q line of ``smooth_lip`` on ``grad_norm``; ``l0l1_r1``:
+      Koenker and Machado's R¹(q) = 1 − pinball loss of that line / pinball loss of the q
+      quantile of ``smooth_lip`` (the constant-only fit it contains), in [0, 1]: the share
+      of the q-quantile loss the ‖g‖ term removes (a squared-error R² of a quantile line is
+      negative by construction on skewed clouds). (All of these also with ``_fresh`` for the
       fresh-batch keys.)
     - ``gamma``: the (1 − q) quantile of the per-step ratio ⟨g_t, x_t − x*⟩ / (f_t(x_t) −
       f_t(x*)) over steps whose excess exceeds ``ref/float_tol`` (the quasar constant).

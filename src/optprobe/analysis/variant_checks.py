@@ -24,14 +24,20 @@ import pandas as pd
 
 from optprobe.analysis.columns import finite, present, rows
 from optprobe.analysis.fits import interleaved_split
-from optprobe.analysis.run_constants import local_smoothness, path_smoothness, path_sources
+from optprobe.analysis.run_constants import local_smoothness, path_origin, path_smoothness
 from optprobe.analysis.run_intervals import run_interval
-from optprobe.analysis.stats import quantile_regression_line
+from optprobe.analysis.stats import pinball_loss, quantile_regression_line
 from optprobe.assumptions import GEOMETRY_SUFFIX, SCHEMES, Variant, all_variants
 from optprobe.estimators.identities import descent_bound
 
 CONFIDENCE = 0.95
 """Confidence level of the per-run interval reported with every fraction."""
+
+NULL_PERMUTATIONS = 19
+"""Random permutations behind a fitted form's null (19: the smallest permutation p is 0.05)."""
+
+NO_NULL = "none: a fixed inequality with no fitted constant (the registry's controls test it)"
+"""The null label of sign checks."""
 
 # Relative slack when checking a value against a fitted bound, so that a point lying exactly on
 # the fitted line (up to solver round-off) counts as covered.
@@ -50,6 +56,14 @@ class AssumptionVerdict:
     ``sum_rhs``: the sums over the probed steps of the two sides of the inequality (lhs ≤ rhs,
     the assumption's ``sides``), and ``sum_held`` whether the summed version held (None when
     not judged). ``note``: how the variant was computed, where it matters (e.g. which L).
+
+    The null baseline (a verdict that cannot fail is not evidence): ``null_method`` names it,
+    ``null_fraction`` is the fraction it gives on the same checked steps, and ``informative``
+    whether the verdict beats it (None, with ``null_method`` saying so, where there is none).
+    Fitted forms hold on about q of the checked steps by construction, so for them a held
+    fraction near q says nothing; :func:`fitted_form` describes their nulls. ``decomposition``
+    (the descent bound): the verdict's two conditions counted apart
+    (:func:`descent_decomposition`).
     """
 
     id: str
@@ -68,6 +82,10 @@ class AssumptionVerdict:
     sum_rhs: float | None = None
     sum_held: bool | None = None
     note: str = ""
+    null_method: str = ""
+    null_fraction: float | None = None
+    informative: bool | None = None
+    decomposition: dict[str, float] = field(default_factory=dict)
 
 
 def _verdict(variant: Variant, held: np.ndarray, **extra) -> AssumptionVerdict:
@@ -104,9 +122,7 @@ def with_derived_bounds(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]
         path = path_smoothness(df, prefix)
         if path is not None:
             out[f"{prefix}/descent_bound_path"] = descent_bound(lin, norm, path)
-            notes[f"{prefix}/path"] = (
-                f"L = {path:.4g}, the run's max of {' and '.join(path_sources(df, prefix))}"
-            )
+            notes[f"{prefix}/path"] = f"L = {path:.4g}, {path_origin(df, prefix)}"
         out, notes = _with_path_bound_P(out, notes, prefix)
         local = local_smoothness(df, prefix)
         if local is not None:
@@ -127,10 +143,9 @@ def _with_path_bound_P(
         return df, notes
     lin, norm = df[f"{prefix}/lin_old"].to_numpy(float), df[norm_key].to_numpy(float)
     df[f"{prefix}/descent_bound_path{GEOMETRY_SUFFIX}"] = descent_bound(lin, norm, path)
-    sources = " and ".join(path_sources(df, prefix, GEOMETRY_SUFFIX))
+    origin = path_origin(df, prefix, GEOMETRY_SUFFIX)
     notes[f"{prefix}/path/optimizer"] = (
-        f"L_P = {path:.4g}, the run's max of {sources} (smooth_lip_P: the dual-norm ratio in "
-        "the optimizer's norm)"
+        f"L_P = {path:.4g}, {origin} (smooth_lip_P: the dual-norm ratio in the optimizer's norm)"
     )
     return df, notes
 
@@ -171,6 +186,11 @@ def sign_check(df: pd.DataFrame, variant: Variant, note: str = "") -> Assumption
     no_progress = None
     if variant.assumption.progress_key is not None:
         no_progress = int(np.count_nonzero(~scored))
+    decomposition = {}
+    if variant.assumption.id == "descent_bound":
+        decomposition = descent_decomposition(values, scored, int(np.count_nonzero(held)))
+    elif variant.assumption.id == "ref_gap":
+        decomposition = phase_fractions(held)
     return _verdict(
         variant,
         held,
@@ -179,7 +199,42 @@ def sign_check(df: pd.DataFrame, variant: Variant, note: str = "") -> Assumption
         sum_rhs=sum_rhs,
         sum_held=sum_held,
         note=note,
+        null_method=NO_NULL,
+        decomposition=decomposition,
     )
+
+
+PHASES = ("early", "middle", "late")
+"""Thirds of the scored steps, in step order."""
+
+
+def phase_fractions(held: np.ndarray) -> dict[str, float]:
+    """The fraction held on each third of the scored steps (step order). Convexity towards x*
+    measures closeness to the run's end point: late steps are near x* by construction, so
+    a run-wide fraction mixes a test (early) with a tautology (late)."""
+    parts = np.array_split(np.asarray(held, dtype=bool), len(PHASES))
+    return {
+        name: float(part.mean()) if part.size else float("nan") for name, part in zip(PHASES, parts)
+    }
+
+
+def descent_decomposition(values: dict, scored: np.ndarray, held: int) -> dict[str, float]:
+    """The descent-bound verdict's two conditions, counted on the scored steps (D_t < 0):
+    ``bound_valid``, D_t ≤ bound + tol (L is large enough along the step), and
+    ``predicts_decrease``, bound < 0, which is exactly L < 2|⟨g_t, Δ_t⟩| / ‖Δ_t‖² (the
+    curvature against the effective step size; for SGD 2/η). Where the bound is valid on
+    every scored step the verdict *is* that step-size condition. ``fraction_of_probed``: held
+    over every probed step, the steps without progress (set apart) counted as not held."""
+    bound = np.asarray(values["step/descent_bound"], dtype=float)[scored]
+    change = np.asarray(values["step/loss_change"], dtype=float)[scored]
+    tol = np.broadcast_to(values["step/float_tol"], scored.shape)[scored]
+    probed = int(scored.size)
+    return {
+        "scored": int(bound.size),
+        "bound_valid": int(np.count_nonzero(bound >= change - tol)),
+        "predicts_decrease": int(np.count_nonzero(bound < 0)),
+        "fraction_of_probed": held / probed if probed else float("nan"),
+    }
 
 
 # --------------------------------------------------------------------------- fitted forms
@@ -210,11 +265,71 @@ def _constant_fit(q: float) -> _Fit:
     return fit
 
 
+def _check_loss(bound: Callable[[np.ndarray], np.ndarray], x, y, q: float) -> float:
+    """Pinball loss at quantile q of ``y`` against the bound (lower: a tighter q-bound)."""
+    return pinball_loss(y - np.asarray(bound(x), dtype=float), q)
+
+
+def _covered(bound: Callable[[np.ndarray], np.ndarray], x, y) -> np.ndarray:
+    level = np.asarray(bound(x), dtype=float)
+    return y <= level + _FIT_RTOL * np.abs(level)
+
+
+def _line_null(x, y, fit_idx, check_idx, q: float) -> dict:
+    """The nulls of a line ``y <= c0 + c1 x``: a constant-only fit (coverage and pinball loss
+    on the checking blocks) and the line refitted with x permuted among the steps
+    (``NULL_PERMUTATIONS`` seeded draws). Informative when the line's out-of-sample pinball
+    loss is below the constant's and below every permuted line's."""
+    line = _line_fit(q)(x[fit_idx], y[fit_idx])
+    const = _constant_fit(q)(x[fit_idx], y[fit_idx])
+    xc, yc = x[check_idx], y[check_idx]
+    loss = _check_loss(line, xc, yc, q)
+    rng = np.random.default_rng(0)
+    permuted = []
+    for _ in range(NULL_PERMUTATIONS):
+        xp = rng.permutation(x)
+        fit = _line_fit(q)(xp[fit_idx], y[fit_idx])
+        permuted.append(_check_loss(fit, xp[check_idx], yc, q))
+    beats = loss < _check_loss(const, xc, yc, q) and loss < min(permuted)
+    return {
+        "null_method": (
+            "constant-only fit (null_fraction: its coverage); informative when the line's "
+            f"out-of-sample pinball loss beats it and {NULL_PERMUTATIONS} lines fitted on a "
+            "permuted covariate"
+        ),
+        "null_fraction": float(np.mean(_covered(const, xc, yc))),
+        "informative": bool(beats),
+    }
+
+
+def _constant_null(y, q: float, observed: float) -> dict:
+    """The null of a constant ``y <= c``: the same fit with the steps' order permuted
+    (``NULL_PERMUTATIONS`` seeded draws), which covers about q of the checked steps by
+    construction. Informative (the level drifts along the run) when the observed coverage
+    lies outside the permuted coverages' range."""
+    rng = np.random.default_rng(0)
+    fit_idx, check_idx = interleaved_split(y.size)
+    shuffled = []
+    for _ in range(NULL_PERMUTATIONS):
+        yp = rng.permutation(y)
+        bound = _constant_fit(q)(yp[fit_idx], yp[fit_idx])
+        shuffled.append(float(np.mean(_covered(bound, yp[check_idx], yp[check_idx]))))
+    return {
+        "null_method": (
+            f"the same fit on {NULL_PERMUTATIONS} permutations of the steps' order (null_fraction:"
+            " their median coverage, about q by construction); informative when the coverage"
+            " lies outside their range"
+        ),
+        "null_fraction": float(np.median(shuffled)),
+        "informative": bool(observed < min(shuffled) or observed > max(shuffled)),
+    }
+
+
 def fitted_form(df: pd.DataFrame, variant: Variant, q: float) -> AssumptionVerdict | None:
     """Constants fitted at quantile q on the even interleaved blocks of the probed steps (in
     step order, ``fits.interleaved_split``), the odd blocks counted on or under the fitted
     bound: ``y <= c`` without an x key, else ``y <= c0 + c1 x``. None with fewer than two
-    probed steps."""
+    probed steps. Each carries its null (:func:`_line_null`, :func:`_constant_null`)."""
     x_key, y_key, _ = variant.assumption.fit
     if not present(df, *(variant.key(k) for k in (x_key, y_key) if k is not None)):
         return None
@@ -228,8 +343,12 @@ def fitted_form(df: pd.DataFrame, variant: Variant, q: float) -> AssumptionVerdi
     bound = fit(x[fit_idx], y[fit_idx]) if fit_idx.size and check_idx.size else None
     if bound is None:
         return None
-    level = np.asarray(bound(x[check_idx]), dtype=float)
-    return _verdict(variant, y[check_idx] <= level + _FIT_RTOL * np.abs(level))
+    held = _covered(bound, x[check_idx], y[check_idx])
+    if x_key is None:
+        null = _constant_null(y, q, float(np.mean(held)))
+    else:
+        null = _line_null(x, y, fit_idx, check_idx, q)
+    return _verdict(variant, held, **null)
 
 
 # --------------------------------------------------------------------------- all variants

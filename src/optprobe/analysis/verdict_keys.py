@@ -22,6 +22,7 @@ __all__ = [
     "KEY_COLUMN",
     "base_assumption",
     "finding_of",
+    "decides",
     "is_headline",
     "key_label",
     "verdict_key",
@@ -70,6 +71,13 @@ def is_headline(key: str) -> bool:
     variants; then the registry decides)."""
     variant = _variant(key)
     return True if variant is None else bool(variant.headline)
+
+
+def decides(key: str) -> bool:
+    """Whether a verdict key decides its finding (``Variant.decides``; every key the registry
+    does not know as a variant is judged as a headline)."""
+    variant = _variant(key)
+    return True if variant is None else bool(variant.decides)
 
 
 def _variant(key: str) -> Variant | None:

@@ -8,7 +8,9 @@ inequality held (the descent bound scores the steps that made progress and count
 apart) and judge the summed version too; fitted-constant forms (``l0l1_smooth``,
 ``bounded_variance``, ``affine_variance``) are judged out of sample on interleaved blocks
 (:mod:`optprobe.analysis.fits`: fitted at quantile q on the even blocks of the step-ordered
-probed steps, counted on the odd ones). Every fraction comes with a
+probed steps, counted on the odd ones), each against its null baseline (``null_method``,
+``null_fraction``, ``informative``: a fitted form holds on about q of the steps by
+construction); sign checks say they have none. Every fraction comes with a
 per-run interval that respects the autocorrelation of consecutive steps
 (:mod:`optprobe.analysis.run_intervals`), its method named in the entry.
 
@@ -16,7 +18,8 @@ per-run interval that respects the autocorrelation of consecutive steps
 
     {"assumptions": [{"id", "assumption", "label", "held", "checked", "fraction",
                       "ci_low", "ci_high", "interval_method", "variant", "headline",
-                      "no_progress", "sum_lhs", "sum_rhs", "sum_held", "note"}, ...],
+                      "no_progress", "sum_lhs", "sum_rhs", "sum_held", "note",
+                      "null_method", "null_fraction", "informative", "decomposition"}, ...],
      "constants": {name: value}, "skipped": {family: n}, "probed": {family: n},
      "undefined": {key: n}}
 
@@ -87,6 +90,10 @@ def _entry_from_dict(a: Mapping[str, Any]) -> AssumptionVerdict:
         no_progress=None if a.get("no_progress") is None else int(a["no_progress"]),
         sum_held=None if a.get("sum_held") is None else bool(a["sum_held"]),
         note=str(a.get("note", "")),
+        null_method=str(a.get("null_method", "")),
+        null_fraction=None if a.get("null_fraction") is None else float(a["null_fraction"]),
+        informative=None if a.get("informative") is None else bool(a["informative"]),
+        decomposition=dict(a.get("decomposition") or {}),
         **floats,
         **sums,
     )
@@ -224,6 +231,32 @@ def _summed(a: AssumptionVerdict) -> str:
     return text
 
 
+def _null(a: AssumptionVerdict) -> str:
+    """The null column: its fraction and whether the verdict beats it (fitted forms), or "-"."""
+    if a.informative is None:
+        return "-"
+    verdict = "informative" if a.informative else "UNINFORMATIVE"
+    return f"{_fmt_fraction(_none_to_nan(a.null_fraction))} {verdict}"
+
+
+def _decomposed(a: AssumptionVerdict) -> str:
+    """``AssumptionVerdict.decomposition`` in words: the descent bound's two conditions, or
+    the fraction held per third of the run (convexity towards x*)."""
+    d = a.decomposition
+    if "scored" not in d:
+        phases = ", ".join(f"{k} {_fmt_fraction(_none_to_nan(v))}" for k, v in d.items())
+        return f"held by thirds of the run: {phases} (late steps are near x* by construction)"
+    n = d["scored"]
+    text = (
+        f"the bound is valid (D_t ≤ bound) on {d['bound_valid']}/{n} scored steps and predicts "
+        f"a decrease (L < 2|⟨g,Δ⟩|/‖Δ‖²) on {d['predicts_decrease']}/{n}"
+    )
+    if n and d["bound_valid"] == n:
+        text += ": here the verdict is exactly that step-size condition"
+    fraction = _fmt_fraction(_none_to_nan(d.get("fraction_of_probed")))
+    return f"{text}; held on {fraction} of all probed steps (no-progress steps as not held)"
+
+
 def _row(a: AssumptionVerdict) -> tuple[str, ...]:
     apart = "" if a.no_progress is None else f"{a.no_progress}"
     return (
@@ -231,6 +264,7 @@ def _row(a: AssumptionVerdict) -> tuple[str, ...]:
         f"{a.held}/{a.checked}",
         _fmt_fraction(a.fraction),
         f"[{_fmt_fraction(a.ci_low)}, {_fmt_fraction(a.ci_high)}]",
+        _null(a),
         apart,
         _summed(a),
     )
@@ -242,7 +276,7 @@ def _assumption_rows(verdict: RunVerdict) -> list[tuple[str, ...]]:
     for assumption in ASSUMPTIONS.values():
         entries = [a for a in verdict.assumptions if a.assumption == assumption.id]
         if entries:
-            out.append((assumption.label, "", "", "", "", ""))
+            out.append((assumption.label, "", "", "", "", "", ""))
             out += [_row(a) for a in entries]
     known = set(ASSUMPTIONS)
     out += [_row(a) for a in verdict.assumptions if a.assumption not in known]
@@ -261,6 +295,7 @@ def verdict_table(verdict: RunVerdict) -> str:
         "held/checked",
         "fraction",
         f"{CONFIDENCE:.0%} interval ({', '.join(methods)})",
+        "null (fitted forms)",
         "D>=0 apart",
         "summed (lhs vs rhs)",
     )
@@ -275,6 +310,9 @@ def verdict_table(verdict: RunVerdict) -> str:
     out = [line(header), "  ".join("-" * w for w in widths)]
     out += [line(r) for r in rows_] if rows_ else ["(no assumption could be checked)"]
     notes = [f"  {a.id}: {a.note}" for a in verdict.assumptions if a.note]
+    notes += [f"  {a.id}: {_decomposed(a)}" for a in verdict.assumptions if a.decomposition]
+    nulls = sorted({a.null_method for a in verdict.assumptions if a.informative is not None})
+    notes += [f"  null of the fitted forms: {m}" for m in nulls]
     if notes:
         out += ["", "notes", *notes]
     if verdict.constants:

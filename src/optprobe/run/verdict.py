@@ -25,6 +25,8 @@ TABLE_COLUMNS = (
     "sum_lhs",
     "sum_rhs",
     "sum_held",
+    "null_fraction",
+    "informative",
 )
 """Columns of the W&B ``verdicts`` table (plus ``variant``, its axis values as JSON)."""
 
