@@ -83,7 +83,10 @@ def loader(collate=None) -> DataLoader:
     return DataLoader(DictData(), batch_size=BATCH, shuffle=False, collate_fn=collate)
 
 
-def fit_lightning(net, callbacks, tmp_path, accumulate: int = 1, collate=None, **trainer_kw):
+def fit_lightning(
+    net, callbacks, tmp_path, accumulate: int = 1, collate=None, penalty=0.0, **trainer_kw
+):
+    """Fit ``UserModule(net, penalty)`` on the dict batches for STEPS steps (no logger)."""
     trainer = pl.Trainer(
         max_steps=STEPS,
         callbacks=callbacks,
@@ -95,7 +98,7 @@ def fit_lightning(net, callbacks, tmp_path, accumulate: int = 1, collate=None, *
         default_root_dir=str(tmp_path),
         **trainer_kw,
     )
-    module = UserModule(net)
+    module = UserModule(net, penalty=penalty)
     trainer.fit(module, loader(collate))
     return module
 
@@ -211,15 +214,8 @@ def test_a_penalty_the_probes_lack_is_refused_and_the_run_kept(tmp_path):
     callbacks = lightning_probes(
         net="model", loss=user_loss, probes=["step", "curvature"], folder=tmp_path / "r"
     )
-    trainer = pl.Trainer(
-        max_steps=STEPS,
-        callbacks=callbacks,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-    )
     with pytest.raises(TrainingLossMismatch, match="probes' loss is .* backpropagated"):
-        trainer.fit(UserModule(make_net(), penalty=0.01), loader())
+        fit_lightning(make_net(), callbacks, tmp_path, penalty=0.01)
     text = (tmp_path / "r" / "summary.json").read_text()
     summary = json.loads(text, parse_constant=lambda c: pytest.fail(f"not strict JSON: {c}"))
     assert summary["status"] == "failed" and "TrainingLossMismatch" in summary["error"]
@@ -235,14 +231,7 @@ def test_a_penalty_the_probes_include_passes(tmp_path):
     callbacks = lightning_probes(
         net="model", loss=penalised, probes=["step"], folder=tmp_path / "r"
     )
-    trainer = pl.Trainer(
-        max_steps=2,
-        callbacks=callbacks,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-    )
-    trainer.fit(UserModule(make_net(), penalty=0.01), loader())
+    fit_lightning(make_net(), callbacks, tmp_path, penalty=0.01)
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert summary["probes"]["step"]["loss_check"]["status"] == "equal"
 
