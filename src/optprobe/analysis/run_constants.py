@@ -82,21 +82,40 @@ def path_origin(df: pd.DataFrame, prefix: str, suffix: str = "") -> str:
     sparser curvature cadence can only lower the path L (and make the bound hold more)."""
     sources = path_sources(df, prefix, suffix)
     counts = [f"{k} ({int(np.isfinite(df[k].to_numpy(float)).sum())} steps)" for k in sources]
-    best_key, best_step, best = "", math.nan, -math.inf
+    best_key, best_row, best = "", -1, -math.inf
     for key in sources:
         values = df[key].to_numpy(float)
         finite_at = np.flatnonzero(np.isfinite(values))
-        i = finite_at[np.argmax(values[finite_at])]
+        i = int(finite_at[np.argmax(values[finite_at])])
         if values[i] > best:
-            best_key, best = key, float(values[i])
-            best_step = float(df["step"].iloc[i]) if "step" in df.columns else float(i)
-    where = f"; set at step {best_step:.0f} by {best_key}" if best_key else ""
+            best_key, best_row, best = key, i, float(values[i])
+    where = ""
+    if best_key:
+        step = df["step"].iloc[best_row] if "step" in df.columns else best_row
+        where = (
+            f"; set at step {float(step):.0f} by {best_key}{_floor_note(df, best_key, best_row)}"
+        )
     cadence = (
         ", λ_max only on the curvature probe's steps: a sparser cadence can only lower L"
         if len(sources) > 1
         else ""
     )
     return f"the run's max of {' and '.join(counts)}{where}{cadence}"
+
+
+def _floor_note(df: pd.DataFrame, key: str, row: int) -> str:
+    """Where ``smooth_lip_P`` set L_P: how much of it came from coordinates whose
+    preconditioner was still at its floor ε (``smooth_lip_P_floor_share``)."""
+    share_key = f"{key}_floor_share"
+    count_key = key.replace("smooth_lip_P", "precond_floor_coords")
+    if share_key not in df.columns or not np.isfinite(df[share_key].iloc[row]):
+        return ""
+    share = float(df[share_key].iloc[row])
+    coords = df[count_key].iloc[row] if count_key in df.columns else math.nan
+    return (
+        f" ({100 * share:.0f}% of its ‖g⁺ − g‖² in the dual norm from {coords:.0f} coordinates "
+        "with P at its floor ε: second moment still about 0)"
+    )
 
 
 def local_smoothness(df: pd.DataFrame, prefix: str) -> tuple[np.ndarray, str] | None:

@@ -30,11 +30,14 @@ GEOMETRIES = ("diagonal", "linf", "spectral")
 @dataclass(frozen=True)
 class Geometry:
     """One norm on the flat parameters: ``kind`` in ``GEOMETRIES``; ``precond``: the flat
-    diagonal P (``diagonal``); ``shapes``: the parameter shapes in flat order (``spectral``)."""
+    diagonal P (``diagonal``); ``floor``: its floor ε per coordinate where P = √v + ε (Adam,
+    RMSprop, Adagrad), else None; ``shapes``: the parameter shapes in flat order
+    (``spectral``)."""
 
     kind: str
     precond: Tensor | None = None
     shapes: tuple[torch.Size, ...] = ()
+    floor: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in GEOMETRIES:
@@ -51,6 +54,13 @@ class Geometry:
         if self.kind == "linf":
             return float(v.abs().max())
         return max(float(torch.linalg.matrix_norm(m, ord=2)) for m in _blocks(v, self.shapes))
+
+    def at_floor(self) -> Tensor | None:
+        """The coordinates whose P is within 2x of its floor ε (√v̂ ≤ ε: a second moment that
+        is still about 0, e.g. a ReLU unit that has not fired yet); None without a floor."""
+        if self.kind != "diagonal" or self.floor is None:
+            return None
+        return self.precond <= 2.0 * self.floor
 
     def dual_norm(self, v: Tensor) -> float:
         """‖v‖_* = sup over ‖Δ‖ ≤ 1 of ⟨v, Δ⟩ (gradients: nats per unit of the norm)."""
@@ -75,10 +85,23 @@ def geometry_quantities(
 ) -> dict[str, float]:
     """The step keys measured in ``geometry`` (without prefix, suffix ``_P``):
     ``update_norm_P`` = ‖Δ‖; with the old-point gradient also ``smooth_lip_P`` =
-    ‖g⁺ − g‖_* / ‖Δ‖ (nats per squared unit of the norm) and ``grad_norm_P`` = ‖g‖_*."""
+    ‖g⁺ − g‖_* / ‖Δ‖ (nats per squared unit of the norm) and ``grad_norm_P`` = ‖g‖_*, and
+    for a preconditioner with a floor ε: ``precond_floor_coords``, the coordinates with
+    P ≤ 2ε (second moment still about 0), and ``smooth_lip_P_floor_share``, the share of
+    ‖g⁺ − g‖_*² that comes from them (near 1: L_P is set by coordinates the optimizer has
+    not yet scaled, where P = ε makes the dual norm huge)."""
     norm = geometry.norm(delta)
     out = {"update_norm_P": norm}
     if grad_old is not None:
         out["smooth_lip_P"] = geometry.dual_norm(grad_new - grad_old) / norm
         out["grad_norm_P"] = geometry.dual_norm(grad_old)
+        floor = geometry.at_floor()
+        if floor is not None:
+            diff = grad_new - grad_old
+            weighted = diff * diff / geometry.precond
+            total = float(weighted.sum())
+            out["precond_floor_coords"] = float(floor.sum())
+            out["smooth_lip_P_floor_share"] = (
+                float(weighted[floor].sum()) / total if total > 0 else 0.0
+            )
     return out

@@ -80,6 +80,19 @@ def _diagonal(
     return torch.cat(parts)
 
 
+def _floor(optimizer: torch.optim.Optimizer, params: ParamDict) -> Tensor | None:
+    """The preconditioner's floor ε (P = √v + ε) per coordinate, flat float64 in the order of
+    ``params``; None when some parameter's group has no numeric ``eps``."""
+    group_of = {id(p): group for group in optimizer.param_groups for p in group["params"]}
+    parts = []
+    for p in params.values():
+        eps = group_of.get(id(p), {}).get("eps")
+        if not isinstance(eps, (int, float)):
+            return None
+        parts.append(torch.full((p.numel(),), float(eps), dtype=torch.float64, device=p.device))
+    return torch.cat(parts)
+
+
 def _adam_part(group: dict, state: dict) -> Tensor | None:
     step = float(state.get("step", 0))
     if "exp_avg_sq" not in state or step < 1:
@@ -250,7 +263,8 @@ def optimizer_geometry(optimizer: Any, params: ParamDict) -> Geometry | None:
         return Geometry("spectral", shapes=tuple(p.shape for p in params.values()))
     if facts.preconditioner is None:
         return None
-    precond = facts.preconditioner(torch_optimizer(optimizer), params)
+    optimizer = torch_optimizer(optimizer)
+    precond = facts.preconditioner(optimizer, params)
     if precond is None or bool((precond <= 0).any()):
         return None
-    return Geometry("diagonal", precond=precond)
+    return Geometry("diagonal", precond=precond, floor=_floor(optimizer, params))
