@@ -15,7 +15,9 @@ metrics.md §1, §1a):
 - ``L`` (descent bound): ``path`` (hindsight: the run's max of max(smooth_lip, λ_max), λ_max
   left out when its HVPs ran on a subset of the batch; the headline), ``past`` (online: max
   of smooth_lip over earlier probed steps), ``local`` (directional: ``curv_dir`` where
-  logged; never ``smooth_eff``, whose bound is D_t itself).
+  logged; never ``smooth_eff``, whose bound is D_t itself), ``hessian`` (the run's max of
+  λ_max alone, in the optimizer's norm λ_max(P⁻¹H): an L_P that a few coordinates whose
+  preconditioner is still at its floor ε cannot set through the dual-norm ratio).
 - ``score`` (convexity along the step): ``valid`` (the identity holds; the headline) or
   ``valid_informative`` (it holds *and* certifies a decrease, ⟨g⁺_t, Δ_t⟩ < 0).
 - ``geometry`` (descent bound, (L0,L1)-smoothness; docs/metrics.md §7): ``euclidean`` (‖·‖₂,
@@ -52,7 +54,7 @@ SCHEMES: Mapping[str, str] = MappingProxyType({"same_batch": "step", "fresh_batc
 
 AXES: Mapping[str, tuple[str, ...]] = MappingProxyType(
     {
-        "L": ("path", "past", "local"),
+        "L": ("path", "past", "local", "hessian"),
         "score": ("valid", "valid_informative"),
         "geometry": ("euclidean", "optimizer"),
         "scheme": tuple(SCHEMES),
@@ -65,6 +67,7 @@ AXIS_WORDS: Mapping[str, str] = MappingProxyType(
         "path": "L = the run's max of smooth_lip and λ_max (hindsight)",
         "past": "L = max of smooth_lip over earlier probed steps (online)",
         "local": "L = curvature along the step (curv_dir; not judged where it is not logged)",
+        "hessian": "L = the run's max of λ_max alone (Hessian-based; optimizer's norm: λ_max(P⁻¹H))",
         "valid": "valid",
         "valid_informative": "valid and informative",
         "optimizer": "in the optimizer's norm (‖·‖_P, ℓ∞ or spectral)",

@@ -39,12 +39,17 @@ def step_frame(prefix: str = "step", curv_dir=None, lambda_max=None) -> pd.DataF
     return df
 
 
-def test_three_l_choices_side_by_side():
+def test_the_l_choices_side_by_side():
     out = verdict_from_metrics(step_frame(lambda_max=[np.nan, 6.0, np.nan, np.nan]))
     ids = [a.id for a in out.assumptions if a.assumption == "descent_bound"]
     # local needs curv_dir: smooth_eff's bound is D_t itself, so without curv_dir it is not judged
-    assert ids == [f"descent_bound:{c}:same_batch" for c in ("path", "past")]
-    path, past = (out.get(i) for i in ids)
+    assert ids == [f"descent_bound:{c}:same_batch" for c in ("path", "past", "hessian")]
+    path, past, hessian = (out.get(i) for i in ids)
+    # hessian: L = the max of λ_max alone = 6 (here also the path L), measured on one step
+    assert "L = 6, the run's max of curv/lambda_max (1 steps); set at step 1" in hessian.note
+    assert (hessian.held, hessian.checked) == (0, 3)
+    without = verdict_from_metrics(step_frame())  # no curvature probe: no hessian L
+    assert without.get("descent_bound:hessian:same_batch") is None
     # path: L = max(smooth_lip 4, λ_max 6) = 6: bounds -2+3, -1+3, ... all >= 0: none informative
     assert out.constants["L_path"] == 6.0 and "L = 6" in path.note
     assert (path.held, path.checked, path.no_progress) == (0, 3, 1)
@@ -153,3 +158,21 @@ def test_no_optimizer_geometry_verdict_without_its_keys():
     out = verdict_from_metrics(step_frame(lambda_max=3.0))
     assert out.get("descent_bound:path:same_batch") is not None
     assert not [a.id for a in out.assumptions if "optimizer" in a.id]
+
+
+def test_hessian_l_p_is_not_set_by_one_huge_dual_norm_ratio():
+    """A coordinate whose preconditioner is still at ε makes smooth_lip_P huge on one step:
+    the path L_P = 1000 then predicts no decrease anywhere, while L_P = λ_max(P⁻¹H) = 3 gives
+    the bound of the optimizer-norm test above."""
+    df = step_frame()
+    df["step/update_norm_P"] = 1.0
+    df["step/smooth_lip_P"] = [1.0, 1000.0, 0.5, 1.0]
+    df["step/grad_norm_P"] = [1.0, 2.0, 3.0, 4.0]
+    df["curv/precond_lambda_max"] = 3.0
+    out = verdict_from_metrics(df)
+    path = out.get("descent_bound:path:optimizer:same_batch")
+    hessian = out.get("descent_bound:hessian:optimizer:same_batch")
+    assert (path.held, path.checked) == (0, 3) and "set at step 1 by step/smooth_lip_P" in path.note
+    assert (hessian.held, hessian.checked) == (1, 3)
+    assert hessian.note.startswith("L_P = 3, the run's max of curv/precond_lambda_max (4 steps)")
+    assert hessian.variant == {"L": "hessian", "geometry": "optimizer", "scheme": "same_batch"}

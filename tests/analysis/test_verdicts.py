@@ -292,6 +292,8 @@ def test_assumptions_reported_in_registry_order():
         step__grad_norm_P=np.ones(n),
         step__update_norm_P=np.ones(n),
         step__descent_bound_past_P=-np.ones(n),
+        curv__lambda_max=np.ones(n),
+        curv__precond_lambda_max=np.ones(n),
     )
     out = verdict_from_metrics(df)
     expected = [v.id for v in all_variants() if v.get("scheme") != "fresh_batch"]

@@ -80,7 +80,21 @@ def path_origin(df: pd.DataFrame, prefix: str, suffix: str = "") -> str:
     """What sets the ``path`` L: each source key with the number of steps it was measured on,
     and the step and key of the max. λ_max enters only on the curvature probe's steps, so a
     sparser curvature cadence can only lower the path L (and make the bound hold more)."""
-    sources = path_sources(df, prefix, suffix)
+    return max_origin(df, path_sources(df, prefix, suffix))
+
+
+def hessian_sources(df: pd.DataFrame, suffix: str = "") -> list[str]:
+    """The one key of the ``hessian`` L: ``curv/lambda_max`` (``suffix="_P"``:
+    ``curv/precond_lambda_max``), when logged on the whole batch (not ``hvp_examples``)."""
+    key = PRECOND_LAMBDA_MAX_KEY if suffix else LAMBDA_MAX_KEY
+    if finite_values(df, HVP_EXAMPLES_KEY) is not None or finite_values(df, key) is None:
+        return []
+    return [key]
+
+
+def max_origin(df: pd.DataFrame, sources: list[str]) -> str:
+    """ "the run's max of <key> (<n> steps) and ...; set at step <t> by <key>": which keys an
+    L is the max of, on how many steps each was measured, and where the max was."""
     counts = [f"{k} ({int(np.isfinite(df[k].to_numpy(float)).sum())} steps)" for k in sources]
     best_key, best_row, best = "", -1, -math.inf
     for key in sources:
@@ -97,7 +111,7 @@ def path_origin(df: pd.DataFrame, prefix: str, suffix: str = "") -> str:
         )
     cadence = (
         ", λ_max only on the curvature probe's steps: a sparser cadence can only lower L"
-        if len(sources) > 1
+        if any(k.startswith("curv/") for k in sources)
         else ""
     )
     return f"the run's max of {' and '.join(counts)}{where}{cadence}"

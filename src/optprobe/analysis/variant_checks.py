@@ -22,9 +22,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from optprobe.analysis.columns import finite, present, rows
+from optprobe.analysis.columns import finite, finite_values, present, rows
 from optprobe.analysis.fits import interleaved_split
-from optprobe.analysis.run_constants import local_smoothness, path_origin, path_smoothness
+from optprobe.analysis.run_constants import (
+    hessian_sources,
+    local_smoothness,
+    max_origin,
+    path_origin,
+    path_smoothness,
+)
 from optprobe.analysis.run_intervals import run_interval
 from optprobe.analysis.stats import pinball_loss, quantile_regression_line
 from optprobe.assumptions import GEOMETRY_SUFFIX, SCHEMES, Variant, all_variants
@@ -124,11 +130,32 @@ def with_derived_bounds(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]
             out[f"{prefix}/descent_bound_path"] = descent_bound(lin, norm, path)
             notes[f"{prefix}/path"] = f"L = {path:.4g}, {path_origin(df, prefix)}"
         out, notes = _with_path_bound_P(out, notes, prefix)
+        out, notes = _with_hessian_bounds(out, notes, prefix)
         local = local_smoothness(df, prefix)
         if local is not None:
             out[f"{prefix}/descent_bound_local"] = descent_bound(lin, norm, local[0])
             notes[f"{prefix}/local"] = local[1]
     return out, notes
+
+
+def _with_hessian_bounds(
+    df: pd.DataFrame, notes: dict[str, str], prefix: str
+) -> tuple[pd.DataFrame, dict[str, str]]:
+    """The ``hessian`` descent bounds: L = the run's max of ``curv/lambda_max`` alone
+    (``<prefix>/descent_bound_hessian``) and, in the optimizer's norm, of
+    ``curv/precond_lambda_max`` (``_P``, where ``update_norm_P`` was logged)."""
+    lin = df[f"{prefix}/lin_old"].to_numpy(float)
+    for suffix, word in (("", "L"), (GEOMETRY_SUFFIX, "L_P")):
+        sources = hessian_sources(df, suffix)
+        norm_key = f"{prefix}/update_norm{suffix}"
+        if not sources or not present(df, norm_key):
+            continue
+        hessian = float(finite_values(df, sources[0]).max())
+        norm = df[norm_key].to_numpy(float)
+        df[f"{prefix}/descent_bound_hessian{suffix}"] = descent_bound(lin, norm, hessian)
+        where = f"{prefix}/hessian" + ("/optimizer" if suffix else "")
+        notes[where] = f"{word} = {hessian:.4g}, {max_origin(df, sources)}"
+    return df, notes
 
 
 def _with_path_bound_P(
