@@ -38,6 +38,14 @@ def preserved_rng() -> Iterator[None]:
         random.setstate(py_state)
 
 
+def has_active_dropout(net: nn.Module) -> bool:
+    """True when some dropout layer with p > 0 is in training mode."""
+    return any(
+        isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 and m.training
+        for m in net.modules()
+    )
+
+
 @contextlib.contextmanager
 def isolated(net: nn.Module, dropout_off: bool = True) -> Iterator[None]:
     """Run a probe pass without side effects on RNG streams and modes.

@@ -36,7 +36,7 @@ from optprobe.estimators.functional import (
     loss_and_grad,
     trainable_params,
 )
-from optprobe.isolation import isolated
+from optprobe.isolation import has_active_dropout, isolated
 from optprobe.probes.loss_check import check_training_loss
 from optprobe.probes.target import ProbedModel, ProbeTarget
 from optprobe.validate import check_choice, check_int, check_optional_int
@@ -52,14 +52,6 @@ def is_log_spaced_step(step: int, per_decade: int) -> bool:
 def is_mixed_precision(trainer: pl.Trainer) -> bool:
     """True when the training step runs under autocast (``bf16-mixed``, ``16-mixed``)."""
     return str(getattr(trainer, "precision", "32-true")).endswith("-mixed")
-
-
-def has_active_dropout(net: nn.Module) -> bool:
-    """True when some dropout layer with p > 0 is in training mode."""
-    return any(
-        isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 and m.training
-        for m in net.modules()
-    )
 
 
 class ProbeCallback(Callback):

@@ -16,6 +16,7 @@ import torch
 
 from optprobe.dist import rank_mean
 from optprobe.estimators.functional import functional_loss
+from optprobe.isolation import has_active_dropout
 
 REL_TOL = {"full": 1e-4, "reduced": 1e-2}
 """Relative tolerance of the comparison: parameters and passes in float32/64 (``full``), or in
@@ -45,8 +46,6 @@ def check_training_loss(probe: Any, trainer: Any, pl_module: Any) -> dict[str, A
     tolerance. Skipped (and recorded as such) when the network has active dropout: the
     training step drew a mask that no probe pass can redraw.
     """
-    from optprobe.probes.base import has_active_dropout
-
     net = probe.model.net
     step = int(trainer.global_step)
     if has_active_dropout(net):
