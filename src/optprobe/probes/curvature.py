@@ -381,8 +381,9 @@ class CurvatureProbe(ProbeCallback):
             self.save_esd(trainer, step, *esd)
             values["curv/esd_saved"] = 1.0
         self.log_values(trainer, pl_module, values)
-        if facts_for(optimizer).preconditioner is not None:  # P_t exists after the step
-            lr = facts_for(optimizer).lr(torch_optimizer(optimizer))
+        facts = facts_for(optimizer)
+        if facts.preconditioner is not None:  # P_t exists after the step
+            lr = facts.lr(torch_optimizer(optimizer))
             self._pending = (detached_copy(self.params(pl_module)), batch, lr, optimizer)
 
     @override
